@@ -1,0 +1,558 @@
+//! What the operator grants a plugin: directories, outbound HTTP targets, configuration,
+//! environment variables and resource limits. Deny by default: a plugin with no grant file gets
+//! its private scratch directory, the default limits, and nothing else.
+//!
+//! A grant file sits next to the plugin (`NAME.toml` beside `NAME.wasm`):
+//!
+//! ```toml
+//! [[files]]
+//! host = "/srv/instances"      # a host directory...
+//! guest = "/instances"         # ...seen by the plugin here
+//! mode = "read-write"          # or "read-only", the default
+//!
+//! [http]
+//! allow = ["https://api.example.com", "https://*.example.net", "http://127.0.0.1:*"]
+//! block_private = true         # default: on when a pattern has a wildcard host
+//!
+//! [config]
+//! dir = "/instances"
+//!
+//! [env]
+//! REGION = "eu-west-1"
+//!
+//! [limits]
+//! memory = "64 MiB"            # over all the plugin's linear memories
+//! cpu = "2s"                   # compute per call (epoch deadline)
+//! wall = "30s"                 # wall-clock time per call, host I/O included
+//! http_response = "4 MiB"      # largest response body the plugin may read
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A grant file that cannot be used: which file, which key, what is accepted there.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: cannot read grant file")]
+    Read {
+        /// The grant file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The grant file.
+        path: PathBuf,
+        /// 1-based line of the offending key.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser says (names the key and the expected keys or type).
+        message: String,
+    },
+    /// A value of the right type that is still not acceptable.
+    #[error("{path}: `{key}`: {problem}; accepted: {accepted}")]
+    Value {
+        /// The grant file.
+        path: PathBuf,
+        /// The key, e.g. `http.allow[1]`.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// The accepted form.
+        accepted: &'static str,
+    },
+}
+
+/// Access to a granted directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Read only (the default).
+    #[default]
+    ReadOnly,
+    /// Read and write.
+    ReadWrite,
+}
+
+/// One granted directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrant {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it.
+    pub guest: String,
+    /// Read-only or read-write.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// Limits on one plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    /// Bytes over all linear memories of one instance.
+    pub memory: u64,
+    /// Compute time per call, enforced with epoch ticks.
+    #[serde(with = "humantime_serde_compat")]
+    pub cpu: Duration,
+    /// Wall-clock time per call, including time blocked in host I/O.
+    #[serde(with = "humantime_serde_compat")]
+    pub wall: Duration,
+    /// Largest HTTP response body a call may read.
+    pub http_response: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 128 << 20,
+            cpu: Duration::from_secs(5),
+            wall: Duration::from_secs(30),
+            http_response: 8 << 20,
+        }
+    }
+}
+
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+/// One allowed outbound HTTP target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// A host name or address; `*.` prefix matches any subdomain; `*` alone matches any host.
+    pub host: String,
+    /// A port; `None` means the scheme's default; `Some(0)` (written `*`) means any.
+    pub port: Option<u16>,
+}
+
+impl HttpTarget {
+    /// Parses `scheme://host[:port]`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("{text:?} has no scheme"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("scheme {scheme:?} is not http or https"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('?') || rest.contains('@') {
+            return Err(format!("{text:?} has a path, query or user part"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || rest.starts_with('[') => {
+                let port = if p == "*" {
+                    Some(0)
+                } else {
+                    Some(
+                        p.parse::<u16>()
+                            .ok()
+                            .filter(|p| *p != 0)
+                            .ok_or_else(|| format!("port {p:?} is not 1-65535 or *"))?,
+                    )
+                };
+                (h, port)
+            }
+            _ => (rest, None),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{text:?} has no host"));
+        }
+        let wildcard_ok =
+            host == "*" || !host[host.strip_prefix("*.").map_or(0, |_| 2)..].contains('*');
+        if !wildcard_ok {
+            return Err(format!(
+                "host {host:?}: `*` may only be the whole host or a leading `*.`"
+            ));
+        }
+        Ok(HttpTarget {
+            scheme: scheme.to_string(),
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Whether the pattern's host part contains a wildcard.
+    pub fn has_wildcard_host(&self) -> bool {
+        self.host.starts_with('*')
+    }
+
+    /// Whether a request to `scheme://host:port` matches this pattern.
+    pub fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
+        if !self.scheme.eq_ignore_ascii_case(scheme) {
+            return false;
+        }
+        let wanted_port = match self.port {
+            Some(0) => true,
+            Some(p) => p == port,
+            None => port == if self.scheme == "https" { 443 } else { 80 },
+        };
+        if !wanted_port {
+            return false;
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        match self.host.strip_prefix("*.") {
+            _ if self.host == "*" => true,
+            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+            None => self.host == host,
+        }
+    }
+}
+
+impl fmt::Display for HttpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            None => write!(f, "{}://{host}", self.scheme),
+            Some(0) => write!(f, "{}://{host}:*", self.scheme),
+            Some(p) => write!(f, "{}://{host}:{p}", self.scheme),
+        }
+    }
+}
+
+/// Outbound HTTP grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpGrant {
+    /// Allowed targets; empty means no outbound HTTP at all.
+    pub allow: Vec<HttpTarget>,
+    /// Refuse private, loopback and link-local addresses after DNS resolution.
+    pub block_private: bool,
+}
+
+/// Everything granted to one plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Granted directories (besides the private scratch directory).
+    pub files: Vec<FileGrant>,
+    /// Outbound HTTP.
+    pub http: HttpGrant,
+    /// Configuration values.
+    pub config: BTreeMap<String, String>,
+    /// Environment variables, passed explicitly (the host's own are never inherited).
+    pub env: BTreeMap<String, String>,
+    /// Per-call limits.
+    pub limits: Limits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    #[serde(default)]
+    files: Vec<FileGrant>,
+    #[serde(default)]
+    http: Option<RawHttp>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    #[serde(default)]
+    allow: Vec<String>,
+    block_private: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    memory: Option<String>,
+    cpu: Option<String>,
+    wall: Option<String>,
+    http_response: Option<String>,
+}
+
+const SIZE_FORM: &str = "a size such as \"64 MiB\" or \"512KiB\"";
+const DURATION_FORM: &str = "a duration such as \"500ms\", \"2s\" or \"1m\"";
+const HTTP_FORM: &str =
+    "\"http://host\", \"https://host:port\", \"https://*.example.com\", \"http://127.0.0.1:*\"";
+
+impl Grants {
+    /// Reads and validates a grant file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates grant text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let raw: RawGrants = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            Error::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let value_error = |key: String, problem: String, accepted: &'static str| Error::Value {
+            path: path.to_path_buf(),
+            key,
+            problem,
+            accepted,
+        };
+
+        for (i, f) in raw.files.iter().enumerate() {
+            if !f.host.is_absolute() {
+                return Err(value_error(
+                    format!("files[{i}].host"),
+                    format!("{:?} is not an absolute path", f.host),
+                    "an absolute host directory such as \"/srv/data\"",
+                ));
+            }
+            if !f.guest.starts_with('/') || f.guest.split('/').any(|c| c == "..") {
+                return Err(value_error(
+                    format!("files[{i}].guest"),
+                    format!("{:?} is not an absolute guest path without `..`", f.guest),
+                    "an absolute guest path such as \"/data\"",
+                ));
+            }
+        }
+
+        let mut http = HttpGrant::default();
+        if let Some(raw_http) = raw.http {
+            for (i, t) in raw_http.allow.iter().enumerate() {
+                let target = HttpTarget::parse(t).map_err(|problem| {
+                    value_error(format!("http.allow[{i}]"), problem, HTTP_FORM)
+                })?;
+                http.allow.push(target);
+            }
+            http.block_private = raw_http
+                .block_private
+                .unwrap_or_else(|| http.allow.iter().any(HttpTarget::has_wildcard_host));
+        }
+
+        let mut limits = Limits::default();
+        let size = |key: &str, v: &str| {
+            v.parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|e| value_error(format!("limits.{key}"), format!("{v:?}: {e}"), SIZE_FORM))
+        };
+        let duration = |key: &str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| {
+                value_error(
+                    format!("limits.{key}"),
+                    format!("{v:?}: {e}"),
+                    DURATION_FORM,
+                )
+            })
+        };
+        if let Some(v) = &raw.limits.memory {
+            limits.memory = size("memory", v)?;
+        }
+        if let Some(v) = &raw.limits.http_response {
+            limits.http_response = size("http_response", v)?;
+        }
+        if let Some(v) = &raw.limits.cpu {
+            limits.cpu = duration("cpu", v)?;
+        }
+        if let Some(v) = &raw.limits.wall {
+            limits.wall = duration("wall", v)?;
+        }
+
+        Ok(Grants {
+            files: raw.files,
+            http,
+            config: raw.config,
+            env: raw.env,
+            limits,
+        })
+    }
+
+    /// Whether a resolved address may be contacted under `block_private`.
+    pub fn address_allowed(&self, ip: IpAddr) -> bool {
+        !self.http.block_private || is_public(ip)
+    }
+}
+
+/// Not loopback, private, link-local, unspecified, multicast or otherwise special.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10 CGNAT
+                || v4.octets()[0] == 0)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let seg = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg & 0xfe00) == 0xfc00 // unique local
+                || (seg & 0xffc0) == 0xfe80) // link local
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Grants, Error> {
+        Grants::parse(text, Path::new("/plugins/p.toml"))
+    }
+
+    #[test]
+    fn empty_file_grants_nothing() {
+        let g = parse("").unwrap();
+        assert_eq!(g, Grants::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let g = parse(
+            r#"
+            [[files]]
+            host = "/srv"
+            guest = "/data"
+            mode = "read-write"
+            [http]
+            allow = ["https://api.example.com", "https://*.example.net", "http://127.0.0.1:*"]
+            [config]
+            dir = "/data"
+            [env]
+            A = "1"
+            [limits]
+            memory = "64 MiB"
+            cpu = "500ms"
+            wall = "2s"
+            http_response = "1KiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(g.files[0].mode, Mode::ReadWrite);
+        assert_eq!(g.http.allow.len(), 3);
+        assert!(g.http.block_private, "a wildcard turns private blocking on");
+        assert_eq!(g.limits.memory, 64 << 20);
+        assert_eq!(g.limits.cpu, Duration::from_millis(500));
+        assert_eq!(g.limits.http_response, 1024);
+        assert_eq!(g.config["dir"], "/data");
+    }
+
+    #[test]
+    fn typo_names_file_key_and_accepted_keys() {
+        let err = parse("[limits]\nmemroy = \"1 MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/plugins/p.toml:2:"), "{err}");
+        assert!(err.contains("memroy"), "{err}");
+        assert!(err.contains("memory"), "lists accepted keys: {err}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_form() {
+        let err = parse("[http]\nallow = [\"https://ok.example\", \"ftp://x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`http.allow[1]`") && err.contains("accepted:"),
+            "{err}"
+        );
+        let err = parse("[limits]\ncpu = \"fast\"\n").unwrap_err().to_string();
+        assert!(
+            err.contains("`limits.cpu`") && err.contains("500ms"),
+            "{err}"
+        );
+        let err = parse("[[files]]\nhost = \"rel\"\nguest = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`files[0].host`"), "{err}");
+    }
+
+    #[test]
+    fn targets_match_scheme_host_and_port() {
+        let t = HttpTarget::parse("https://api.example.com").unwrap();
+        assert!(t.matches("https", "api.example.com", 443));
+        assert!(t.matches("https", "API.example.com", 443));
+        assert!(!t.matches("https", "api.example.com", 8443));
+        assert!(!t.matches("http", "api.example.com", 80));
+        assert!(!t.matches("https", "evil.com", 443));
+
+        let w = HttpTarget::parse("https://*.example.com:*").unwrap();
+        assert!(w.matches("https", "a.example.com", 1234));
+        assert!(w.matches("https", "a.b.example.com", 443));
+        assert!(!w.matches("https", "example.com", 443));
+        assert!(!w.matches("https", "badexample.com", 443));
+
+        let p = HttpTarget::parse("http://127.0.0.1:8080").unwrap();
+        assert!(p.matches("http", "127.0.0.1", 8080));
+        assert!(!p.matches("http", "127.0.0.1", 8081));
+        assert_eq!(p.to_string(), "http://127.0.0.1:8080");
+
+        for bad in [
+            "api.example.com",
+            "https://a.*.com",
+            "https://x/path",
+            "https://x:0",
+            "https://",
+        ] {
+            assert!(HttpTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn private_addresses_are_recognised() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

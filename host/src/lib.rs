@@ -1,0 +1,31 @@
+//! # infrakit
+//!
+//! A declarative, self-healing infrastructure manager whose plugins are sandboxed WebAssembly
+//! components.
+//!
+//! A short tour:
+//! - [`plugin`] loads components (built-in and from the plugin directory), sandboxes them with
+//!   their [`grants`], and calls them: every call runs in a fresh instance, so a plugin that traps,
+//!   loops or floods memory costs only that call.
+//! - [`grants`] parses and validates what an operator allows each plugin.
+//! - [`cli`] is the command line: passive use of plugins, like a conventional tool.
+
+pub mod cli;
+pub mod grants;
+pub mod plugin;
+
+/// An error and its causes on one line, as anyhow's `{:#}` prints them.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        // `#[error(transparent)]` and wrappers that repeat their cause add nothing.
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,14 @@
+//! The built-in plugins, compiled from `plugins/` by the build script and embedded in the
+//! binary, so that one file is a complete deployment.
+
+/// `(name, component bytes)` of every built-in plugin.
+pub const BUILTINS: &[(&str, &[u8])] = &[
+    (
+        "instance-file",
+        include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/instance_file.wasm")),
+    ),
+    (
+        "flavor-vanilla",
+        include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/flavor_vanilla.wasm")),
+    ),
+];

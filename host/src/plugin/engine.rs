@@ -1,0 +1,59 @@
+//! The one wasmtime [`Engine`] of the process and the thread that advances its epoch.
+
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances. CPU deadlines are counted in these ticks: 10 ms keeps the
+/// ticker's own cost negligible while stopping a runaway guest within a few ticks of its limit.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Upper bound on one linear memory; the per-plugin memory limit is enforced below this by the
+/// store limiter. Sized so that the pool's virtual reservation stays reasonable.
+const MAX_MEMORY_BYTES: usize = 1 << 30;
+
+/// An engine with epoch interruption, using the pooling allocator when its virtual memory
+/// reservation succeeds and on-demand allocation otherwise (e.g. under a tight `ulimit -v`).
+pub fn new_engine() -> wasmtime::Result<(Engine, bool)> {
+    let mut pooled = base_config();
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(512)
+        .total_core_instances(2048)
+        .total_memories(1024)
+        .total_tables(1024)
+        .max_memory_size(MAX_MEMORY_BYTES);
+    pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok((start_ticker(engine), true)),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "pooling allocator unavailable, allocating on demand");
+            let engine = Engine::new(&base_config())?;
+            Ok((start_ticker(engine), false))
+        }
+    }
+}
+
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_ticker(engine: Engine) -> Engine {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("infrakit-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch thread");
+    engine
+}

@@ -1,0 +1,639 @@
+//! Plugins: loading WebAssembly components, sandboxing them, and calling them.
+//!
+//! - [`registry`] finds plugins (built-in and in the plugin directory), compiles them once
+//!   (with an on-disk cache), checks their world and reads their metadata.
+//! - [`Plugin`] is a loaded plugin; each of its methods is one sandboxed call in a fresh store.
+//! - [`sandbox`] builds what a call may touch from the plugin's grants.
+//! - `bindings` is the only place that sees generated WIT types.
+
+mod bindings;
+pub mod builtin;
+pub mod cache;
+pub mod engine;
+pub mod registry;
+pub mod sandbox;
+pub mod types;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Store;
+
+pub use registry::{LoadFailure, Registry, RegistryConfig};
+pub use types::{
+    Allocation, Attachment, Capability, Description, DestroyContext, GuestError, Health, Index,
+    InstanceSpec, Metadata, PluginKind, Tags,
+};
+
+use bindings::{FlavorPluginPre, InstancePluginPre};
+use sandbox::{Sandbox, State};
+
+/// Where a plugin came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Embedded in the binary.
+    Builtin,
+    /// A `.wasm` file in the plugin directory.
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Builtin => f.write_str("built-in"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a call did not complete: the plugin misbehaved (as opposed to returning an error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    /// A wasm trap: a panic, `unreachable`, an out-of-bounds access...
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// Ran past its compute budget (epoch deadline).
+    #[error("exceeded its CPU time limit of {}", humantime::format_duration(*.0))]
+    CpuDeadline(Duration),
+    /// Ran past its wall-clock budget, e.g. blocked on a server that never answers.
+    #[error("exceeded its wall-clock limit of {}", humantime::format_duration(*.0))]
+    WallClock(Duration),
+    /// Tried to grow its memories past the limit.
+    #[error("exceeded its memory limit of {}", bytesize::ByteSize(*.0))]
+    Memory(u64),
+}
+
+/// What went wrong with a plugin, with where: plugin, source, phase.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{path}: cannot read plugin file")]
+    Read {
+        /// The `.wasm` file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a valid component (corrupt, a core module, a wasm feature we do not enable...).
+    #[error("{origin}: not a valid WebAssembly component: {reason}")]
+    Compile {
+        /// Where the bytes came from.
+        origin: Source,
+        /// wasmtime's explanation.
+        reason: String,
+    },
+    /// A valid component that is not an infrakit plugin of a known world.
+    #[error("{origin}: not an infrakit plugin: {reason}")]
+    WrongWorld {
+        /// Where it came from.
+        origin: Source,
+        /// What it exports instead, or which type does not match.
+        reason: String,
+    },
+    /// Imports something the host does not provide.
+    #[error("{origin}: cannot be linked: {reason}")]
+    Link {
+        /// Where it came from.
+        origin: Source,
+        /// The missing or mismatched import.
+        reason: String,
+    },
+    /// Its grant file is unusable.
+    #[error(transparent)]
+    Grants(#[from] crate::grants::Error),
+    /// Its metadata is unusable (bad name, kind not matching its world, name taken).
+    #[error("{origin}: {reason}")]
+    Metadata {
+        /// Where it came from.
+        origin: Source,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No plugin of that name is loaded.
+    #[error("no plugin named {name:?} (loaded: {known})")]
+    Unknown {
+        /// The name asked for.
+        name: String,
+        /// The names that exist.
+        known: String,
+    },
+    /// The plugin exists but implements the other SPI.
+    #[error("plugin {name} is a {actual} plugin, not a {expected} plugin")]
+    WrongKind {
+        /// The plugin.
+        name: String,
+        /// What was needed.
+        expected: PluginKind,
+        /// What it is.
+        actual: PluginKind,
+    },
+    /// The sandbox for a call could not be set up (e.g. a granted directory is missing).
+    #[error("plugin {plugin} ({origin}): cannot set up the sandbox for {export}: {reason}")]
+    Sandbox {
+        /// The plugin.
+        plugin: String,
+        /// Where it came from.
+        origin: Source,
+        /// The call.
+        export: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The call was stopped: the plugin misbehaved. Its instance was thrown away.
+    #[error("plugin {plugin} ({origin}): {export} {cause}")]
+    Faulted {
+        /// The plugin.
+        plugin: String,
+        /// Where it came from.
+        origin: Source,
+        /// The export being called.
+        export: &'static str,
+        /// What happened.
+        cause: Fault,
+    },
+    /// The plugin answered with an error: data for the caller.
+    #[error("plugin {plugin}: {export} failed")]
+    Guest {
+        /// The plugin.
+        plugin: String,
+        /// The export called.
+        export: &'static str,
+        /// What it said.
+        #[source]
+        error: GuestError,
+    },
+}
+
+impl Error {
+    /// The plugin's own error, when this is one.
+    pub fn guest_error(&self) -> Option<&GuestError> {
+        match self {
+            Error::Guest { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Pre {
+    Instance(InstancePluginPre<State>),
+    Flavor(FlavorPluginPre<State>),
+}
+
+enum Bound {
+    Instance(bindings::instance_world::InstancePlugin),
+    Flavor(bindings::flavor_world::FlavorPlugin),
+}
+
+type WitError = bindings::instance_world::infrakit::plugin::types::Error;
+
+/// A loaded plugin. Cheap to share; every call runs in a fresh sandboxed instance.
+pub struct Plugin {
+    metadata: Metadata,
+    source: Source,
+    sha256: String,
+    engine: wasmtime::Engine,
+    pre: Pre,
+    sandbox: Sandbox,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.metadata.name)
+            .field("kind", &self.metadata.kind)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// Instance or flavor.
+    pub fn kind(&self) -> PluginKind {
+        self.metadata.kind
+    }
+
+    /// What it said about itself when loaded.
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Where it came from.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
+    /// The sha256 of its component bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// What it was granted.
+    pub fn grants(&self) -> &crate::grants::Grants {
+        &self.sandbox.grants
+    }
+
+    /// Its private scratch directory on the host.
+    pub fn scratch_dir(&self) -> &std::path::Path {
+        &self.sandbox.scratch
+    }
+
+    fn expect_kind(&self, expected: PluginKind) -> Result<(), Error> {
+        if self.kind() == expected {
+            Ok(())
+        } else {
+            Err(Error::WrongKind {
+                name: self.name().to_string(),
+                expected,
+                actual: self.kind(),
+            })
+        }
+    }
+
+    /// Runs one export in a fresh store under the plugin's limits and classifies the outcome.
+    async fn run<R>(
+        &self,
+        export: &'static str,
+        body: impl AsyncFnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<Result<R, WitError>>,
+    ) -> Result<R, Error> {
+        let (r, _) = call(
+            &self.engine,
+            &self.pre,
+            &self.sandbox,
+            self.name(),
+            &self.source,
+            export,
+            body,
+        )
+        .await?;
+        Ok(r)
+    }
+
+    // --- the instance SPI ---
+
+    /// Checks instance properties.
+    pub async fn validate_instance(&self, properties: &serde_json::Value) -> Result<(), Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let props = props_text(properties);
+        self.run("validate", async |store, bound| {
+            instance_of(bound).call_validate(store, &props).await
+        })
+        .await
+    }
+
+    /// Provisions an instance; returns its id.
+    pub async fn provision(&self, spec: &InstanceSpec) -> Result<String, Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let spec = bindings::spec_to_wit(spec);
+        self.run("provision", async |store, bound| {
+            instance_of(bound).call_provision(store, &spec).await
+        })
+        .await
+    }
+
+    /// Merges labels into an instance's tags.
+    pub async fn label(&self, id: &str, labels: &Tags) -> Result<(), Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let labels = bindings::tags_list(labels);
+        self.run("label", async |store, bound| {
+            instance_of(bound).call_label(store, id, &labels).await
+        })
+        .await
+    }
+
+    /// Destroys an instance.
+    pub async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let context = bindings::destroy_context_to_wit(context);
+        self.run("destroy", async |store, bound| {
+            instance_of(bound).call_destroy(store, id, context).await
+        })
+        .await
+    }
+
+    /// Lists instances carrying all of `tags`.
+    pub async fn describe(
+        &self,
+        tags: &Tags,
+        include_properties: bool,
+    ) -> Result<Vec<Description>, Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let tags = bindings::tags_list(tags);
+        let found = self
+            .run("describe", async |store, bound| {
+                instance_of(bound)
+                    .call_describe(store, &tags, include_properties)
+                    .await
+            })
+            .await?;
+        Ok(found
+            .into_iter()
+            .map(bindings::description_from_wit)
+            .collect())
+    }
+
+    // --- the flavor SPI ---
+
+    /// Checks flavor properties against an allocation.
+    pub async fn validate_flavor(
+        &self,
+        properties: &serde_json::Value,
+        allocation: &Allocation,
+    ) -> Result<(), Error> {
+        self.expect_kind(PluginKind::Flavor)?;
+        let props = props_text(properties);
+        let allocation = bindings::allocation_to_wit(allocation);
+        self.run("validate", async |store, bound| {
+            flavor_of(bound)
+                .call_validate(store, &props, &allocation)
+                .await
+        })
+        .await
+    }
+
+    /// Lets the flavor shape a spec before it is provisioned.
+    pub async fn prepare(
+        &self,
+        properties: &serde_json::Value,
+        spec: &InstanceSpec,
+        allocation: &Allocation,
+        index: &Index,
+    ) -> Result<InstanceSpec, Error> {
+        self.expect_kind(PluginKind::Flavor)?;
+        let props = props_text(properties);
+        let spec = bindings::spec_to_wit(spec);
+        let allocation = bindings::allocation_to_wit(allocation);
+        let index = bindings::index_to_wit(index);
+        let out = self
+            .run("prepare", async |store, bound| {
+                flavor_of(bound)
+                    .call_prepare(store, &props, &spec, &allocation, &index)
+                    .await
+            })
+            .await?;
+        Ok(bindings::spec_from_wit(out))
+    }
+
+    /// Application-aware health of one instance.
+    pub async fn healthy(
+        &self,
+        properties: &serde_json::Value,
+        instance: &Description,
+    ) -> Result<Health, Error> {
+        self.expect_kind(PluginKind::Flavor)?;
+        let props = props_text(properties);
+        let instance = bindings::description_to_wit(instance);
+        let health = self
+            .run("healthy", async |store, bound| {
+                flavor_of(bound)
+                    .call_healthy(store, &props, &instance)
+                    .await
+            })
+            .await?;
+        Ok(bindings::health_from_wit(health))
+    }
+
+    /// Moves work off an instance before it is destroyed.
+    pub async fn drain(
+        &self,
+        properties: &serde_json::Value,
+        instance: &Description,
+    ) -> Result<(), Error> {
+        self.expect_kind(PluginKind::Flavor)?;
+        let props = props_text(properties);
+        let instance = bindings::description_to_wit(instance);
+        self.run("drain", async |store, bound| {
+            flavor_of(bound).call_drain(store, &props, &instance).await
+        })
+        .await
+    }
+}
+
+/// Collapses a multi-line message (wasmtime prints some byte dumps over many lines).
+pub(crate) fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn props_text(value: &serde_json::Value) -> String {
+    if value.is_null() {
+        "{}".to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+fn instance_of(
+    bound: &Bound,
+) -> &bindings::instance_world::exports::infrakit::plugin::instance::Guest {
+    match bound {
+        Bound::Instance(b) => b.infrakit_plugin_instance(),
+        Bound::Flavor(_) => unreachable!("kind checked before the call"),
+    }
+}
+
+fn flavor_of(bound: &Bound) -> &bindings::flavor_world::exports::infrakit::plugin::flavor::Guest {
+    match bound {
+        Bound::Flavor(b) => b.infrakit_plugin_flavor(),
+        Bound::Instance(_) => unreachable!("kind checked before the call"),
+    }
+}
+
+/// Epoch ticks for a CPU budget, rounded up, plus one so a budget is never cut short by the
+/// phase of the ticker.
+fn deadline_ticks(cpu: Duration) -> u64 {
+    cpu.as_nanos().div_ceil(engine::EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+/// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
+/// Returns the result and how long instantiation took (for the benchmarks).
+async fn call<R>(
+    engine: &wasmtime::Engine,
+    pre: &Pre,
+    sandbox: &Sandbox,
+    plugin: &str,
+    source: &Source,
+    export: &'static str,
+    body: impl AsyncFnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<Result<R, WitError>>,
+) -> Result<(R, Duration), Error> {
+    let limits = sandbox.grants.limits;
+    let state = State::new(sandbox).map_err(|e| Error::Sandbox {
+        plugin: plugin.to_string(),
+        origin: source.clone(),
+        export,
+        reason: format!("{e:#}"),
+    })?;
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(deadline_ticks(limits.cpu));
+
+    let mut instantiated = Duration::ZERO;
+    let run = async {
+        let started = std::time::Instant::now();
+        let bound = match pre {
+            Pre::Instance(p) => Bound::Instance(p.instantiate_async(&mut store).await?),
+            Pre::Flavor(p) => Bound::Flavor(p.instantiate_async(&mut store).await?),
+        };
+        instantiated = started.elapsed();
+        body(&mut store, &bound).await
+    };
+    let outcome = tokio::time::timeout(limits.wall, run).await;
+    let state = store.data();
+    sandbox::flush_output(plugin, &state.stdout, &state.stderr);
+
+    let fault = |cause: Fault| Error::Faulted {
+        plugin: plugin.to_string(),
+        origin: source.clone(),
+        export,
+        cause,
+    };
+    match outcome {
+        Err(_elapsed) => Err(fault(Fault::WallClock(limits.wall))),
+        Ok(Err(trap)) => {
+            let cause = if state.limiter.exceeded.is_some() {
+                Fault::Memory(limits.memory)
+            } else if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                Fault::CpuDeadline(limits.cpu)
+            } else {
+                Fault::Trap(describe_trap(&trap, &state.stderr.contents()))
+            };
+            Err(fault(cause))
+        }
+        Ok(Ok(Err(guest))) => Err(Error::Guest {
+            plugin: plugin.to_string(),
+            export,
+            error: bindings::error_from_wit(guest),
+        }),
+        Ok(Ok(Ok(value))) => Ok((value, instantiated)),
+    }
+}
+
+/// The trap's first line, plus the guest's panic message when it printed one: a Rust guest
+/// panics by writing to stderr and then trapping on `unreachable`.
+fn describe_trap(trap: &wasmtime::Error, stderr: &[u8]) -> String {
+    let trap_text = format!("{trap:#}");
+    let first = trap_text.lines().next().unwrap_or("").trim().to_string();
+    let stderr = String::from_utf8_lossy(stderr);
+    match stderr.lines().find(|l| l.contains("panicked at")).map(|l| {
+        let rest: Vec<&str> = stderr.lines().skip_while(|x| *x != l).take(2).collect();
+        rest.join(" ")
+    }) {
+        Some(panic) => format!("{first} ({panic})"),
+        None => first,
+    }
+}
+
+/// Shared pieces of a loaded plugin, handed from the registry.
+pub(crate) struct Loaded {
+    pub metadata: Metadata,
+    pub source: Source,
+    pub sha256: String,
+    pub pre: PreHandle,
+    pub sandbox: Sandbox,
+}
+
+/// Opaque to the registry: which world a component was bound as.
+#[derive(Clone)]
+pub(crate) struct PreHandle(Pre);
+
+impl Plugin {
+    pub(crate) fn from_loaded(engine: &wasmtime::Engine, loaded: Loaded) -> Arc<Plugin> {
+        Arc::new(Plugin {
+            metadata: loaded.metadata,
+            source: loaded.source,
+            sha256: loaded.sha256,
+            engine: engine.clone(),
+            pre: loaded.pre.0,
+            sandbox: loaded.sandbox,
+        })
+    }
+}
+
+/// Binds a component to the world it exports and reads its metadata in a throwaway instance.
+pub(crate) async fn bind(
+    engine: &wasmtime::Engine,
+    linker: &wasmtime::component::Linker<State>,
+    component: &wasmtime::component::Component,
+    source: &Source,
+    sandbox: &Sandbox,
+) -> Result<(PreHandle, Metadata), Error> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    let instance_pre = linker.instantiate_pre(component).map_err(|e| Error::Link {
+        origin: source.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let wrong = |reason: String| Error::WrongWorld {
+        origin: source.clone(),
+        reason,
+    };
+    let pre = if exports.iter().any(|e| e == bindings::INSTANCE_EXPORT) {
+        Pre::Instance(InstancePluginPre::new(instance_pre).map_err(|e| {
+            wrong(format!(
+                "its `{}` export does not match: {e:#}",
+                bindings::INSTANCE_EXPORT
+            ))
+        })?)
+    } else if exports.iter().any(|e| e == bindings::FLAVOR_EXPORT) {
+        Pre::Flavor(FlavorPluginPre::new(instance_pre).map_err(|e| {
+            wrong(format!(
+                "its `{}` export does not match: {e:#}",
+                bindings::FLAVOR_EXPORT
+            ))
+        })?)
+    } else {
+        let found = if exports.is_empty() {
+            "nothing".to_string()
+        } else {
+            exports.join(", ")
+        };
+        return Err(wrong(format!(
+            "it exports {found}, but a plugin exports `{}` (world instance-plugin) or `{}` (world flavor-plugin)",
+            bindings::INSTANCE_EXPORT,
+            bindings::FLAVOR_EXPORT
+        )));
+    };
+
+    let (metadata, _) = call(
+        engine,
+        &pre,
+        sandbox,
+        &sandbox.plugin,
+        source,
+        "metadata",
+        async |store, bound| {
+            let m = match bound {
+                Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
+                Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
+            };
+            Ok(Ok::<_, WitError>(m))
+        },
+    )
+    .await?;
+    let metadata = bindings::metadata_from_wit(metadata);
+    let world_kind = match pre {
+        Pre::Instance(_) => PluginKind::Instance,
+        Pre::Flavor(_) => PluginKind::Flavor,
+    };
+    if metadata.kind != world_kind {
+        return Err(Error::Metadata {
+            origin: source.clone(),
+            reason: format!(
+                "its metadata says kind {} but it implements the {world_kind} world",
+                metadata.kind
+            ),
+        });
+    }
+    Ok((PreHandle(pre), metadata))
+}

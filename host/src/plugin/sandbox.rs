@@ -1,0 +1,344 @@
+//! The per-call sandbox: the store data of one plugin instance, its WASI context built from the
+//! plugin's grants, the memory limiter, the outbound HTTP policy, and the linker they plug into.
+//!
+//! A fresh [`State`] (and so a fresh store and instance) is made for every call: a trap or a
+//! guest left in a bad state can never leak into the next call.
+
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use super::bindings;
+use crate::grants::{self, Grants};
+
+/// How much of a call's stdout/stderr is kept (and logged); the rest is dropped.
+const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
+/// Longest single log message accepted from a plugin.
+const LOG_MESSAGE_BYTES: usize = 8 * 1024;
+/// Log lines accepted from a plugin per call; more are counted and dropped.
+const LOG_LINES_PER_CALL: usize = 1000;
+
+/// Everything a plugin is allowed, resolved to host paths.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    /// The plugin's name, attached to its log lines.
+    pub plugin: Arc<str>,
+    /// The private scratch directory, seen by the plugin as `/data`.
+    pub scratch: std::path::PathBuf,
+    /// What the operator granted.
+    pub grants: Arc<Grants>,
+}
+
+/// The guest path of a plugin's private scratch directory.
+pub const SCRATCH_GUEST_PATH: &str = "/data";
+
+/// Store data of one plugin instance.
+pub struct State {
+    plugin: Arc<str>,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: HttpPolicy,
+    pub(super) limiter: MemoryLimiter,
+    config: Arc<Grants>,
+    pub(super) stdout: MemoryOutputPipe,
+    pub(super) stderr: MemoryOutputPipe,
+    log_lines: usize,
+}
+
+impl State {
+    /// Builds the store data for one call under `sandbox`.
+    pub fn new(sandbox: &Sandbox) -> wasmtime::Result<Self> {
+        let grants = &sandbox.grants;
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let mut wasi = WasiCtxBuilder::new();
+        // Nothing is inherited from the host: no environment, no arguments, no stdin, no
+        // network. Sockets stay denied: outbound traffic goes through wasi:http and its policy.
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        for (k, v) in &grants.env {
+            wasi.env(k, v);
+        }
+        std::fs::create_dir_all(&sandbox.scratch)?;
+        wasi.preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)?;
+        for f in &grants.files {
+            let perms = match f.mode {
+                grants::Mode::ReadOnly => FsPerms::ReadOnly,
+                grants::Mode::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&f.host, &f.guest, perms).map_err(|e| {
+                e.context(format!(
+                    "granted directory {} (guest {})",
+                    f.host.display(),
+                    f.guest
+                ))
+            })?;
+        }
+        Ok(State {
+            plugin: sandbox.plugin.clone(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: HttpPolicy {
+                plugin: sandbox.plugin.clone(),
+                grants: grants.clone(),
+            },
+            limiter: MemoryLimiter::new(grants.limits.memory),
+            config: grants.clone(),
+            stdout,
+            stderr,
+            log_lines: 0,
+        })
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl bindings::host::Host for State {
+    fn log(&mut self, level: bindings::host::Level, message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(plugin = %self.plugin, "plugin log limit reached; dropping further lines of this call");
+            }
+            return Ok(());
+        }
+        let message = truncate(&message, LOG_MESSAGE_BYTES);
+        use bindings::host::Level;
+        let plugin = &*self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn get_config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.config.config.get(&key).cloned())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Emits what a call wrote to stdout/stderr as log lines of its plugin.
+pub(super) fn flush_output(plugin: &str, stdout: &MemoryOutputPipe, stderr: &MemoryOutputPipe) {
+    for (stream, pipe) in [("stdout", stdout), ("stderr", stderr)] {
+        let bytes = pipe.contents();
+        if bytes.is_empty() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            if stream == "stderr" {
+                tracing::warn!(target: "plugin", plugin, stream, "{line}");
+            } else {
+                tracing::info!(target: "plugin", plugin, stream, "{line}");
+            }
+        }
+    }
+}
+
+/// Caps the sum of all linear memories of one instance (wasmtime's own limits are per memory,
+/// and a component has several).
+pub struct MemoryLimiter {
+    limit: u64,
+    total: u64,
+    /// Set when a growth was refused, so the fault can be reported as a memory fault.
+    pub(super) exceeded: Option<u64>,
+}
+
+impl MemoryLimiter {
+    fn new(limit: u64) -> Self {
+        MemoryLimiter {
+            limit,
+            total: 0,
+            exceeded: None,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total - current as u64 + desired as u64;
+        if total > self.limit {
+            self.exceeded = Some(total);
+            // An error (rather than `Ok(false)`) traps right here, so the plugin cannot swallow
+            // the failure and the report names the real cause.
+            wasmtime::bail!(
+                "memory limit exceeded: growing to {} would use {} in all, over the limit of {}",
+                bytesize::ByteSize(desired as u64),
+                bytesize::ByteSize(total),
+                bytesize::ByteSize(self.limit)
+            );
+        }
+        self.total = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The outbound HTTP policy of one plugin: allow-list, private-address blocking, timeouts and a
+/// response size cap.
+struct HttpPolicy {
+    plugin: Arc<str>,
+    grants: Arc<Grants>,
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpPolicy {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let _ = fut;
+        let plugin = self.plugin.clone();
+        let grants = self.grants.clone();
+        Box::new(async move {
+            let uri = request.uri().clone();
+            let scheme = uri.scheme_str().unwrap_or("https").to_string();
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "http" { 80 } else { 443 });
+            let target = format!("{scheme}://{host}:{port}");
+            let granted = grants
+                .http
+                .allow
+                .iter()
+                .any(|t| t.matches(&scheme, &host, port));
+            if !granted {
+                let allowed: Vec<String> =
+                    grants.http.allow.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    plugin = %plugin,
+                    target = %target,
+                    granted = ?allowed,
+                    "outbound HTTP denied: no grant matches (add it to the plugin's [http] allow list)"
+                );
+                return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            }
+            if grants.http.block_private {
+                let host_only = host.trim_start_matches('[').trim_end_matches(']');
+                let addrs: Vec<std::net::IpAddr> = match host_only.parse() {
+                    Ok(ip) => vec![ip],
+                    Err(_) => tokio::net::lookup_host((host_only, port))
+                        .await
+                        .map_err(|_| wasmtime_wasi_http::Error::DnsError {
+                            rcode: None,
+                            info_code: None,
+                        })?
+                        .map(|a| a.ip())
+                        .collect(),
+                };
+                if let Some(ip) = addrs.iter().find(|ip| !grants.address_allowed(**ip)) {
+                    tracing::warn!(
+                        plugin = %plugin,
+                        target = %target,
+                        address = %ip,
+                        "outbound HTTP denied: resolves to a private or link-local address (block_private)"
+                    );
+                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                }
+            }
+            // The guest's own timeouts apply, but never beyond the call's wall-clock limit
+            // (wasmtime's default is 600 s).
+            let wall = grants.limits.wall;
+            let cap = |t: Option<std::time::Duration>| Some(t.map_or(wall, |t| t.min(wall)));
+            let options = RequestOptions {
+                connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
+                first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
+                between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
+            };
+            let (response, io) =
+                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let limit = grants.limits.http_response;
+            let response = response.map(|body| {
+                http_body_util::Limited::new(body, limit as usize)
+                    .map_err(move |e| match e.downcast::<wasmtime_wasi_http::Error>() {
+                        Ok(inner) => *inner,
+                        Err(_) => wasmtime_wasi_http::Error::HttpResponseBodySize(Some(limit)),
+                    })
+                    .boxed_unsync()
+            });
+            Ok((
+                response,
+                Box::new(io) as Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            ))
+        })
+    }
+}
+
+/// The linker every plugin instantiates against: WASI p2, wasi:http (with the policy above)
+/// and the infrakit `host` interface.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    bindings::host::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

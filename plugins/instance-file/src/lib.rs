@@ -1,0 +1,388 @@
+//! `instance-file`: every instance is a JSON file in the plugin's directory.
+//!
+//! InfraKit's first plugin, and still the quickest way to see a group converge: delete a file and
+//! the group controller provisions a replacement. The directory is the guest path given by the
+//! `dir` config value (default `/data`, the plugin's private directory under the host's data dir).
+//! Files are written to a temporary name and renamed, so a reader never sees half an instance.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use infrakit_sdk::{
+    Capability, Description, DestroyContext, Error, InstancePlugin, InstanceSpec, Properties,
+    Result, Tags,
+};
+use serde::{Deserialize, Serialize};
+
+/// The guest directory used when no `dir` is configured.
+pub const DEFAULT_DIR: &str = "/data";
+
+/// Instance properties accepted by this plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "PascalCase")]
+pub struct FileProperties {
+    /// Prefix of generated instance ids: lowercase letters, digits and `-`, at most 32.
+    pub prefix: Option<String>,
+    /// Free-form data stored in each instance file (an image, a size...).
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl FileProperties {
+    fn parse(properties: &Properties) -> Result<Self> {
+        let props: FileProperties = properties.parse()?;
+        if let Some(prefix) = &props.prefix {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 32
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "properties at `Prefix`: {prefix:?} is not 1-32 of [a-z0-9-]"
+                )));
+            }
+        }
+        Ok(props)
+    }
+}
+
+/// One instance, as stored on disk.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Record {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "LogicalID", default, skip_serializing_if = "Option::is_none")]
+    logical_id: Option<String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    init: String,
+    #[serde(default)]
+    properties: serde_json::Value,
+    #[serde(default)]
+    attachments: Vec<serde_json::Value>,
+    /// Unix time in milliseconds.
+    #[serde(default)]
+    created: u64,
+}
+
+/// The plugin. Holds only where its files are; the files are the state.
+#[derive(Debug)]
+pub struct FilePlugin {
+    dir: PathBuf,
+}
+
+impl Default for FilePlugin {
+    fn default() -> Self {
+        let dir = infrakit_sdk::config("dir").unwrap_or_else(|| DEFAULT_DIR.to_string());
+        FilePlugin { dir: dir.into() }
+    }
+}
+
+impl FilePlugin {
+    /// A plugin keeping its instances in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        FilePlugin { dir: dir.into() }
+    }
+
+    fn path_of(&self, id: &str) -> Result<PathBuf> {
+        let valid = !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && !id.starts_with('.');
+        if !valid {
+            return Err(Error::invalid(format!(
+                "instance id {id:?}: expected letters, digits, `-`, `_` or `.`"
+            )));
+        }
+        Ok(self.dir.join(format!("{id}.json")))
+    }
+
+    fn read(&self, path: &Path) -> Result<Record> {
+        let text = fs::read_to_string(path)?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::other(format!("{}: not an instance file: {e}", path.display())))
+    }
+
+    fn write(&self, record: &Record, create: bool) -> Result<()> {
+        let path = self.path_of(&record.id)?;
+        let tmp = self.dir.join(format!(".{}.tmp", record.id));
+        let text = serde_json::to_string_pretty(record).map_err(|e| Error::other(e.to_string()))?;
+        fs::write(&tmp, text)?;
+        if create {
+            // A hard link fails atomically when the name is taken, unlike exists() + rename.
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            return match linked {
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::Transient(format!(
+                    "instance id {} is taken",
+                    record.id
+                ))),
+                other => Ok(other?),
+            };
+        }
+        fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    fn records(&self) -> Result<Vec<Record>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::other(format!("{}: {e}", self.dir.display())));
+            }
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match self.read(&path) {
+                Ok(record) => out.push(record),
+                // Deleted between listing and reading: it is simply gone.
+                Err(Error::NotFound(_)) => {}
+                // A foreign or damaged file must not hide the healthy instances.
+                Err(e) => infrakit_sdk::warn!("skipping {}: {e}", path.display()),
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+impl InstancePlugin for FilePlugin {
+    fn capabilities(&self) -> Vec<Capability> {
+        vec![
+            Capability::Files {
+                guest_path: DEFAULT_DIR.to_string(),
+                writable: true,
+            },
+            Capability::Config("dir".to_string()),
+        ]
+    }
+
+    fn validate(&self, properties: &Properties) -> Result<()> {
+        FileProperties::parse(properties).map(|_| ())
+    }
+
+    fn provision(&self, spec: InstanceSpec) -> Result<String> {
+        let props = FileProperties::parse(&spec.properties)?;
+        let prefix = props.prefix.as_deref().unwrap_or("instance");
+        fs::create_dir_all(&self.dir)?;
+        let properties = if spec.properties.as_str().trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(spec.properties.as_str())
+                .map_err(|e| Error::invalid(format!("properties: {e}")))?
+        };
+        let mut record = Record {
+            id: String::new(),
+            logical_id: spec.logical_id,
+            tags: spec.tags.into_iter().collect(),
+            init: spec.init,
+            properties,
+            attachments: spec
+                .attachments
+                .into_iter()
+                .map(|a| serde_json::json!({"ID": a.id, "Type": a.kind}))
+                .collect(),
+            created: now_millis(),
+        };
+        // Ids come from the clock; two calls in the same nanosecond retry with the next one.
+        for attempt in 0..16u128 {
+            record.id = format!("{prefix}-{:x}", (now_nanos() + attempt) & 0xffff_ffff_ffff);
+            match self.write(&record, true) {
+                Err(Error::Transient(_)) => continue,
+                other => {
+                    other?;
+                    infrakit_sdk::info!("provisioned {}", record.id);
+                    return Ok(record.id);
+                }
+            }
+        }
+        Err(Error::Transient("no free instance id".to_string()))
+    }
+
+    fn label(&self, id: &str, labels: Tags) -> Result<()> {
+        let path = self.path_of(id)?;
+        let mut record = self.read(&path).map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(format!("instance {id}")),
+            e => e,
+        })?;
+        record.tags.extend(labels);
+        self.write(&record, false)
+    }
+
+    fn destroy(&self, id: &str, context: DestroyContext) -> Result<()> {
+        let path = self.path_of(id)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                infrakit_sdk::info!("destroyed {id} ({context:?})");
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(Error::NotFound(format!("instance {id}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn describe(&self, tags: &Tags, include_properties: bool) -> Result<Vec<Description>> {
+        let found = self
+            .records()?
+            .into_iter()
+            .map(|r| Description {
+                id: r.id,
+                logical_id: r.logical_id,
+                tags: r.tags.into_iter().collect(),
+                properties: include_properties.then(|| Properties::new(r.properties.to_string())),
+            })
+            .filter(|d| d.matches(tags))
+            .collect();
+        Ok(found)
+    }
+}
+
+infrakit_sdk::export_instance!(FilePlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(tags: &[(&str, &str)]) -> InstanceSpec {
+        InstanceSpec {
+            properties: Properties::new(r#"{"Prefix": "web", "Metadata": {"image": "debian"}}"#),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            init: "echo hi".into(),
+            ..Default::default()
+        }
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn provision_describe_destroy_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = FilePlugin::new(dir.path());
+        let a = plugin.provision(spec(&[("group", "web")])).unwrap();
+        let b = plugin.provision(spec(&[("group", "db")])).unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("web-"));
+
+        let all = plugin.describe(&vec![], false).unwrap();
+        assert_eq!(all.len(), 2);
+        let web = plugin.describe(&tags(&[("group", "web")]), true).unwrap();
+        assert_eq!(web.len(), 1);
+        assert_eq!(web[0].id, a);
+        let props = web[0].properties.as_ref().unwrap().as_str();
+        assert!(props.contains("debian"), "{props}");
+
+        plugin.destroy(&a, DestroyContext::Terminate).unwrap();
+        let left: Vec<_> = plugin
+            .describe(&vec![], false)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(left, vec![b]);
+        assert!(matches!(
+            plugin.destroy(&a, DestroyContext::Terminate),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn label_merges_tags() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = FilePlugin::new(dir.path());
+        let id = plugin.provision(spec(&[("a", "1"), ("b", "2")])).unwrap();
+        plugin.label(&id, tags(&[("b", "3"), ("c", "4")])).unwrap();
+        let d = &plugin.describe(&tags(&[("c", "4")]), false).unwrap()[0];
+        assert_eq!(d.tag("a"), Some("1"));
+        assert_eq!(d.tag("b"), Some("3"));
+        assert!(matches!(
+            plugin.label("nope", vec![]),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let plugin = FilePlugin::new("/nonexistent");
+        let err = plugin
+            .validate(&Properties::new(r#"{"Prefix": 42}"#))
+            .unwrap_err();
+        assert!(err.to_string().contains("`Prefix`"), "{err}");
+        let err = plugin
+            .validate(&Properties::new(r#"{"Prefx": "a"}"#))
+            .unwrap_err();
+        assert!(err.to_string().contains("Prefx"), "{err}");
+        let err = plugin
+            .validate(&Properties::new(r#"{"Prefix": "Not/Ok"}"#))
+            .unwrap_err();
+        assert!(err.to_string().contains("`Prefix`"), "{err}");
+        plugin.validate(&Properties::new("{}")).unwrap();
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_directory() {
+        let plugin = FilePlugin::new("/nonexistent");
+        for id in ["../etc/passwd", "a/b", ".hidden", ""] {
+            assert!(
+                matches!(
+                    plugin.destroy(id, DestroyContext::Terminate),
+                    Err(Error::Invalid(_))
+                ),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_skipped_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = infrakit_sdk::testing::Host::new();
+        let _g = host.install();
+        let plugin = FilePlugin::new(dir.path());
+        plugin.provision(spec(&[])).unwrap();
+        fs::write(dir.path().join("junk.json"), "{not json").unwrap();
+        assert_eq!(plugin.describe(&vec![], false).unwrap().len(), 1);
+        assert!(host.logs().iter().any(|(_, m)| m.contains("junk.json")));
+    }
+
+    #[test]
+    fn dir_comes_from_config() {
+        let host = infrakit_sdk::testing::Host::new().with_config("dir", "/srv/instances");
+        let _g = host.install();
+        assert_eq!(FilePlugin::default().dir, PathBuf::from("/srv/instances"));
+    }
+}

@@ -1,0 +1,7 @@
+//! The one integration test binary (every extra one costs a link of a large debug executable).
+//! Tests drive the real `infrakit` binary and the real host library with the real plugins
+//! compiled from `plugins/` and `tests/fixtures/plugins/`.
+
+mod support;
+
+mod plugin_cli;

@@ -1,0 +1,423 @@
+//! Passive use of plugins from the CLI (issue 2): the real binary, the real built-in plugins.
+
+use serde_json::Value;
+
+use crate::support::{Env, guest};
+
+fn ids(described: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = described
+        .as_array()
+        .expect("describe -o json prints an array")
+        .iter()
+        .map(|d| d["ID"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn plugin_ls_lists_both_builtins_with_kind_and_version() {
+    let env = Env::new();
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let rows = rows.as_array().unwrap();
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {rows:?}"))
+            .clone()
+    };
+    let file = find("instance-file");
+    assert_eq!(file["kind"], "instance");
+    assert_eq!(file["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(file["source"], "built-in");
+    assert_eq!(file["status"], "ok");
+    let vanilla = find("flavor-vanilla");
+    assert_eq!(vanilla["kind"], "flavor");
+    assert_eq!(vanilla["status"], "ok");
+
+    let table = env.ok(&["plugin", "ls"], None);
+    assert!(
+        table.contains("instance-file") && table.contains("flavor-vanilla"),
+        "{table}"
+    );
+}
+
+#[test]
+fn provision_describe_and_destroy_through_instance_file() {
+    let env = Env::new();
+    let web = env
+        .ok(
+            &["instance", "provision", "--plugin", "instance-file"],
+            Some(r#"{"Properties": {"Prefix": "web"}, "Tags": {"group": "web", "tier": "front"}, "Init": "echo hi"}"#),
+        )
+        .trim()
+        .to_string();
+    let db = env
+        .run(
+            &[
+                "instance",
+                "provision",
+                "--plugin",
+                "instance-file",
+                "-o",
+                "json",
+            ],
+            Some(r#"{"Tags": {"group": "db"}, "LogicalID": "db1"}"#),
+        )
+        .json()["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(web.starts_with("web-"), "{web}");
+    assert_ne!(web, db);
+
+    // The instance is a real file in the plugin's directory, holding the spec.
+    let file = env.scratch("instance-file").join(format!("{web}.json"));
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(stored["Init"], "echo hi");
+    assert_eq!(stored["Tags"]["tier"], "front");
+
+    let all = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "instance-file",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    let mut expected = vec![web.clone(), db.clone()];
+    expected.sort();
+    assert_eq!(ids(&all), expected);
+
+    let only_db = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "instance-file",
+                "--tag",
+                "group=db",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(ids(&only_db), vec![db.clone()]);
+    assert_eq!(only_db[0]["LogicalID"], "db1");
+
+    let none = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "instance-file",
+                "--tag",
+                "group=web",
+                "--tag",
+                "tier=back",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert!(ids(&none).is_empty());
+
+    env.ok(
+        &["instance", "destroy", "--plugin", "instance-file", &web],
+        None,
+    );
+    assert!(!file.exists());
+    let left = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "instance-file",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(ids(&left), vec![db]);
+
+    let err = env
+        .run(
+            &["instance", "destroy", "--plugin", "instance-file", &web],
+            None,
+        )
+        .assert_failure();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn label_merges_tags() {
+    let env = Env::new();
+    let id = env
+        .ok(
+            &["instance", "provision", "--plugin", "instance-file"],
+            Some(r#"{"Tags": {"a": "1"}}"#),
+        )
+        .trim()
+        .to_string();
+    env.ok(
+        &[
+            "instance",
+            "label",
+            "--plugin",
+            "instance-file",
+            &id,
+            "--tag",
+            "b=2",
+        ],
+        None,
+    );
+    let found = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "instance-file",
+                "--tag",
+                "b=2",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(found[0]["Tags"]["a"], "1");
+    assert_eq!(found[0]["ID"], Value::String(id));
+}
+
+#[test]
+fn validate_rejects_bad_properties_naming_the_field() {
+    let env = Env::new();
+    env.ok(
+        &["instance", "validate", "--plugin", "instance-file"],
+        Some(r#"{"Properties": {"Prefix": "ok"}}"#),
+    );
+    let err = env
+        .run(
+            &["instance", "validate", "--plugin", "instance-file"],
+            Some(r#"{"Properties": {"Prefix": 42}}"#),
+        )
+        .assert_failure();
+    assert!(
+        err.contains("instance-file") && err.contains("`Prefix`"),
+        "{err}"
+    );
+
+    let err = env
+        .run(
+            &["instance", "validate", "--plugin", "instance-file"],
+            Some(r#"{"Properties": {"Prefx": "a"}}"#),
+        )
+        .assert_failure();
+    assert!(err.contains("Prefx"), "{err}");
+
+    let err = env
+        .run(
+            &[
+                "flavor",
+                "validate",
+                "--plugin",
+                "flavor-vanilla",
+                "--size",
+                "2",
+            ],
+            Some(r#"{"Init": "not a list"}"#),
+        )
+        .assert_failure();
+    assert!(
+        err.contains("flavor-vanilla") && err.contains("`Init`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_specs_name_the_field_and_the_input() {
+    let env = Env::new();
+    let err = env
+        .run(
+            &["instance", "provision", "--plugin", "instance-file"],
+            Some(r#"{"Tags": {"a": 1}}"#),
+        )
+        .assert_failure();
+    assert!(err.contains("<stdin>") && err.contains("`Tags.a`"), "{err}");
+
+    let spec = env.data_dir().join("spec.json");
+    std::fs::write(&spec, r#"{"Tgas": {}}"#).unwrap();
+    let err = env
+        .run(
+            &[
+                "instance",
+                "provision",
+                "--plugin",
+                "instance-file",
+                spec.to_str().unwrap(),
+            ],
+            None,
+        )
+        .assert_failure();
+    assert!(
+        err.contains("spec.json") && err.contains("Tgas") && err.contains("expected one of"),
+        "{err}"
+    );
+
+    let err = env
+        .run(&["instance", "describe", "--plugin", "instance-nope"], None)
+        .assert_failure();
+    assert!(
+        err.contains("instance-nope") && err.contains("instance-file"),
+        "{err}"
+    );
+
+    let err = env
+        .run(
+            &["instance", "describe", "--plugin", "flavor-vanilla"],
+            None,
+        )
+        .assert_failure();
+    assert!(err.contains("is a flavor plugin"), "{err}");
+}
+
+#[test]
+fn flavor_prepare_healthy_and_drain() {
+    let env = Env::new();
+    let props = r#"{"Init": ["start {{logical_id}} in {{group}}"], "Tags": {"role": "zk"}, "UnhealthyTags": {"health": "bad"}}"#;
+    let prepared = env
+        .run(
+            &[
+                "flavor",
+                "prepare",
+                "--plugin",
+                "flavor-vanilla",
+                "--properties",
+                props,
+                "--logical-id",
+                "zk1",
+                "--logical-id",
+                "zk2",
+                "--group",
+                "zk",
+            ],
+            Some(r##"{"Init": "#!/bin/sh", "LogicalID": "zk1"}"##),
+        )
+        .json();
+    assert_eq!(prepared["Init"], "#!/bin/sh\nstart zk1 in zk");
+    assert_eq!(prepared["Tags"]["role"], "zk");
+
+    let healthy = env.run(
+        &[
+            "flavor",
+            "healthy",
+            "--plugin",
+            "flavor-vanilla",
+            "--properties",
+            props,
+        ],
+        Some(r#"{"ID": "i-1", "Tags": {"health": "ok"}}"#),
+    );
+    healthy.assert_success();
+    assert_eq!(healthy.stdout().trim(), "healthy");
+
+    let sick = env.run(
+        &[
+            "flavor",
+            "healthy",
+            "--plugin",
+            "flavor-vanilla",
+            "--properties",
+            props,
+        ],
+        Some(r#"{"ID": "i-1", "Tags": {"health": "bad"}}"#),
+    );
+    assert_eq!(sick.code(), Some(3), "unhealthy exits 3: {}", sick.stderr());
+    assert_eq!(sick.stdout().trim(), "unhealthy");
+
+    env.ok(
+        &["flavor", "drain", "--plugin", "flavor-vanilla"],
+        Some(r#"{"ID": "i-1"}"#),
+    );
+}
+
+#[test]
+fn corrupt_and_wrong_world_plugins_are_reported_and_builtins_keep_working() {
+    let env = Env::new();
+    let dir = env.plugins_dir();
+    std::fs::write(dir.join("corrupt.wasm"), b"\0asm\x0d\0\x01\0garbage").unwrap();
+    std::fs::copy(guest("fixture-wrong-world"), dir.join("greeter.wasm")).unwrap();
+
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let rows = rows.as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+
+    let corrupt = row("corrupt");
+    assert_eq!(corrupt["status"], "error");
+    let msg = corrupt["error"].as_str().unwrap();
+    assert!(
+        msg.contains("corrupt.wasm") && msg.contains("not a valid WebAssembly component"),
+        "{msg}"
+    );
+
+    let wrong = row("greeter");
+    assert_eq!(wrong["status"], "error");
+    let msg = wrong["error"].as_str().unwrap();
+    assert!(
+        msg.contains("greeter.wasm")
+            && msg.contains("not an infrakit plugin")
+            && msg.contains("fixture:wrong/greeter"),
+        "{msg}"
+    );
+
+    assert_eq!(row("instance-file")["status"], "ok");
+    assert_eq!(row("flavor-vanilla")["status"], "ok");
+    let id = env.ok(
+        &["instance", "provision", "--plugin", "instance-file"],
+        Some("{}"),
+    );
+    assert!(!id.trim().is_empty());
+
+    let table = env.ok(&["plugin", "ls"], None);
+    assert!(
+        table.contains("Not loaded") && table.contains("corrupt.wasm"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_plugin_file_named_unlike_its_metadata_is_refused() {
+    let env = Env::new();
+    let dir = env.plugins_dir();
+    // The built-in under its own name in the directory would clash; under another it must
+    // be refused because its metadata names it differently.
+    std::fs::copy(guest("instance-file"), dir.join("instance-copy.wasm")).unwrap();
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let copy = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "instance-copy")
+        .unwrap()
+        .clone();
+    assert_eq!(copy["status"], "error");
+    assert!(
+        copy["error"]
+            .as_str()
+            .unwrap()
+            .contains("instance-file.wasm"),
+        "{copy}"
+    );
+}

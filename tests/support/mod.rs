@@ -1,0 +1,147 @@
+//! Helpers shared by the integration tests: a temp dir per test, running the real binary,
+//! paths of the compiled guest fixtures.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The compiled guests (plugins and fixtures), built by the build script.
+pub fn guest(name: &str) -> PathBuf {
+    let path =
+        Path::new(env!("INFRAKIT_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "guest {name} was not built: {}",
+        path.display()
+    );
+    path
+}
+
+/// One compiled-artifact cache for every test process: compiling a component in a debug host
+/// takes seconds, loading it from the cache well under one.
+pub fn shared_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("infrakit-test-cache")
+}
+
+/// A private data directory and a way to run the binary against it.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("infrakit-test-")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn plugins_dir(&self) -> PathBuf {
+        let p = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// The host directory behind a plugin's `/data`.
+    pub fn scratch(&self, plugin: &str) -> PathBuf {
+        self.dir.path().join("scratch").join(plugin)
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_infrakit"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("INFRAKIT_DATA_DIR", self.data_dir())
+            .env("INFRAKIT_CACHE_DIR", shared_cache_dir())
+            .env("INFRAKIT_LOG", "warn");
+        cmd
+    }
+
+    /// Runs the binary with `args`, feeding `stdin`.
+    pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn infrakit");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let output = child.wait_with_output().expect("wait for infrakit");
+        Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+        }
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let run = self.run(args, stdin);
+        run.assert_success();
+        run.stdout()
+    }
+}
+
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+
+    pub fn assert_success(&self) {
+        assert!(
+            self.output.status.success(),
+            "infrakit {:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    pub fn assert_failure(&self) -> String {
+        assert!(
+            !self.output.status.success(),
+            "infrakit {:?} should have failed\nstdout:\n{}",
+            self.args,
+            self.stdout()
+        );
+        self.stderr()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        self.assert_success();
+        serde_json::from_str(&self.stdout())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout()))
+    }
+}
