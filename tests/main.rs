@@ -5,3 +5,4 @@
 mod support;
 
 mod plugin_cli;
+mod sandbox;

@@ -258,9 +258,11 @@ pub struct Grants {
     pub limits: Limits,
 }
 
-#[derive(Deserialize)]
+/// A grant section as written, before validation. Embedded by the daemon's config file
+/// (`[plugins.NAME]`) so both places accept exactly the same keys.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawGrants {
+pub struct RawGrants {
     #[serde(default)]
     files: Vec<FileGrant>,
     #[serde(default)]
@@ -307,18 +309,16 @@ impl Grants {
 
     /// Parses and validates grant text; `path` is only used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let raw: RawGrants = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
-            Error::Syntax {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }
-        })?;
+        let raw: RawGrants = toml::from_str(text).map_err(|e| syntax_error(text, path, e))?;
+        Self::from_raw(raw, path, "")
+    }
+
+    /// Validates a parsed section; error keys are prefixed with `prefix` (e.g.
+    /// `plugins.instance-file.`) so they point into the file they came from.
+    pub fn from_raw(raw: RawGrants, path: &Path, prefix: &str) -> Result<Self, Error> {
         let value_error = |key: String, problem: String, accepted: &'static str| Error::Value {
             path: path.to_path_buf(),
-            key,
+            key: format!("{prefix}{key}"),
             problem,
             accepted,
         };
@@ -421,6 +421,17 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (seg & 0xfe00) == 0xfc00 // unique local
                 || (seg & 0xffc0) == 0xfe80) // link local
         }
+    }
+}
+
+/// A TOML error with the file and the 1-based line and column it points at.
+pub fn syntax_error(text: &str, path: &Path, e: toml::de::Error) -> Error {
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    Error::Syntax {
+        path: path.to_path_buf(),
+        line,
+        column,
+        message: e.message().trim().to_string(),
     }
 }
 

@@ -7,10 +7,12 @@
 //! - [`plugin`] loads components (built-in and from the plugin directory), sandboxes them with
 //!   their [`grants`], and calls them: every call runs in a fresh instance, so a plugin that traps,
 //!   loops or floods memory costs only that call.
-//! - [`grants`] parses and validates what an operator allows each plugin.
+//! - [`grants`] parses and validates what an operator allows each plugin; [`config`] is the
+//!   host's own file (grants of built-ins among other settings).
 //! - [`cli`] is the command line: passive use of plugins, like a conventional tool.
 
 pub mod cli;
+pub mod config;
 pub mod grants;
 pub mod plugin;
 

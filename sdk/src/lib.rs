@@ -46,6 +46,7 @@
 extern crate self as infrakit_sdk;
 
 mod error;
+pub mod http;
 mod log;
 mod plugin;
 mod properties;

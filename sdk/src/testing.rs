@@ -18,11 +18,15 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use crate::Level;
+use crate::http::{HttpError, Request, Response};
+
+type HttpHandler = Box<dyn Fn(&Request) -> Result<Response, HttpError>>;
 
 #[derive(Default)]
 struct State {
     config: BTreeMap<String, String>,
     logs: Vec<(Level, String)>,
+    http: Option<HttpHandler>,
 }
 
 thread_local! {
@@ -61,6 +65,29 @@ impl Host {
             .borrow_mut()
             .config
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Answers the plugin's HTTP requests with `handler` (natively there is no network).
+    ///
+    /// ```
+    /// use infrakit_sdk::http::{self, HttpError, Response};
+    /// let host = infrakit_sdk::testing::Host::new().with_http(|req| {
+    ///     if req.url.starts_with("https://api.test/") {
+    ///         Ok(Response { status: 200, headers: vec![], body: b"{}".to_vec() })
+    ///     } else {
+    ///         Err(HttpError::Denied { url: req.url.clone() })
+    ///     }
+    /// });
+    /// let _g = host.install();
+    /// assert!(http::get("https://api.test/x").send().is_ok());
+    /// assert!(matches!(http::get("https://evil.test/").send(), Err(HttpError::Denied { .. })));
+    /// ```
+    pub fn with_http(
+        self,
+        handler: impl Fn(&Request) -> Result<Response, HttpError> + 'static,
+    ) -> Self {
+        self.state.borrow_mut().http = Some(Box::new(handler));
         self
     }
 
@@ -121,4 +148,16 @@ pub(crate) fn config_value(key: &str) -> Option<String> {
             .as_ref()
             .and_then(|state| state.borrow().config.get(key).cloned())
     })
+}
+
+#[allow(dead_code)]
+pub(crate) fn http_request(req: &Request) -> Result<Response, HttpError> {
+    let state = CURRENT.with(|c| c.borrow().clone());
+    match state {
+        Some(state) => match &state.borrow().http {
+            Some(handler) => handler(req),
+            None => Err(HttpError::Unsupported),
+        },
+        None => Err(HttpError::Unsupported),
+    }
 }

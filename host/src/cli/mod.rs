@@ -15,12 +15,18 @@ use clap::{Parser, Subcommand};
 
 pub use output::Format;
 
+use crate::config::Config;
 use crate::plugin::{Registry, RegistryConfig};
 
 /// Declarative, self-healing infrastructure with sandboxed WebAssembly plugins.
 #[derive(Debug, Parser)]
 #[command(name = "infrakit", version, about, propagate_version = true)]
 pub struct Cli {
+    /// The host's configuration file (TOML): data and plugin directories, grants of built-in
+    /// plugins (`[plugins.NAME]`). Flags win over it.
+    #[arg(long, global = true, env = "INFRAKIT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Where infrakit keeps its state: plugin scratch directories, compiled-plugin cache.
     #[arg(long, global = true, env = "INFRAKIT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -60,9 +66,18 @@ pub enum Command {
 }
 
 impl Cli {
-    /// The data directory: `--data-dir`, else the user's data directory.
-    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
-        match &self.data_dir {
+    /// The configuration file's contents, or the defaults when none was given.
+    pub fn file_config(&self) -> anyhow::Result<Config> {
+        match &self.config {
+            Some(path) => Ok(Config::load(path)?),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// The data directory: `--data-dir`, else the config file's, else the user's data
+    /// directory.
+    pub fn data_dir(&self, file: &Config) -> anyhow::Result<PathBuf> {
+        match self.data_dir.as_ref().or(file.data_dir.as_ref()) {
             Some(d) => Ok(d.clone()),
             None => dirs::data_dir()
                 .map(|d| d.join("infrakit"))
@@ -71,11 +86,13 @@ impl Cli {
     }
 
     fn registry_config(&self) -> anyhow::Result<RegistryConfig> {
-        let data_dir = self.data_dir()?;
+        let file = self.file_config()?;
+        let data_dir = self.data_dir(&file)?;
         let mut config = RegistryConfig::under(&data_dir);
-        if let Some(p) = &self.plugins_dir {
+        if let Some(p) = self.plugins_dir.as_ref().or(file.plugins_dir.as_ref()) {
             config.plugins_dir = Some(p.clone());
         }
+        config.builtin_grants = file.plugins;
         if let Some(c) = &self.cache_dir {
             config.cache_dir = Some(c.clone());
         }

@@ -42,6 +42,8 @@ struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     capabilities: Option<Vec<Capability>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    not_granted: Option<Vec<Capability>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
@@ -56,6 +58,7 @@ fn rows(registry: &Registry) -> Vec<Row> {
             source: p.source().to_string(),
             description: Some(p.metadata().description.clone()),
             capabilities: Some(p.metadata().capabilities.clone()),
+            not_granted: Some(p.ungranted()),
             error: None,
         })
         .collect();
@@ -67,6 +70,7 @@ fn rows(registry: &Registry) -> Vec<Row> {
         source: f.path.display().to_string(),
         description: None,
         capabilities: None,
+        not_granted: None,
         error: Some(crate::error_chain(&f.error)),
     }));
     rows
@@ -80,11 +84,24 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
             match output {
                 Format::Json => output::json(&rows)?,
                 Format::Table => {
-                    let mut t =
-                        output::table(&["name", "kind", "version", "source", "capabilities"]);
+                    let mut t = output::table(&[
+                        "name",
+                        "kind",
+                        "version",
+                        "source",
+                        "asked for",
+                        "not granted",
+                    ]);
                     for r in rows.iter().filter(|r| r.error.is_none()) {
                         let caps = r
                             .capabilities
+                            .iter()
+                            .flatten()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        let missing = r
+                            .not_granted
                             .iter()
                             .flatten()
                             .map(ToString::to_string)
@@ -96,6 +113,7 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
                             r.version.clone().unwrap_or_default(),
                             r.source.clone(),
                             caps,
+                            missing,
                         ]);
                     }
                     output::print_table(&t);
@@ -126,6 +144,7 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
                 source: String,
                 sha256: &'a str,
                 scratch_dir: String,
+                not_granted: Vec<Capability>,
                 granted: Granted,
             }
             #[derive(Serialize)]
@@ -143,6 +162,7 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
                 source: plugin.source().to_string(),
                 sha256: plugin.sha256(),
                 scratch_dir: plugin.scratch_dir().display().to_string(),
+                not_granted: plugin.ungranted(),
                 granted: Granted {
                     files: g
                         .files
@@ -175,7 +195,12 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
                     println!("Scratch dir:  {} (as /data)", view.scratch_dir);
                     println!("Asked for:");
                     for c in &m.capabilities {
-                        println!("  {c}");
+                        let mark = if view.not_granted.contains(c) {
+                            "NOT GRANTED"
+                        } else {
+                            "granted"
+                        };
+                        println!("  {c} ({mark})");
                     }
                     println!("Granted:");
                     for f in &view.granted.files {

@@ -247,6 +247,18 @@ impl Plugin {
         &self.sandbox.scratch
     }
 
+    /// What the plugin asked for in its metadata that its grants do not give it. Such a plugin
+    /// still loads (asking grants nothing); the operator sees the gap in `plugin ls`.
+    pub fn ungranted(&self) -> Vec<Capability> {
+        let grants = &self.sandbox.grants;
+        self.metadata
+            .capabilities
+            .iter()
+            .filter(|c| !granted(grants, c))
+            .cloned()
+            .collect()
+    }
+
     fn expect_kind(&self, expected: PluginKind) -> Result<(), Error> {
         if self.kind() == expected {
             Ok(())
@@ -415,6 +427,38 @@ impl Plugin {
             flavor_of(bound).call_drain(store, &props, &instance).await
         })
         .await
+    }
+}
+
+fn granted(grants: &crate::grants::Grants, capability: &Capability) -> bool {
+    match capability {
+        Capability::Files {
+            guest_path,
+            writable,
+        } => {
+            guest_path.trim_end_matches('/') == sandbox::SCRATCH_GUEST_PATH
+                || grants.files.iter().any(|f| {
+                    f.guest.trim_end_matches('/') == guest_path.trim_end_matches('/')
+                        && (!writable || f.mode == crate::grants::Mode::ReadWrite)
+                })
+        }
+        Capability::Http(target) => match crate::grants::HttpTarget::parse(target) {
+            // A concrete target is granted when a pattern admits it; a pattern only by an
+            // identical pattern.
+            Ok(asked) if !asked.has_wildcard_host() && asked.port != Some(0) => {
+                let port = asked
+                    .port
+                    .unwrap_or(if asked.scheme == "https" { 443 } else { 80 });
+                grants
+                    .http
+                    .allow
+                    .iter()
+                    .any(|t| t.matches(&asked.scheme, &asked.host, port))
+            }
+            Ok(asked) => grants.http.allow.contains(&asked),
+            Err(_) => false,
+        },
+        Capability::Config(key) => grants.config.contains_key(key),
     }
 }
 

@@ -135,11 +135,11 @@ impl bindings::host::Host for State {
         use bindings::host::Level;
         let plugin = &*self.plugin;
         match level {
-            Level::Trace => tracing::trace!(target: "plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "plugin", plugin = %plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "plugin", plugin = %plugin, "{message}"),
+            Level::Info => tracing::info!(target: "plugin", plugin = %plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "plugin", plugin = %plugin, "{message}"),
+            Level::Error => tracing::error!(target: "plugin", plugin = %plugin, "{message}"),
         }
         Ok(())
     }
@@ -172,9 +172,9 @@ pub(super) fn flush_output(plugin: &str, stdout: &MemoryOutputPipe, stderr: &Mem
             .filter(|l| !l.is_empty())
         {
             if stream == "stderr" {
-                tracing::warn!(target: "plugin", plugin, stream, "{line}");
+                tracing::warn!(target: "plugin", plugin = %plugin, stream, "{line}");
             } else {
-                tracing::info!(target: "plugin", plugin, stream, "{line}");
+                tracing::info!(target: "plugin", plugin = %plugin, stream, "{line}");
             }
         }
     }
@@ -305,10 +305,11 @@ impl WasiHttpHooks for HttpPolicy {
                     return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
                 }
             }
-            // The guest's own timeouts apply, but never beyond the call's wall-clock limit
-            // (wasmtime's default is 600 s).
-            let wall = grants.limits.wall;
-            let cap = |t: Option<std::time::Duration>| Some(t.map_or(wall, |t| t.min(wall)));
+            // The guest's own timeouts apply. Without one, wasmtime waits 600 s; cap it just
+            // past the call's wall-clock limit, so the call's own deadline decides (and reports
+            // it) while a request outliving its dropped call still ends soon after.
+            let cap_at = grants.limits.wall + std::time::Duration::from_secs(1);
+            let cap = |t: Option<std::time::Duration>| Some(t.map_or(cap_at, |t| t.min(cap_at)));
             let options = RequestOptions {
                 connect_timeout: cap(options.and_then(|o| o.connect_timeout)),
                 first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
@@ -317,6 +318,23 @@ impl WasiHttpHooks for HttpPolicy {
             let (response, io) =
                 wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
             let limit = grants.limits.http_response;
+            // A declared length over the limit is refused before any of the body is read, with
+            // an error code the guest sees as such; undeclared lengths are cut off while read.
+            let declared = response
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                tracing::warn!(
+                    plugin = %plugin,
+                    target = %target,
+                    length = declared,
+                    limit,
+                    "HTTP response refused: larger than the plugin's http_response limit"
+                );
+                return Err(wasmtime_wasi_http::Error::HttpResponseBodySize(Some(limit)));
+            }
             let response = response.map(|body| {
                 http_body_util::Limited::new(body, limit as usize)
                     .map_err(move |e| match e.downcast::<wasmtime_wasi_http::Error>() {

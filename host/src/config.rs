@@ -1,0 +1,109 @@
+//! The host's own configuration file (`--config FILE`, TOML). Flags given on the command line
+//! win over the file. Grants for built-in plugins live here, one section per plugin, with the
+//! same keys as a plugin's grant file:
+//!
+//! ```toml
+//! data_dir = "/var/lib/infrakit"
+//! plugins_dir = "/etc/infrakit/plugins"
+//!
+//! [plugins.instance-file]
+//! config = { dir = "/instances" }
+//! [[plugins.instance-file.files]]
+//! host = "/srv/instances"
+//! guest = "/instances"
+//! mode = "read-write"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::grants::{self, Grants, RawGrants};
+
+/// The parsed file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Where state lives.
+    pub data_dir: Option<PathBuf>,
+    /// The plugin directory.
+    pub plugins_dir: Option<PathBuf>,
+    /// Grants of built-in plugins, by name.
+    pub plugins: BTreeMap<String, Grants>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
+    #[serde(default)]
+    plugins: BTreeMap<String, RawGrants>,
+}
+
+impl Config {
+    /// Reads and validates the file.
+    pub fn load(path: &Path) -> Result<Config, grants::Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| grants::Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, grants::Error> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| grants::syntax_error(text, path, e))?;
+        let mut plugins = BTreeMap::new();
+        for (name, section) in raw.plugins {
+            let grants = Grants::from_raw(section, path, &format!("plugins.{name}."))?;
+            plugins.insert(name, grants);
+        }
+        Ok(Config {
+            data_dir: raw.data_dir,
+            plugins_dir: raw.plugins_dir,
+            plugins,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_grants_use_the_grant_file_keys() {
+        let c = Config::parse(
+            "data_dir = \"/d\"\n[plugins.instance-file]\nconfig = { dir = \"/x\" }\n[plugins.instance-file.limits]\nmemory = \"1 MiB\"\n",
+            Path::new("/etc/infrakit.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/d")));
+        let g = &c.plugins["instance-file"];
+        assert_eq!(g.config["dir"], "/x");
+        assert_eq!(g.limits.memory, 1 << 20);
+    }
+
+    #[test]
+    fn errors_point_into_the_file() {
+        let err = Config::parse(
+            "[plugins.instance-file.limits]\ncpu = \"soon\"\n",
+            Path::new("/etc/infrakit.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/etc/infrakit.toml")
+                && err.contains("`plugins.instance-file.limits.cpu`"),
+            "{err}"
+        );
+        let err = Config::parse("data_dri = \"/d\"\n", Path::new("/etc/infrakit.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/infrakit.toml:1:") && err.contains("data_dri"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,548 @@
+//! Grants and fault containment (issue 3): the real host library loading the real
+//! `fixture-misbehave` component from a plugin directory, with a real grant file.
+
+use std::path::Path;
+
+use infrakit::plugin::{Error, Fault, InstanceSpec, Registry, RegistryConfig};
+use serde_json::json;
+
+use crate::support::http::{Behavior, TestServer};
+use crate::support::{Env, guest, shared_cache_dir};
+
+const PLUGIN: &str = "fixture-misbehave";
+
+/// A registry whose plugin directory holds the misbehaving plugin with `grants` as its
+/// grant file.
+async fn registry(env: &Env, grants: &str) -> Registry {
+    let dir = env.plugins_dir();
+    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
+    std::fs::write(dir.join(format!("{PLUGIN}.toml")), grants).unwrap();
+    let mut config = RegistryConfig::under(env.data_dir());
+    config.cache_dir = Some(shared_cache_dir());
+    let registry = Registry::load(config).await.expect("engine");
+    assert!(
+        registry.failures().is_empty(),
+        "load failures: {:?}",
+        registry.failures()
+    );
+    registry
+}
+
+async fn attempt(registry: &Registry, action: serde_json::Value) -> Result<String, Error> {
+    let spec = InstanceSpec {
+        properties: action,
+        ..Default::default()
+    };
+    registry.get(PLUGIN).unwrap().provision(&spec).await
+}
+
+fn message(e: &Error) -> String {
+    infrakit::error_chain(e)
+}
+
+/// The plugin still answers normally (in a fresh instance) after whatever came before.
+async fn still_works(registry: &Registry) {
+    assert_eq!(
+        attempt(registry, json!({"Do": "ok"})).await.unwrap(),
+        "ok:fine"
+    );
+}
+
+fn fault_of(result: Result<String, Error>) -> (Fault, String) {
+    match result {
+        Err(e @ Error::Faulted { .. }) => {
+            let msg = message(&e);
+            let Error::Faulted {
+                cause,
+                plugin,
+                export,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            assert_eq!(plugin, PLUGIN);
+            assert_eq!(export, "provision");
+            (cause, msg)
+        }
+        other => panic!("expected a fault, got {other:?}"),
+    }
+}
+
+fn denied(result: Result<String, Error>) -> String {
+    match result {
+        Err(e @ Error::Guest { .. }) => message(&e),
+        other => panic!("expected the plugin to be refused, got {other:?}"),
+    }
+}
+
+fn grant_dir(host: &Path, guest: &str, mode: &str) -> String {
+    format!(
+        "[[files]]\nhost = {:?}\nguest = {guest:?}\nmode = {mode:?}\n",
+        host.display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_outside_the_grant_are_denied() {
+    let env = Env::new();
+    let granted = env.data_dir().join("granted");
+    let outside = env.data_dir().join("outside");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(granted.join("inside.txt"), "inside").unwrap();
+    std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), granted.join("link.txt")).unwrap();
+    let registry = registry(&env, &grant_dir(&granted, "/granted", "read-only")).await;
+
+    // The grant itself works.
+    assert_eq!(
+        attempt(
+            &registry,
+            json!({"Do": "read", "Path": "/granted/inside.txt"})
+        )
+        .await
+        .unwrap(),
+        "ok:inside"
+    );
+    // An absolute host path, `..` out of the grant, a symlink pointing out: all refused.
+    let secret = outside.join("secret.txt");
+    for path in [
+        secret.to_str().unwrap(),
+        "/granted/../outside/secret.txt",
+        "/granted/link.txt",
+        "/etc/passwd",
+    ] {
+        let msg = denied(attempt(&registry, json!({"Do": "read", "Path": path})).await);
+        assert!(msg.contains("io:"), "{path}: {msg}");
+        assert!(!msg.contains("secret"), "{path} leaked: {msg}");
+    }
+    // Writing to a read-only grant.
+    let msg = denied(
+        attempt(
+            &registry,
+            json!({"Do": "write", "Path": "/granted/new.txt"}),
+        )
+        .await,
+    );
+    assert!(msg.contains("io:"), "{msg}");
+    assert!(!granted.join("new.txt").exists());
+    // Its own scratch directory is writable.
+    assert_eq!(
+        attempt(&registry, json!({"Do": "write", "Path": "/data/mine.txt"}))
+            .await
+            .unwrap(),
+        "ok:written"
+    );
+    assert!(env.scratch(PLUGIN).join("mine.txt").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_plugins_scratch_directory_is_out_of_reach() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    // instance-file keeps its instances in its own scratch directory.
+    let file_plugin = registry.get("instance-file").unwrap();
+    let id = file_plugin
+        .provision(&InstanceSpec::default())
+        .await
+        .unwrap();
+    let theirs = env.scratch("instance-file").join(format!("{id}.json"));
+    assert!(theirs.exists());
+
+    for path in [
+        theirs.to_str().unwrap().to_string(),
+        format!("/data/../instance-file/{id}.json"),
+        format!("/data/../../scratch/instance-file/{id}.json"),
+    ] {
+        let msg = denied(attempt(&registry, json!({"Do": "read", "Path": path})).await);
+        assert!(msg.contains("io:"), "{path}: {msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_is_allowed_only_where_granted_read_write() {
+    let env = Env::new();
+    let rw = env.data_dir().join("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    let registry = registry(&env, &grant_dir(&rw, "/rw", "read-write")).await;
+    assert_eq!(
+        attempt(&registry, json!({"Do": "write", "Path": "/rw/out.txt"}))
+            .await
+            .unwrap(),
+        "ok:written"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out.txt")).unwrap(),
+        "written by a plugin"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_reaches_only_granted_targets() {
+    let env = Env::new();
+    let server = TestServer::start(Behavior::Respond("pong".into()));
+    let other = TestServer::start(Behavior::Respond("other".into()));
+    let grants = format!("[http]\nallow = [\"http://127.0.0.1:{}\"]\n", server.port());
+    let registry = registry(&env, &grants).await;
+
+    // The granted server answers.
+    let got = attempt(&registry, json!({"Do": "http", "Url": server.url("/ping")}))
+        .await
+        .unwrap();
+    assert_eq!(got, "ok:200:pong");
+
+    // The same host on another port, and a host never granted: refused by the host, and the
+    // plugin sees the real reason.
+    for url in [other.url("/"), "http://example.invalid/".to_string()] {
+        let msg = denied(attempt(&registry, json!({"Do": "http", "Url": url})).await);
+        assert!(msg.contains("HttpRequestDenied"), "{url}: {msg}");
+    }
+    assert_eq!(other.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Raw sockets are not a way around the policy.
+    let msg = denied(
+        attempt(
+            &registry,
+            json!({"Do": "tcp", "Addr": other.addr.to_string()}),
+        )
+        .await,
+    );
+    assert!(msg.contains("io:"), "{msg}");
+    assert_eq!(other.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_grant_does_not_reach_private_addresses() {
+    let env = Env::new();
+    let server = TestServer::start(Behavior::Respond("private".into()));
+    let registry = registry(&env, "[http]\nallow = [\"http://*:*\"]\n").await;
+    for url in [
+        server.url("/"),
+        format!("http://localhost:{}/", server.port()),
+    ] {
+        let msg = denied(attempt(&registry, json!({"Do": "http", "Url": url})).await);
+        assert!(msg.contains("HttpRequestDenied"), "{url}: {msg}");
+    }
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_environment_is_not_inherited_but_grants_are_passed() {
+    let env = Env::new();
+    let registry = registry(
+        &env,
+        "[env]\nREGION = \"eu\"\n[config]\ngreeting = \"hello\"\n",
+    )
+    .await;
+    assert!(std::env::var("PATH").is_ok(), "the test host has a PATH");
+    for name in ["PATH", "HOME", "CARGO_MANIFEST_DIR"] {
+        assert_eq!(
+            attempt(&registry, json!({"Do": "env", "Name": name}))
+                .await
+                .unwrap(),
+            "ok:<absent>",
+            "{name}"
+        );
+    }
+    assert_eq!(
+        attempt(&registry, json!({"Do": "env", "Name": "REGION"}))
+            .await
+            .unwrap(),
+        "ok:eu"
+    );
+    assert_eq!(
+        attempt(&registry, json!({"Do": "config", "Key": "greeting"}))
+            .await
+            .unwrap(),
+        "ok:hello"
+    );
+    assert_eq!(
+        attempt(&registry, json!({"Do": "config", "Key": "other"}))
+            .await
+            .unwrap(),
+        "ok:<absent>"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_is_stopped_by_the_cpu_deadline() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\ncpu = \"200ms\"\nwall = \"20s\"\n").await;
+    let started = std::time::Instant::now();
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "loop"})).await);
+    assert_eq!(
+        cause,
+        Fault::CpuDeadline(std::time::Duration::from_millis(200)),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("CPU time limit") && msg.contains(PLUGIN),
+        "{msg}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    still_works(&registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_blocked_on_a_silent_server_is_stopped_by_the_wall_clock() {
+    let env = Env::new();
+    let server = TestServer::start(Behavior::Hang);
+    let grants = format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\n[limits]\nwall = \"1s\"\n",
+        server.port()
+    );
+    let registry = registry(&env, &grants).await;
+    let (cause, msg) =
+        fault_of(attempt(&registry, json!({"Do": "http", "Url": server.url("/")})).await);
+    assert_eq!(
+        cause,
+        Fault::WallClock(std::time::Duration::from_secs(1)),
+        "{msg}"
+    );
+    assert!(msg.contains("wall-clock limit"), "{msg}");
+    still_works(&registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_flood_is_stopped_at_the_limit() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\nmemory = \"32 MiB\"\n").await;
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "flood"})).await);
+    assert_eq!(cause, Fault::Memory(32 << 20), "{msg}");
+    assert!(msg.contains("memory limit of 32.0 MiB"), "{msg}");
+    still_works(&registry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_ends_only_its_call() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "panic"})).await);
+    assert!(matches!(cause, Fault::Trap(_)), "{msg}");
+    assert!(msg.contains("deliberate panic in provision"), "{msg}");
+    still_works(&registry).await;
+    // The other plugins never noticed.
+    let id = registry
+        .get("instance-file")
+        .unwrap()
+        .provision(&InstanceSpec::default())
+        .await
+        .unwrap();
+    assert!(!id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_in_parallel_calls_do_not_disturb_each_other() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\ncpu = \"300ms\"\nmemory = \"32 MiB\"\n").await;
+    let (a, b, c, d) = tokio::join!(
+        attempt(&registry, json!({"Do": "loop"})),
+        attempt(&registry, json!({"Do": "flood"})),
+        attempt(&registry, json!({"Do": "panic"})),
+        attempt(&registry, json!({"Do": "ok"})),
+    );
+    assert!(matches!(fault_of(a).0, Fault::CpuDeadline(_)));
+    assert!(matches!(fault_of(b).0, Fault::Memory(_)));
+    assert!(matches!(fault_of(c).0, Fault::Trap(_)));
+    assert_eq!(d.unwrap(), "ok:fine");
+}
+
+#[test]
+fn a_grant_file_with_a_typo_is_rejected_with_file_key_and_accepted_form() {
+    let env = Env::new();
+    let dir = env.plugins_dir();
+    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
+    std::fs::write(
+        dir.join(format!("{PLUGIN}.toml")),
+        "[limits]\nmemory = \"32 MiB\"\nwal = \"1s\"\n",
+    )
+    .unwrap();
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == PLUGIN)
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "error");
+    let msg = row["error"].as_str().unwrap();
+    assert!(msg.contains(&format!("{PLUGIN}.toml:3:")), "{msg}");
+    assert!(msg.contains("wal") && msg.contains("`wall`"), "{msg}");
+
+    std::fs::write(
+        dir.join(format!("{PLUGIN}.toml")),
+        "[http]\nallow = [\"127.0.0.1:8080\"]\n",
+    )
+    .unwrap();
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let msg = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == PLUGIN)
+        .unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains(&format!("{PLUGIN}.toml"))
+            && msg.contains("`http.allow[0]`")
+            && msg.contains("accepted:"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_output_and_logs_reach_the_host() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    // Output is captured per call (not inherited): the call succeeds and nothing is printed to
+    // the test's own stdout by the guest.
+    assert_eq!(
+        attempt(&registry, json!({"Do": "log"})).await.unwrap(),
+        "ok:logged"
+    );
+}
+
+#[test]
+fn plugin_logs_and_output_become_host_log_lines_with_the_plugin_name() {
+    let env = Env::new();
+    let dir = env.plugins_dir();
+    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
+    let run = {
+        let mut cmd = env.command();
+        cmd.env("INFRAKIT_LOG", "info")
+            .args(["instance", "provision", "--plugin", PLUGIN])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(br#"{"Properties": {"Do": "log"}}"#)
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    // The guest's stdout is captured, not mixed into the command's output.
+    assert_eq!(stdout.trim(), "ok:logged");
+    for line in [
+        "a log line through the host",
+        "a line on stdout",
+        "a line on stderr",
+    ] {
+        let found = stderr
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("{line:?} not logged:\n{stderr}"));
+        assert!(found.contains(&format!("plugin={PLUGIN}")), "{found}");
+    }
+}
+
+#[test]
+fn plugin_ls_shows_what_was_asked_for_but_not_granted() {
+    let env = Env::new();
+    let dir = env.plugins_dir();
+    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
+    std::fs::write(
+        dir.join(format!("{PLUGIN}.toml")),
+        "[config]\ngreeting = \"hi\"\n",
+    )
+    .unwrap();
+    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == PLUGIN)
+        .unwrap()
+        .clone();
+    assert_eq!(row["status"], "ok");
+    assert_eq!(row["capabilities"].as_array().unwrap().len(), 2);
+    assert_eq!(row["not_granted"], json!([{"http": "http://127.0.0.1:*"}]));
+
+    let text = env.ok(&["plugin", "inspect", PLUGIN], None);
+    assert!(
+        text.contains("http:http://127.0.0.1:* (NOT GRANTED)"),
+        "{text}"
+    );
+    assert!(text.contains("config:greeting (granted)"), "{text}");
+}
+
+#[test]
+fn builtin_plugins_get_their_grants_from_the_config_file() {
+    let env = Env::new();
+    let instances = env.data_dir().join("instances");
+    std::fs::create_dir_all(&instances).unwrap();
+    let config = env.data_dir().join("infrakit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.instance-file]\nconfig = {{ dir = \"/instances\" }}\n[[plugins.instance-file.files]]\nhost = {:?}\nguest = \"/instances\"\nmode = \"read-write\"\n",
+            instances.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let id = env
+        .ok(
+            &[
+                "--config",
+                config,
+                "instance",
+                "provision",
+                "--plugin",
+                "instance-file",
+            ],
+            Some("{}"),
+        )
+        .trim()
+        .to_string();
+    assert!(instances.join(format!("{id}.json")).exists());
+    let rows = env
+        .run(&["--config", config, "plugin", "ls", "-o", "json"], None)
+        .json();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "instance-file")
+        .unwrap()
+        .clone();
+    assert_eq!(row["not_granted"], json!([]));
+
+    // A bad section is reported with the file and key, and nothing runs.
+    std::fs::write(
+        env.data_dir().join("bad.toml"),
+        "[plugins.instance-file.limits]\nwall = \"later\"\n",
+    )
+    .unwrap();
+    let bad = env.data_dir().join("bad.toml");
+    let err = env
+        .run(&["--config", bad.to_str().unwrap(), "plugin", "ls"], None)
+        .assert_failure();
+    assert!(
+        err.contains("bad.toml") && err.contains("`plugins.instance-file.limits.wall`"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_larger_than_granted_is_cut_off() {
+    let env = Env::new();
+    let server = TestServer::start(Behavior::Respond("x".repeat(64 * 1024)));
+    let grants = format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\"]\n[limits]\nhttp_response = \"1 KiB\"\n",
+        server.port()
+    );
+    let registry = registry(&env, &grants).await;
+    let msg = denied(attempt(&registry, json!({"Do": "http", "Url": server.url("/big")})).await);
+    assert!(msg.contains("over the limit of 1024 bytes"), "{msg}");
+}
