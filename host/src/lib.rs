@@ -14,7 +14,9 @@
 pub mod cli;
 pub mod config;
 pub mod grants;
+pub mod plan;
 pub mod plugin;
+pub mod spec;
 
 /// An error and its causes on one line, as anyhow's `{:#}` prints them.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

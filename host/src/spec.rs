@@ -1,0 +1,550 @@
+//! Group specs: what a user declares. JSON or YAML, compatible with InfraKit's group JSON
+//! (`{"ID", "Properties": {"Allocation", "Instance", "Flavor"}}`) plus our optional `Updating`,
+//! `Health` and `Drain` sections. Parsing is strict: an unknown field, a wrong type or a missing
+//! plugin name is an error naming the file, the field path and the accepted form.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::Allocation;
+
+/// A spec that cannot be used, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("{file}: cannot read spec")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Syntax, an unknown field or a wrong type.
+    #[error("{file}: {}{position}: {message}", at_field(field))]
+    Parse {
+        /// The file (or `<stdin>`, `<request>`).
+        file: String,
+        /// The field path, e.g. `Properties.Allocation.Size`; empty for the document.
+        field: String,
+        /// ` (line L, column C)` when known.
+        position: String,
+        /// What is wrong and, where serde knows it, what is accepted.
+        message: String,
+    },
+    /// Well-formed but not acceptable.
+    #[error("{file}: {}: {message}", at_field(field))]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The field path.
+        field: String,
+        /// What is wrong and the accepted form.
+        message: String,
+    },
+}
+
+fn at_field(field: &str) -> String {
+    if field.is_empty() || field == "." {
+        "the document".to_string()
+    } else {
+        format!("at `{field}`")
+    }
+}
+
+/// A duration written as text: `"500ms"`, `"30s"`, `"5m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""
+                ))
+            })
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration such as \"500ms\", \"30s\", \"5m\" or \"1h 30m\".",
+            "pattern": "^\\s*[0-9]+\\s*[a-zµ]+(\\s*[0-9]+\\s*[a-zµ]+)*\\s*$"
+        })
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// A group: InfraKit's group spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSpec {
+    /// The group's id: letters, digits, `-`, `_`, `.`.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// What the group is made of.
+    #[serde(rename = "Properties")]
+    pub properties: GroupProperties,
+}
+
+/// The body of a group spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct GroupProperties {
+    /// How many instances (cattle) or which named members (pets).
+    pub allocation: AllocationSpec,
+    /// The instance plugin that provisions members, and its properties.
+    pub instance: PluginRef,
+    /// The flavor plugin that shapes members and judges their health, and its properties.
+    pub flavor: PluginRef,
+    /// How a configuration change rolls out.
+    #[serde(default)]
+    pub updating: Updating,
+    /// How health is judged and remediated.
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// How members are drained before they are destroyed.
+    #[serde(default)]
+    pub drain: DrainSpec,
+}
+
+/// Either `Size` or `LogicalIDs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationSpec {
+    /// Cattle: this many interchangeable instances.
+    #[serde(rename = "Size", default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    /// Pets: one instance per logical id.
+    #[serde(
+        rename = "LogicalIDs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub logical_ids: Option<Vec<String>>,
+}
+
+/// A plugin and the properties passed to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub struct PluginRef {
+    /// The plugin's name, as `infrakit plugin ls` shows it.
+    pub plugin: String,
+    /// The plugin's own properties; it validates them.
+    #[serde(default)]
+    pub properties: serde_json::Value,
+}
+
+/// Rolling-update policy (as a Kubernetes Deployment's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase", default)]
+pub struct Updating {
+    /// Instances that may exist above the allocation during an update.
+    pub max_surge: u32,
+    /// Healthy instances that may be missing below the allocation during an update.
+    pub max_unavailable: u32,
+    /// Wait for each new instance to be healthy before replacing more.
+    pub wait_for_healthy: bool,
+    /// How long new instances may take to become healthy before the update pauses.
+    pub batch_timeout: HumanDuration,
+}
+
+impl Default for Updating {
+    fn default() -> Self {
+        Updating {
+            max_surge: 1,
+            max_unavailable: 0,
+            wait_for_healthy: true,
+            batch_timeout: HumanDuration(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// A count (`2`) or a share of the group (`"40%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Threshold {
+    /// An absolute number of instances.
+    Count(u32),
+    /// A percentage of the allocation, as `"N%"`.
+    Percent(Percent),
+}
+
+/// `"N%"`, N in 0..=100.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Percent(pub u8);
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}%", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<u8>().ok())
+            .filter(|n| *n <= 100)
+            .map(Percent)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a count or a percentage such as \"40%\""
+                ))
+            })
+    }
+}
+
+impl Threshold {
+    /// The number of instances this allows in a group of `size` (a percentage rounds down but
+    /// allows at least one, so small groups can still heal).
+    pub fn resolve(self, size: usize) -> u32 {
+        match self {
+            Threshold::Count(n) => n,
+            Threshold::Percent(Percent(p)) => ((size * p as usize) / 100).max(1) as u32,
+        }
+    }
+}
+
+/// Health policy (the lessons of Cluster API's MachineHealthCheck).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase", default)]
+pub struct HealthSpec {
+    /// How often the flavor is asked about each instance.
+    pub check_interval: HumanDuration,
+    /// After provisioning, how long an instance may look unhealthy before it counts as such.
+    pub grace_period: HumanDuration,
+    /// Above this many unhealthy instances at once, remediation pauses: a broken network must
+    /// not trigger a cascade of replacements.
+    pub max_unhealthy: Threshold,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            check_interval: HumanDuration(Duration::from_secs(10)),
+            grace_period: HumanDuration(Duration::from_secs(60)),
+            max_unhealthy: Threshold::Percent(Percent(40)),
+        }
+    }
+}
+
+/// Drain policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase", default)]
+pub struct DrainSpec {
+    /// How long the flavor's drain may take before the instance is destroyed anyway.
+    pub timeout: HumanDuration,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        DrainSpec {
+            timeout: HumanDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// The tags through which a group recognises its instances. A restarted controller derives
+/// everything from them; instances without the group tag are never touched.
+pub mod tags {
+    /// The group id.
+    pub const GROUP: &str = "infrakit.group";
+    /// Hash of the instance + flavor configuration the instance was made from.
+    pub const CONFIG_SHA: &str = "infrakit.config_sha";
+    /// A pet's logical id.
+    pub const LOGICAL_ID: &str = "infrakit.logical_id";
+    /// When the controller provisioned it (Unix milliseconds).
+    pub const CREATED: &str = "infrakit.created";
+    /// Its index in the group.
+    pub const INDEX: &str = "infrakit.index";
+}
+
+impl GroupSpec {
+    /// Reads a spec file (JSON, or YAML for `.yaml`/`.yml`).
+    pub fn load(path: &Path) -> Result<GroupSpec, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+        Self::parse(&text, &path.display().to_string(), yaml)
+    }
+
+    /// Parses and checks a spec; `origin` names it in errors. Text that does not start with
+    /// `{` is read as YAML when `yaml` is false too, so piped YAML works.
+    pub fn parse(text: &str, origin: &str, yaml: bool) -> Result<GroupSpec, Error> {
+        let as_yaml = yaml || !text.trim_start().starts_with('{');
+        let spec: GroupSpec = if as_yaml {
+            let de = yaml_serde::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let position = inner
+                    .location()
+                    .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                    .unwrap_or_default();
+                Error::Parse {
+                    file: origin.to_string(),
+                    field,
+                    position,
+                    message: strip_position(&inner.to_string()),
+                }
+            })?
+        } else {
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                Error::Parse {
+                    file: origin.to_string(),
+                    field,
+                    position: format!(" (line {}, column {})", inner.line(), inner.column()),
+                    message: strip_position(&inner.to_string()),
+                }
+            })?
+        };
+        spec.check(origin)?;
+        Ok(spec)
+    }
+
+    /// Checks what the types cannot express.
+    pub fn check(&self, origin: &str) -> Result<(), Error> {
+        let invalid = |field: &str, message: String| Error::Invalid {
+            file: origin.to_string(),
+            field: field.to_string(),
+            message,
+        };
+        if !valid_id(&self.id) {
+            return Err(invalid(
+                "ID",
+                format!(
+                    "{:?} is not a group id; use 1-63 letters, digits, `-`, `_` or `.`",
+                    self.id
+                ),
+            ));
+        }
+        let p = &self.properties;
+        match (&p.allocation.size, &p.allocation.logical_ids) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    "Properties.Allocation",
+                    "give exactly one of `Size` (a number of cattle) or `LogicalIDs` (a list of \
+                     pet names)"
+                        .into(),
+                ));
+            }
+            (None, Some(ids)) => {
+                if ids.is_empty() {
+                    return Err(invalid(
+                        "Properties.Allocation.LogicalIDs",
+                        "the list is empty; use `Size: 0` for an empty group".into(),
+                    ));
+                }
+                for (i, id) in ids.iter().enumerate() {
+                    if !valid_id(id) {
+                        return Err(invalid(
+                            &format!("Properties.Allocation.LogicalIDs[{i}]"),
+                            format!(
+                                "{id:?} is not a logical id; use letters, digits, `-`, `_` or `.`"
+                            ),
+                        ));
+                    }
+                    if ids[..i].contains(id) {
+                        return Err(invalid(
+                            &format!("Properties.Allocation.LogicalIDs[{i}]"),
+                            format!("{id:?} appears twice; logical ids are unique"),
+                        ));
+                    }
+                }
+            }
+            (Some(_), None) => {}
+        }
+        for (field, plugin) in [("Instance", &p.instance), ("Flavor", &p.flavor)] {
+            if plugin.plugin.trim().is_empty() {
+                return Err(invalid(
+                    &format!("Properties.{field}.Plugin"),
+                    "the plugin name is empty; see `infrakit plugin ls`".into(),
+                ));
+            }
+        }
+        if p.updating.max_surge == 0 && p.updating.max_unavailable == 0 {
+            return Err(invalid(
+                "Properties.Updating",
+                "`MaxSurge` and `MaxUnavailable` are both 0, so no update could ever proceed; \
+                 allow at least one"
+                    .into(),
+            ));
+        }
+        if p.updating.batch_timeout.0.is_zero() {
+            return Err(invalid(
+                "Properties.Updating.BatchTimeout",
+                "must be longer than 0s".into(),
+            ));
+        }
+        if p.health.check_interval.0.is_zero() {
+            return Err(invalid(
+                "Properties.Health.CheckInterval",
+                "must be longer than 0s".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The allocation in plugin terms.
+    pub fn allocation(&self) -> Allocation {
+        let a = &self.properties.allocation;
+        match &a.logical_ids {
+            Some(ids) => Allocation::LogicalIds(ids.clone()),
+            None => Allocation::Size(a.size.unwrap_or(0)),
+        }
+    }
+
+    /// The number of instances the allocation asks for.
+    pub fn size(&self) -> usize {
+        match self.allocation() {
+            Allocation::Size(n) => n as usize,
+            Allocation::LogicalIds(ids) => ids.len(),
+        }
+    }
+
+    /// The hash of the instance and flavor configuration: instances made from another
+    /// configuration are replaced by a rolling update. Scaling or changing policies does not
+    /// change it.
+    pub fn config_sha(&self) -> String {
+        // serde_json's map is ordered by key, so equal configurations hash equally.
+        let canonical = serde_json::json!({
+            "Instance": self.properties.instance,
+            "Flavor": self.properties.flavor,
+        });
+        let digest = crate::plugin::cache::sha256_hex(canonical.to_string().as_bytes());
+        digest[..16].to_string()
+    }
+
+    /// The JSON Schema of a group spec.
+    pub fn schema() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(GroupSpec)).expect("schema serialises")
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// serde_json and yaml_serde append " at line L column C"; the position is reported separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"ID": "web", "Properties": {
+        "Allocation": {"Size": 3},
+        "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "web"}},
+        "Flavor": {"Plugin": "flavor-vanilla"}}}"#;
+
+    #[test]
+    fn infrakit_group_json_parses_with_defaults() {
+        let spec = GroupSpec::parse(MINIMAL, "web.json", false).unwrap();
+        assert_eq!(spec.size(), 3);
+        assert_eq!(spec.properties.updating, Updating::default());
+        assert_eq!(spec.properties.health.max_unhealthy.resolve(3), 1);
+    }
+
+    #[test]
+    fn yaml_is_accepted() {
+        let yaml = "ID: zk\nProperties:\n  Allocation:\n    LogicalIDs: [zk1, zk2, zk3]\n  Instance:\n    Plugin: instance-file\n  Flavor:\n    Plugin: flavor-vanilla\n  Health:\n    GracePeriod: 2s\n    MaxUnhealthy: 1\n";
+        let spec = GroupSpec::parse(yaml, "zk.yaml", true).unwrap();
+        assert_eq!(spec.size(), 3);
+        assert_eq!(
+            spec.properties.health.grace_period.0,
+            Duration::from_secs(2)
+        );
+        assert_eq!(spec.properties.health.max_unhealthy, Threshold::Count(1));
+    }
+
+    #[test]
+    fn config_sha_ignores_scale_and_policy_but_not_configuration() {
+        let a = GroupSpec::parse(MINIMAL, "a", false).unwrap();
+        let mut b = a.clone();
+        b.properties.allocation.size = Some(7);
+        b.properties.updating.max_surge = 3;
+        assert_eq!(a.config_sha(), b.config_sha());
+        let mut c = a.clone();
+        c.properties.instance.properties = serde_json::json!({"Prefix": "other"});
+        assert_ne!(a.config_sha(), c.config_sha());
+    }
+
+    #[test]
+    fn errors_name_the_file_the_field_and_the_position() {
+        let err = GroupSpec::parse(
+            &MINIMAL.replace("\"Size\": 3", "\"Size\": \"three\""),
+            "web.json",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("web.json: at `Properties.Allocation.Size` (line 2"),
+            "{err}"
+        );
+        assert!(err.contains("expected u32"), "{err}");
+    }
+
+    #[test]
+    fn percentages_resolve_with_a_floor_of_one() {
+        assert_eq!(Threshold::Percent(Percent(40)).resolve(10), 4);
+        assert_eq!(Threshold::Percent(Percent(40)).resolve(2), 1);
+        assert_eq!(Threshold::Count(0).resolve(10), 0);
+    }
+
+    #[test]
+    fn the_schema_names_every_section() {
+        let schema = GroupSpec::schema().to_string();
+        for name in [
+            "Allocation",
+            "LogicalIDs",
+            "MaxSurge",
+            "GracePeriod",
+            "MaxUnhealthy",
+            "Drain",
+        ] {
+            assert!(schema.contains(name), "{name}");
+        }
+    }
+}
