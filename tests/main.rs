@@ -4,5 +4,6 @@
 
 mod support;
 
+mod groups;
 mod plugin_cli;
 mod sandbox;

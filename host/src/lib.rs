@@ -9,10 +9,15 @@
 //!   loops or floods memory costs only that call.
 //! - [`grants`] parses and validates what an operator allows each plugin; [`config`] is the
 //!   host's own file (grants of built-ins among other settings).
+//! - [`spec`] parses group specs; [`plan`] is the pure planner, `plan(desired, observed, now)`,
+//!   property-tested without wasm; [`controller`] runs one task per group that observes through
+//!   the plugins, plans, executes and records [`event`]s.
 //! - [`cli`] is the command line: passive use of plugins, like a conventional tool.
 
 pub mod cli;
 pub mod config;
+pub mod controller;
+pub mod event;
 pub mod grants;
 pub mod plan;
 pub mod plugin;

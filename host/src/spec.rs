@@ -534,6 +534,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_schema_is_the_generated_one() {
+        let shipped: serde_json::Value =
+            serde_json::from_str(include_str!("../../examples/group.schema.json")).unwrap();
+        assert_eq!(
+            shipped,
+            GroupSpec::schema(),
+            "regenerate: infrakit group schema > examples/group.schema.json"
+        );
+    }
+
+    #[test]
     fn the_schema_names_every_section() {
         let schema = GroupSpec::schema().to_string();
         for name in [

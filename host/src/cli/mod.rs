@@ -2,6 +2,7 @@
 //! its own module. Errors are `anyhow` here, printed by `main` with their whole chain.
 
 mod flavor;
+mod group;
 mod input;
 mod instance;
 mod output;
@@ -63,6 +64,9 @@ pub enum Command {
     /// Call a flavor plugin directly.
     #[command(subcommand)]
     Flavor(flavor::FlavorCommand),
+    /// Reconcile groups of instances.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
 }
 
 impl Cli {
@@ -115,5 +119,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(cmd) => plugin::run(&cli, cmd).await,
         Command::Instance(cmd) => instance::run(&cli, cmd).await,
         Command::Flavor(cmd) => flavor::run(&cli, cmd).await,
+        Command::Group(cmd) => group::run(&cli, cmd).await,
     }
 }

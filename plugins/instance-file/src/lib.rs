@@ -140,7 +140,13 @@ impl FilePlugin {
         };
         let mut out = Vec::new();
         for entry in entries {
-            let path = entry?.path();
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                // Listing races with writers renaming and deleting files: a vanished entry is
+                // simply not there.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }

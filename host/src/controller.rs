@@ -1,0 +1,782 @@
+//! The controller: keeps every committed group reconciled.
+//!
+//! Each group has one task, so one group is never reconciled twice at once (its queue slot);
+//! a semaphore bounds how many groups reconcile concurrently. A pass observes the group through
+//! its instance plugin (`describe` by the group tag) and flavor (`healthy`), plans with the pure
+//! [`crate::plan::plan`], executes the steps, and records an event for each. The task requeues
+//! at once while there is work, at the poll interval otherwise (the safety net that notices a
+//! deleted instance), and with exponential back-off after an error. It never gives up.
+//! Nothing is remembered between passes except a health cache: a restarted controller
+//! re-derives everything from the instances' tags.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, watch};
+
+use crate::event::{Event, EventKind, now_ms};
+use crate::plan::{self, Desired, Member, Phase, Plan, Step};
+use crate::plugin::{
+    self, Allocation, Description, DestroyContext, Health, Index, InstanceSpec, Plugin, Tags,
+};
+use crate::spec::{GroupSpec, tags};
+
+/// Where the controller finds plugins by name (the registry, or a live view of it).
+pub trait PluginSource: Send + Sync + 'static {
+    /// The plugin called `name`.
+    fn plugin(&self, name: &str) -> Result<Arc<Plugin>, plugin::Error>;
+}
+
+impl PluginSource for plugin::Registry {
+    fn plugin(&self, name: &str) -> Result<Arc<Plugin>, plugin::Error> {
+        self.get(name)
+    }
+}
+
+/// Where events go (the terminal, the event log, subscribers).
+pub trait EventSink: Send + Sync + 'static {
+    /// Records one event.
+    fn record(&self, event: Event);
+}
+
+/// A failed reconcile step: which group, which instance, what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A plugin call failed or faulted.
+    #[error("group {group}{}: {action}", instance.as_deref().map(|i| format!(", instance {i}")).unwrap_or_default())]
+    Plugin {
+        /// The group.
+        group: String,
+        /// The instance, when the step concerned one.
+        instance: Option<String>,
+        /// What was being done.
+        action: String,
+        /// The plugin's error (boxed: it is large and errors travel by value).
+        #[source]
+        source: Box<plugin::Error>,
+    },
+}
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often a group is observed when nothing is happening.
+    pub poll_interval: Duration,
+    /// How many groups may reconcile at the same time.
+    pub max_concurrent: usize,
+    /// The longest back-off after repeated errors.
+    pub max_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            poll_interval: Duration::from_secs(1),
+            max_concurrent: 8,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One member as the controller last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceStatus {
+    /// Instance id.
+    pub id: String,
+    /// The pet's logical id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logical_id: Option<String>,
+    /// The flavor's verdict.
+    pub health: Health,
+    /// The configuration it was made from.
+    pub config_sha: String,
+    /// Whether that is the group's current configuration.
+    pub current: bool,
+    /// When it was provisioned (Unix ms; 0 when unknown).
+    pub created_ms: u64,
+}
+
+/// Where a group stands, as of its last pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupStatus {
+    /// The group id.
+    pub group: String,
+    /// Converged, converging, updating or paused.
+    pub phase: Phase,
+    /// Why it is paused or waiting.
+    pub messages: Vec<String>,
+    /// The allocation's size.
+    pub size: usize,
+    /// Members on the current configuration.
+    pub current: usize,
+    /// The current configuration hash.
+    pub config_sha: String,
+    /// The members.
+    pub instances: Vec<InstanceStatus>,
+    /// The last pass's error, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Number of passes so far.
+    pub passes: u64,
+    /// When the last pass ended (Unix ms).
+    pub updated_ms: u64,
+    /// The group is being destroyed.
+    pub destroying: bool,
+}
+
+impl GroupStatus {
+    fn initial(spec: &GroupSpec) -> GroupStatus {
+        GroupStatus {
+            group: spec.id.clone(),
+            phase: Phase::Converging,
+            messages: Vec::new(),
+            size: spec.size(),
+            current: 0,
+            config_sha: spec.config_sha(),
+            instances: Vec::new(),
+            last_error: None,
+            passes: 0,
+            updated_ms: now_ms(),
+            destroying: false,
+        }
+    }
+}
+
+/// What the controller should do with a group.
+#[derive(Debug, Clone)]
+enum Intent {
+    Manage(Arc<GroupSpec>),
+    Destroy(Arc<GroupSpec>),
+}
+
+struct Handle {
+    intent: watch::Sender<Intent>,
+    status: watch::Receiver<GroupStatus>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Keeps groups reconciled. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    plugins: Arc<dyn PluginSource>,
+    events: Arc<dyn EventSink>,
+    options: Options,
+    permits: Semaphore,
+    groups: Mutex<BTreeMap<String, Handle>>,
+}
+
+impl Controller {
+    /// A controller using `plugins`, reporting to `events`.
+    pub fn new(
+        plugins: Arc<dyn PluginSource>,
+        events: Arc<dyn EventSink>,
+        options: Options,
+    ) -> Self {
+        Controller {
+            inner: Arc::new(Inner {
+                plugins,
+                events,
+                permits: Semaphore::new(options.max_concurrent.max(1)),
+                options,
+                groups: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Checks a spec against its plugins: both exist, are of the right kind, and accept their
+    /// properties.
+    pub async fn validate(&self, spec: &GroupSpec) -> Result<(), Error> {
+        let (instance, flavor) = self.plugins_of(spec)?;
+        let fail = |action: &str, source| Error::Plugin {
+            group: spec.id.clone(),
+            instance: None,
+            action: action.to_string(),
+            source: Box::new(source),
+        };
+        instance
+            .validate_instance(&spec.properties.instance.properties)
+            .await
+            .map_err(|e| fail("validating Properties.Instance.Properties", e))?;
+        flavor
+            .validate_flavor(&spec.properties.flavor.properties, &spec.allocation())
+            .await
+            .map_err(|e| fail("validating Properties.Flavor.Properties", e))?;
+        Ok(())
+    }
+
+    fn plugins_of(&self, spec: &GroupSpec) -> Result<(Arc<Plugin>, Arc<Plugin>), Error> {
+        let get = |field: &str, name: &str, kind: plugin::PluginKind| {
+            let p = self
+                .inner
+                .plugins
+                .plugin(name)
+                .map_err(|source| Error::Plugin {
+                    group: spec.id.clone(),
+                    instance: None,
+                    action: format!("looking up Properties.{field}.Plugin"),
+                    source: Box::new(source),
+                })?;
+            if p.kind() != kind {
+                return Err(Error::Plugin {
+                    group: spec.id.clone(),
+                    instance: None,
+                    action: format!("looking up Properties.{field}.Plugin"),
+                    source: Box::new(plugin::Error::WrongKind {
+                        name: name.to_string(),
+                        expected: kind,
+                        actual: p.kind(),
+                    }),
+                });
+            }
+            Ok(p)
+        };
+        Ok((
+            get(
+                "Instance",
+                &spec.properties.instance.plugin,
+                plugin::PluginKind::Instance,
+            )?,
+            get(
+                "Flavor",
+                &spec.properties.flavor.plugin,
+                plugin::PluginKind::Flavor,
+            )?,
+        ))
+    }
+
+    /// What committing `spec` would do now, without doing it.
+    pub async fn plan(&self, spec: &GroupSpec) -> Result<Plan, Error> {
+        let (instance, flavor) = self.plugins_of(spec)?;
+        let mut cache = HealthCache::default();
+        let observed = observe(spec, &instance, &flavor, &mut cache, None).await?;
+        Ok(plan::plan(
+            &Desired::from_spec(spec),
+            &observed.members,
+            now_ms(),
+        ))
+    }
+
+    /// Starts managing a group, or switches it to a new spec. The group's next pass uses it.
+    pub fn commit(&self, spec: GroupSpec) {
+        let spec = Arc::new(spec);
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        if let Some(h) = groups.get(&spec.id)
+            && !h.task.is_finished()
+        {
+            h.intent.send_replace(Intent::Manage(spec));
+            return;
+        }
+        let handle = self.spawn(Intent::Manage(spec.clone()), &spec);
+        groups.insert(spec.id.clone(), handle);
+    }
+
+    /// Drains and destroys every instance of a group, then forgets it.
+    pub fn destroy(&self, spec: GroupSpec) {
+        let spec = Arc::new(spec);
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        if let Some(h) = groups.get(&spec.id)
+            && !h.task.is_finished()
+        {
+            h.intent.send_replace(Intent::Destroy(spec));
+            return;
+        }
+        let handle = self.spawn(Intent::Destroy(spec.clone()), &spec);
+        groups.insert(spec.id.clone(), handle);
+    }
+
+    /// Stops managing a group; its instances are left as they are. Returns whether it was
+    /// managed.
+    pub async fn free(&self, id: &str) -> bool {
+        let handle = self.inner.groups.lock().expect("groups lock").remove(id);
+        match handle {
+            Some(h) => {
+                h.stop.send_replace(true);
+                let _ = h.task.await;
+                self.inner.events.record(Event::now(
+                    id,
+                    EventKind::GroupFreed,
+                    None,
+                    "no longer managed; instances left as they are",
+                ));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The status of a group as of its last pass.
+    pub fn status(&self, id: &str) -> Option<GroupStatus> {
+        let groups = self.inner.groups.lock().expect("groups lock");
+        groups.get(id).map(|h| h.status.borrow().clone())
+    }
+
+    /// A receiver that sees every new status of a group.
+    pub fn watch(&self, id: &str) -> Option<watch::Receiver<GroupStatus>> {
+        let groups = self.inner.groups.lock().expect("groups lock");
+        groups.get(id).map(|h| h.status.clone())
+    }
+
+    /// The ids of the managed groups (a destroyed group disappears once its instances are gone).
+    pub fn groups(&self) -> Vec<String> {
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        groups.retain(|_, h| !h.task.is_finished());
+        groups.keys().cloned().collect()
+    }
+
+    /// Stops every group task after its current pass; instances are left as they are.
+    pub async fn shutdown(&self) {
+        let handles: Vec<Handle> = {
+            let mut groups = self.inner.groups.lock().expect("groups lock");
+            std::mem::take(&mut *groups).into_values().collect()
+        };
+        for h in &handles {
+            h.stop.send_replace(true);
+        }
+        for h in handles {
+            let _ = h.task.await;
+        }
+    }
+
+    fn spawn(&self, intent: Intent, spec: &GroupSpec) -> Handle {
+        let (intent_tx, intent_rx) = watch::channel(intent);
+        let (status_tx, status_rx) = watch::channel(GroupStatus::initial(spec));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let inner = self.inner.clone();
+        let task = tokio::spawn(run_group(inner, intent_rx, status_tx, stop_rx));
+        Handle {
+            intent: intent_tx,
+            status: status_rx,
+            stop: stop_tx,
+            task,
+        }
+    }
+}
+
+/// Health verdicts, reused for `CheckInterval`.
+#[derive(Default)]
+struct HealthCache {
+    verdicts: HashMap<String, (Health, Instant)>,
+}
+
+struct Observed {
+    members: Vec<Member>,
+    descriptions: HashMap<String, Description>,
+    /// (instance, old, new) for verdicts that changed.
+    changes: Vec<(String, Option<Health>, Health)>,
+}
+
+async fn observe(
+    spec: &GroupSpec,
+    instance: &Plugin,
+    flavor: &Plugin,
+    cache: &mut HealthCache,
+    check_interval: Option<Duration>,
+) -> Result<Observed, Error> {
+    let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
+    let found = instance
+        .describe(&filter, false)
+        .await
+        .map_err(|source| Error::Plugin {
+            group: spec.id.clone(),
+            instance: None,
+            action: "observing instances (describe)".into(),
+            source: Box::new(source),
+        })?;
+    let mut members = Vec::with_capacity(found.len());
+    let mut descriptions = HashMap::with_capacity(found.len());
+    let mut changes = Vec::new();
+    for d in found {
+        let cached = cache.verdicts.get(&d.id).copied();
+        let fresh = match (cached, check_interval) {
+            (Some((h, at)), Some(every)) if at.elapsed() < every => Some(h),
+            _ => None,
+        };
+        let health = match fresh {
+            Some(h) => h,
+            None => {
+                let h = match flavor.healthy(&spec.properties.flavor.properties, &d).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        tracing::warn!(group = %spec.id, instance = %d.id, error = %crate::error_chain(&e), "health check failed");
+                        Health::Unknown
+                    }
+                };
+                if cached.map(|c| c.0) != Some(h) {
+                    changes.push((d.id.clone(), cached.map(|c| c.0), h));
+                }
+                cache.verdicts.insert(d.id.clone(), (h, Instant::now()));
+                h
+            }
+        };
+        members.push(Member::from_description(&d, health));
+        descriptions.insert(d.id.clone(), d);
+    }
+    cache.verdicts.retain(|id, _| descriptions.contains_key(id));
+    Ok(Observed {
+        members,
+        descriptions,
+        changes,
+    })
+}
+
+async fn run_group(
+    inner: Arc<Inner>,
+    mut intent: watch::Receiver<Intent>,
+    status: watch::Sender<GroupStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut cache = HealthCache::default();
+    let mut backoff = Duration::ZERO;
+    let mut last_phase: Option<Phase> = None;
+    let mut last_messages: Vec<String> = Vec::new();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let current = intent.borrow_and_update().clone();
+        let (spec, destroying) = match &current {
+            Intent::Manage(s) => (s.clone(), false),
+            Intent::Destroy(s) => (s.clone(), true),
+        };
+
+        let outcome = {
+            let _permit = inner
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            reconcile(&inner, &spec, destroying, &mut cache).await
+        };
+
+        let mut delay = inner.options.poll_interval;
+        let mut next = status.borrow().clone();
+        next.passes += 1;
+        next.updated_ms = now_ms();
+        next.destroying = destroying;
+        match outcome {
+            Ok((plan, members)) => {
+                backoff = Duration::ZERO;
+                next.phase = plan.phase;
+                next.messages = plan.messages.clone();
+                next.size = plan.size;
+                next.current = plan.current;
+                next.config_sha = spec.config_sha();
+                next.last_error = None;
+                next.instances = members
+                    .iter()
+                    .map(|m| InstanceStatus {
+                        id: m.id.clone(),
+                        logical_id: m.logical_id.clone(),
+                        health: m.health,
+                        config_sha: m.config_sha.clone(),
+                        current: m.config_sha == next.config_sha,
+                        created_ms: m.created_ms,
+                    })
+                    .collect();
+                if (plan.phase != last_phase.unwrap_or(Phase::Converging)
+                    || plan.messages != last_messages)
+                    && !destroying
+                {
+                    match plan.phase {
+                        Phase::Paused => inner.events.record(Event::now(
+                            &spec.id,
+                            EventKind::Paused,
+                            None,
+                            plan.messages.join("; "),
+                        )),
+                        Phase::Converged => inner.events.record(Event::now(
+                            &spec.id,
+                            EventKind::Converged,
+                            None,
+                            format!(
+                                "{} of {} instances, all current and healthy",
+                                plan.current, plan.size
+                            ),
+                        )),
+                        _ => {}
+                    }
+                }
+                last_phase = Some(plan.phase);
+                last_messages = plan.messages.clone();
+                if plan.has_work() {
+                    // Re-observe promptly to see what the steps did.
+                    delay = inner.options.poll_interval.min(Duration::from_millis(50));
+                }
+                if destroying && members.is_empty() && !plan.has_work() {
+                    inner.events.record(Event::now(
+                        &spec.id,
+                        EventKind::GroupDestroyed,
+                        None,
+                        "all instances destroyed; group forgotten",
+                    ));
+                    status.send_replace(next);
+                    return;
+                }
+            }
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                tracing::warn!(group = %spec.id, error = %message, "reconcile failed; backing off");
+                next.last_error = Some(message);
+                backoff = if backoff.is_zero() {
+                    Duration::from_millis(100)
+                } else {
+                    (backoff * 2).min(inner.options.max_backoff)
+                };
+                delay = backoff;
+            }
+        }
+        status.send_replace(next);
+
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            changed = intent.changed() => { if changed.is_err() { return; } }
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// One pass: observe, plan, execute. Returns the plan and what was observed before it ran.
+async fn reconcile(
+    inner: &Inner,
+    spec: &GroupSpec,
+    destroying: bool,
+    cache: &mut HealthCache,
+) -> Result<(Plan, Vec<Member>), Error> {
+    let group = &spec.id;
+    let resolve = |name: &str| {
+        inner.plugins.plugin(name).map_err(|source| Error::Plugin {
+            group: group.clone(),
+            instance: None,
+            action: format!("looking up plugin {name}"),
+            source: Box::new(source),
+        })
+    };
+    let instance = resolve(&spec.properties.instance.plugin)?;
+    let flavor = resolve(&spec.properties.flavor.plugin)?;
+    let check_interval = spec.properties.health.check_interval.0;
+    let observed = observe(spec, &instance, &flavor, cache, Some(check_interval)).await?;
+    for (id, old, new) in &observed.changes {
+        if old.is_some() || *new != Health::Healthy {
+            let from = old.map(|h| h.to_string()).unwrap_or_else(|| "new".into());
+            inner.events.record(Event::now(
+                group,
+                EventKind::HealthChanged,
+                Some(id),
+                format!("{from} -> {new}"),
+            ));
+        }
+    }
+    let mut desired = Desired::from_spec(spec);
+    if destroying {
+        desired.allocation = Allocation::Size(0);
+        // Destroying is not an update: everything goes, as fast as drains allow.
+        desired.max_unavailable = u32::MAX;
+    }
+    let now = now_ms();
+    let plan = plan::plan(&desired, &observed.members, now);
+    if plan.has_work() {
+        let (p, d, r) = plan.counts();
+        inner.events.record(Event::now(
+            group,
+            EventKind::Planned,
+            None,
+            format!(
+                "{p} to provision, {d} to destroy, {r} to replace ({})",
+                plan.phase
+            ),
+        ));
+    }
+    let executor = Executor {
+        inner,
+        spec,
+        instance: &instance,
+        flavor: &flavor,
+        observed: &observed.descriptions,
+    };
+    executor.execute(&plan).await?;
+    Ok((plan, observed.members))
+}
+
+/// Carries out a plan's steps through the plugins: flavor `prepare` before `provision`, flavor
+/// `drain` before `destroy`. Stops at the first failure: the next pass re-observes and re-plans.
+struct Executor<'a> {
+    inner: &'a Inner,
+    spec: &'a GroupSpec,
+    instance: &'a Plugin,
+    flavor: &'a Plugin,
+    observed: &'a HashMap<String, Description>,
+}
+
+impl Executor<'_> {
+    fn fail(
+        &self,
+        instance: Option<&str>,
+        action: impl Into<String>,
+        source: plugin::Error,
+    ) -> Error {
+        let action = action.into();
+        let kind = if matches!(source, plugin::Error::Faulted { .. }) {
+            EventKind::PluginFault
+        } else {
+            EventKind::StepFailed
+        };
+        self.inner.events.record(Event::now(
+            &self.spec.id,
+            kind,
+            instance,
+            format!("{action}: {}", crate::error_chain(&source)),
+        ));
+        Error::Plugin {
+            group: self.spec.id.clone(),
+            instance: instance.map(str::to_string),
+            action,
+            source: Box::new(source),
+        }
+    }
+
+    async fn execute(&self, plan: &Plan) -> Result<(), Error> {
+        for step in &plan.steps {
+            match step {
+                Step::Provision {
+                    logical_id,
+                    index,
+                    reason,
+                } => {
+                    let id = self.provision(logical_id.as_deref(), *index).await?;
+                    self.inner.events.record(Event::now(
+                        &self.spec.id,
+                        EventKind::InstanceProvisioned,
+                        Some(&id),
+                        match logical_id {
+                            Some(l) => format!("logical id {l}: {reason}"),
+                            None => reason.clone(),
+                        },
+                    ));
+                }
+                Step::Drain { id, reason } => self.drain(id, reason).await,
+                Step::Destroy {
+                    id,
+                    context,
+                    reason,
+                } => {
+                    self.destroy(id, *context).await?;
+                    self.inner.events.record(Event::now(
+                        &self.spec.id,
+                        EventKind::InstanceDestroyed,
+                        Some(id),
+                        reason.clone(),
+                    ));
+                }
+                Step::Replace {
+                    id,
+                    logical_id,
+                    index,
+                    context,
+                    reason,
+                } => {
+                    self.drain(id, reason).await;
+                    self.destroy(id, *context).await?;
+                    let new = self.provision(logical_id.as_deref(), *index).await?;
+                    self.inner.events.record(Event::now(
+                        &self.spec.id,
+                        EventKind::InstanceReplaced,
+                        Some(id),
+                        format!("replaced by {new}: {reason}"),
+                    ));
+                }
+                Step::Wait { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn provision(&self, logical_id: Option<&str>, index: u32) -> Result<String, Error> {
+        let spec = self.spec;
+        let mut identity: Tags = [
+            (tags::GROUP.to_string(), spec.id.clone()),
+            (tags::CONFIG_SHA.to_string(), spec.config_sha()),
+            (tags::CREATED.to_string(), now_ms().to_string()),
+            (tags::INDEX.to_string(), index.to_string()),
+        ]
+        .into();
+        if let Some(l) = logical_id {
+            identity.insert(tags::LOGICAL_ID.to_string(), l.to_string());
+        }
+        let draft = InstanceSpec {
+            properties: spec.properties.instance.properties.clone(),
+            tags: identity.clone(),
+            init: String::new(),
+            logical_id: logical_id.map(str::to_string),
+            attachments: Vec::new(),
+        };
+        let index = Index {
+            group: spec.id.clone(),
+            sequence: index,
+        };
+        let mut prepared = self
+            .flavor
+            .prepare(
+                &spec.properties.flavor.properties,
+                &draft,
+                &spec.allocation(),
+                &index,
+            )
+            .await
+            .map_err(|e| self.fail(None, "preparing a new instance (flavor prepare)", e))?;
+        // The identity tags are the controller's: a flavor may add tags, never change these.
+        prepared.tags.extend(identity);
+        prepared.logical_id = logical_id.map(str::to_string);
+        self.instance
+            .provision(&prepared)
+            .await
+            .map_err(|e| self.fail(None, "provisioning", e))
+    }
+
+    /// Drains with the spec's timeout; a failed or slow drain is reported and the destroy goes
+    /// ahead, as with Cluster API's node drain timeout.
+    async fn drain(&self, id: &str, reason: &str) {
+        let Some(d) = self.observed.get(id) else {
+            return;
+        };
+        let timeout = self.spec.properties.drain.timeout.0;
+        let outcome = tokio::time::timeout(
+            timeout,
+            self.flavor
+                .drain(&self.spec.properties.flavor.properties, d),
+        )
+        .await;
+        let message = match outcome {
+            Ok(Ok(())) => reason.to_string(),
+            Ok(Err(e)) => format!(
+                "drain failed, destroying anyway: {}",
+                crate::error_chain(&e)
+            ),
+            Err(_) => format!(
+                "drain did not finish within {}, destroying anyway",
+                humantime::format_duration(timeout)
+            ),
+        };
+        self.inner.events.record(Event::now(
+            &self.spec.id,
+            EventKind::InstanceDrained,
+            Some(id),
+            message,
+        ));
+    }
+
+    async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
+        match self.instance.destroy(id, context).await {
+            Ok(()) => Ok(()),
+            // Already gone is what we wanted.
+            Err(e) if matches!(e.guest_error(), Some(plugin::GuestError::NotFound(_))) => Ok(()),
+            Err(e) => Err(self.fail(Some(id), "destroying", e)),
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Groups (issue 4): the real binary reconciling real `instance-file` instances with the
+//! real `flavor-vanilla` flavor.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::Env;
+use crate::support::group::{GroupRun, instances, tag, write_spec};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn ids(env: &Env) -> BTreeSet<String> {
+    instances(env)
+        .iter()
+        .map(|i| i["ID"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_group_converges_and_heals_a_deleted_instance() {
+    let env = Env::new();
+    let spec = env.data_dir().join("workers.json");
+    write_spec(&spec, "workers", json!({"Size": 3}), json!({}));
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+
+    let all = instances(&env);
+    for i in &all {
+        assert_eq!(tag(i, "infrakit.group"), "workers");
+        assert!(!tag(i, "infrakit.config_sha").is_empty());
+        assert_eq!(i["Init"], "echo workers", "the flavor prepared it");
+    }
+    let victim = all[1]["ID"].as_str().unwrap().to_string();
+    let before = ids(&env);
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    run.wait_for("a replacement", LONG, || {
+        let now = ids(&env);
+        now.len() == 3 && !now.contains(&victim)
+    });
+    let after = ids(&env);
+    assert_eq!(
+        before.intersection(&after).count(),
+        2,
+        "only the lost one was replaced"
+    );
+    run.wait_for_output(&["instance-provisioned", "2 of 3 instances exist"], LONG);
+}
+
+#[test]
+fn editing_the_spec_scales_up_and_down() {
+    let env = Env::new();
+    let spec = env.data_dir().join("web.json");
+    write_spec(&spec, "web", json!({"Size": 3}), json!({}));
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+    let first = ids(&env);
+
+    write_spec(&spec, "web", json!({"Size": 5}), json!({}));
+    run.wait_for("5 instances", LONG, || instances(&env).len() == 5);
+    assert!(
+        first.is_subset(&ids(&env)),
+        "scaling up keeps the existing ones"
+    );
+
+    write_spec(&spec, "web", json!({"Size": 2}), json!({}));
+    run.wait_for("2 instances", LONG, || instances(&env).len() == 2);
+    // The newest went first: the two survivors are among the first three.
+    assert!(
+        ids(&env).is_subset(&first),
+        "{:?} vs {:?}",
+        ids(&env),
+        first
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(instances(&env).len(), 2, "and it stays there");
+}
+
+#[test]
+fn a_lost_pet_comes_back_with_its_logical_id() {
+    let env = Env::new();
+    let spec = env.data_dir().join("zk.json");
+    write_spec(
+        &spec,
+        "zk",
+        json!({"LogicalIDs": ["zk1", "zk2", "zk3"]}),
+        json!({}),
+    );
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 pets", LONG, || instances(&env).len() == 3);
+    let lids = |env: &Env| -> Vec<String> {
+        let mut l: Vec<String> = instances(env)
+            .iter()
+            .map(|i| i["LogicalID"].as_str().unwrap_or("").to_string())
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(lids(&env), vec!["zk1", "zk2", "zk3"]);
+
+    let zk2 = instances(&env)
+        .into_iter()
+        .find(|i| i["LogicalID"] == "zk2")
+        .unwrap();
+    let old_id = zk2["ID"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{old_id}.json"))).unwrap();
+    run.wait_for("zk2 back", LONG, || {
+        instances(&env)
+            .iter()
+            .any(|i| i["LogicalID"] == "zk2" && i["ID"] != old_id.as_str())
+    });
+    assert_eq!(lids(&env), vec!["zk1", "zk2", "zk3"]);
+    let back = instances(&env)
+        .into_iter()
+        .find(|i| i["LogicalID"] == "zk2")
+        .unwrap();
+    assert_eq!(tag(&back, "infrakit.logical_id"), "zk2");
+    assert_eq!(tag(&back, "infrakit.index"), "1");
+}
+
+#[test]
+fn a_rolling_update_keeps_at_least_size_minus_max_unavailable() {
+    let env = Env::new();
+    let spec = env.data_dir().join("app.json");
+    let policy = json!({"Updating": {"MaxSurge": 0, "MaxUnavailable": 1}});
+    write_spec(&spec, "app", json!({"Size": 4}), policy.clone());
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("4 instances", LONG, || instances(&env).len() == 4);
+    let v1 = tag(&instances(&env)[0], "infrakit.config_sha");
+
+    let mut v2 = policy.clone();
+    v2["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}});
+    write_spec(&spec, "app", json!({"Size": 4}), v2);
+    let mut min_seen = usize::MAX;
+    let mut max_seen = 0;
+    run.wait_for("all on the new configuration", LONG, || {
+        let now = instances(&env);
+        // vanilla judges every existing instance healthy: present = healthy.
+        min_seen = min_seen.min(now.len());
+        max_seen = max_seen.max(now.len());
+        now.len() == 4 && now.iter().all(|i| tag(i, "infrakit.config_sha") != v1)
+    });
+    assert!(min_seen >= 3, "dropped to {min_seen} healthy");
+    assert!(max_seen <= 4, "surged to {max_seen} with MaxSurge 0");
+    assert!(instances(&env).iter().all(|i| i["Init"] == "echo v2"));
+    assert!(run.output().contains("rolling update"), "{}", run.output());
+}
+
+#[test]
+fn an_unhealthy_instance_is_replaced_after_the_grace_period() {
+    let env = Env::new();
+    let spec = env.data_dir().join("svc.json");
+    let health =
+        json!({"Health": {"CheckInterval": "100ms", "GracePeriod": "1s", "MaxUnhealthy": 1}});
+    write_spec(&spec, "svc", json!({"Size": 3}), health);
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+    let sick = instances(&env)[0]["ID"].as_str().unwrap().to_string();
+    env.ok(
+        &[
+            "instance",
+            "label",
+            "--plugin",
+            "instance-file",
+            &sick,
+            "--tag",
+            "health=bad",
+        ],
+        None,
+    );
+    run.wait_for("the sick one replaced", LONG, || {
+        let now = ids(&env);
+        now.len() == 3 && !now.contains(&sick)
+    });
+    let out = run.output();
+    assert!(
+        out.contains(&format!("health-changed {sick}: ")) && out.contains("-> unhealthy"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("instance-replaced {sick}")), "{out}");
+}
+
+#[test]
+fn too_many_unhealthy_at_once_pauses_remediation() {
+    let env = Env::new();
+    let spec = env.data_dir().join("net.json");
+    let health =
+        json!({"Health": {"CheckInterval": "100ms", "GracePeriod": "0s", "MaxUnhealthy": 1}});
+    write_spec(&spec, "net", json!({"Size": 3}), health);
+    {
+        let mut run = GroupRun::start(&env, &spec);
+        run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+        run.terminate();
+    }
+    // Two of three go bad at the same moment (a network partition, say).
+    let before = ids(&env);
+    let two: Vec<String> = before.iter().take(2).cloned().collect();
+    for id in &two {
+        env.ok(
+            &[
+                "instance",
+                "label",
+                "--plugin",
+                "instance-file",
+                id,
+                "--tag",
+                "health=bad",
+            ],
+            None,
+        );
+    }
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for_output(&["remediation paused", "more than MaxUnhealthy 1"], LONG);
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        ids(&env),
+        before,
+        "nothing replaced while over MaxUnhealthy"
+    );
+
+    // One recovers: the other is now within the limit and gets replaced.
+    env.ok(
+        &[
+            "instance",
+            "label",
+            "--plugin",
+            "instance-file",
+            &two[0],
+            "--tag",
+            "health=ok",
+        ],
+        None,
+    );
+    run.wait_for("the remaining sick one replaced", LONG, || {
+        let now = ids(&env);
+        now.len() == 3 && now.contains(&two[0]) && !now.contains(&two[1])
+    });
+}
+
+#[test]
+fn a_controller_restarted_mid_update_finishes_it_without_duplicates() {
+    let env = Env::new();
+    let spec = env.data_dir().join("db.json");
+    let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 0}});
+    write_spec(&spec, "db", json!({"Size": 4}), policy.clone());
+    {
+        let mut run = GroupRun::start(&env, &spec);
+        run.wait_for("4 instances", LONG, || instances(&env).len() == 4);
+        run.terminate();
+    }
+    let v1 = tag(&instances(&env)[0], "infrakit.config_sha");
+    let mut v2 = policy.clone();
+    v2["Instance"] = json!({"Plugin": "instance-file", "Properties": {"Prefix": "dbv2"}});
+    write_spec(&spec, "db", json!({"Size": 4}), v2);
+
+    let mut max_seen = 0;
+    for round in 0..3 {
+        let mut run = GroupRun::start(&env, &spec);
+        // Let it get into the update, then kill it without warning.
+        run.wait_for("the update under way", LONG, || {
+            let now = instances(&env);
+            max_seen = max_seen.max(now.len());
+            now.iter().any(|i| tag(i, "infrakit.config_sha") != v1) || round > 0
+        });
+        std::thread::sleep(Duration::from_millis(30 * round));
+        run.kill();
+        max_seen = max_seen.max(instances(&env).len());
+    }
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("all on v2", LONG, || {
+        let now = instances(&env);
+        max_seen = max_seen.max(now.len());
+        now.len() == 4 && now.iter().all(|i| tag(i, "infrakit.config_sha") != v1)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let last = instances(&env);
+    assert_eq!(last.len(), 4, "no duplicates after convergence");
+    let indexes: BTreeSet<String> = last.iter().map(|i| tag(i, "infrakit.index")).collect();
+    assert_eq!(indexes.len(), 4, "distinct indexes: {indexes:?}");
+    assert!(
+        max_seen <= 5,
+        "never more than size + surge: saw {max_seen}"
+    );
+    assert!(
+        last.iter()
+            .all(|i| i["ID"].as_str().unwrap().starts_with("dbv2-"))
+    );
+}
+
+#[test]
+fn instances_of_other_groups_and_untagged_ones_are_left_alone() {
+    let env = Env::new();
+    let stranger = env.ok(
+        &["instance", "provision", "--plugin", "instance-file"],
+        Some(r#"{"Tags": {"infrakit.group": "someone-else"}}"#),
+    );
+    let untagged = env.ok(
+        &["instance", "provision", "--plugin", "instance-file"],
+        Some("{}"),
+    );
+    let spec = env.data_dir().join("mine.json");
+    write_spec(&spec, "mine", json!({"Size": 0}), json!({}));
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for_output(&["converged"], LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    let left = ids(&env);
+    assert!(
+        left.contains(stranger.trim()) && left.contains(untagged.trim()),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn group_plan_shows_what_would_happen_and_does_nothing() {
+    let env = Env::new();
+    let spec = env.data_dir().join("p.json");
+    write_spec(&spec, "p", json!({"Size": 2}), json!({}));
+    let out = env.ok(&["group", "plan", spec.to_str().unwrap()], None);
+    assert!(
+        out.contains("Plan: 2 to provision, 0 to destroy, 0 to replace"),
+        "{out}"
+    );
+    let plan = env
+        .run(
+            &["group", "plan", spec.to_str().unwrap(), "-o", "json"],
+            None,
+        )
+        .json();
+    assert_eq!(plan["steps"].as_array().unwrap().len(), 2);
+    assert!(instances(&env).is_empty(), "a plan changes nothing");
+}
+
+#[test]
+fn group_destroy_drains_and_destroys_every_instance() {
+    let env = Env::new();
+    let spec = env.data_dir().join("gone.json");
+    write_spec(&spec, "gone", json!({"Size": 3}), json!({}));
+    {
+        let mut run = GroupRun::start(&env, &spec);
+        run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+    }
+    let out = env.ok(&["group", "destroy", spec.to_str().unwrap()], None);
+    assert!(instances(&env).is_empty(), "{out}");
+    assert_eq!(out.matches("instance-drained").count(), 3, "{out}");
+    assert!(out.contains("group-destroyed"), "{out}");
+}
+
+#[test]
+fn invalid_specs_are_rejected_with_file_field_and_accepted_form() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/specs/invalid");
+    let env = Env::new();
+    let mut cases = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.extension().is_some_and(|e| e == "err") {
+            continue;
+        }
+        cases += 1;
+        let expected = std::fs::read_to_string(path.with_extension("err"))
+            .unwrap_or_else(|_| panic!("{} has no .err file", path.display()));
+        let stderr = env
+            .run(&["group", "validate", path.to_str().unwrap()], None)
+            .assert_failure();
+        for line in expected.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                stderr.contains(line.trim()),
+                "{}: expected {:?} in:\n{stderr}",
+                path.display(),
+                line.trim()
+            );
+        }
+    }
+    assert!(cases >= 10, "only {cases} cases");
+}
+
+#[test]
+fn an_update_to_a_broken_configuration_pauses_and_rolling_back_recovers() {
+    let env = Env::new();
+    let spec = env.data_dir().join("api.json");
+    let policy = json!({
+        "Updating": {"MaxSurge": 1, "MaxUnavailable": 0, "BatchTimeout": "1s"},
+        "Health": {"CheckInterval": "100ms", "GracePeriod": "200ms", "MaxUnhealthy": 1}
+    });
+    write_spec(&spec, "api", json!({"Size": 3}), policy.clone());
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+    let v1_ids = ids(&env);
+    let v1 = tag(&instances(&env)[0], "infrakit.config_sha");
+
+    // v2's instances are born unhealthy: the flavor tags them with the tag it judges bad.
+    let mut broken = policy.clone();
+    broken["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {
+        "Tags": {"health": "bad"}, "UnhealthyTags": {"health": "bad"}}});
+    write_spec(&spec, "api", json!({"Size": 3}), broken);
+    run.wait_for_output(
+        &["update paused", "not healthy within the batch timeout"],
+        LONG,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let now = instances(&env);
+    assert_eq!(now.len(), 4, "one surge instance, no more: {now:?}");
+    assert!(
+        v1_ids.is_subset(&ids(&env)),
+        "no old instance was taken away"
+    );
+
+    // Rolling back: the old configuration is current again, the broken one is replaced.
+    write_spec(&spec, "api", json!({"Size": 3}), policy);
+    run.wait_for("back on v1", LONG, || {
+        let now = instances(&env);
+        now.len() == 3 && now.iter().all(|i| tag(i, "infrakit.config_sha") == v1)
+    });
+    assert_eq!(
+        ids(&env),
+        v1_ids,
+        "the original instances were kept throughout"
+    );
+}

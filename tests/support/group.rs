@@ -1,0 +1,147 @@
+//! Running `infrakit group run` as a real child process, and reading the instance files of
+//! `instance-file` to see what it did.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::Env;
+
+/// A `group run` process; killed when dropped.
+pub struct GroupRun {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl GroupRun {
+    pub fn start(env: &Env, spec: &Path) -> GroupRun {
+        let n = std::fs::read_dir(env.data_dir())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = env.data_dir().join(format!("run-{n}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = env
+            .command()
+            .env("INFRAKIT_LOG", "info")
+            .args([
+                "group",
+                "run",
+                spec.to_str().unwrap(),
+                "--poll-interval",
+                "100ms",
+            ])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn group run");
+        GroupRun {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().unwrap()
+    }
+
+    /// Waits until the process has printed every one of `needles`.
+    pub fn wait_for_output(&mut self, needles: &[&str], timeout: Duration) {
+        let log = self.log.clone();
+        let what = format!("output {needles:?}");
+        self.wait_for(&what, timeout, || {
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            needles.iter().all(|n| out.contains(n))
+        });
+    }
+
+    /// Waits until `cond` holds, failing with the log when it does not within `timeout`.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "group run exited ({status}) while waiting for {what}:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for GroupRun {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The instances `instance-file` holds in `env`, as stored (ID, Tags, LogicalID, ...).
+/// Files that vanish or are half-read while listing are skipped.
+pub fn instances(env: &Env) -> Vec<Value> {
+    let dir = env.scratch("instance-file");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Value> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect();
+    out.sort_by_key(|v| v["ID"].as_str().unwrap_or("").to_string());
+    out
+}
+
+pub fn tag(instance: &Value, key: &str) -> String {
+    instance["Tags"][key].as_str().unwrap_or("").to_string()
+}
+
+/// Writes a spec for `instance-file` + `flavor-vanilla`.
+pub fn write_spec(path: &Path, id: &str, allocation: Value, extra: Value) {
+    let mut spec = serde_json::json!({
+        "ID": id,
+        "Properties": {
+            "Allocation": allocation,
+            "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": id}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo {{group}}"], "UnhealthyTags": {"health": "bad"}}},
+            "Health": {"CheckInterval": "100ms", "GracePeriod": "0s"}
+        }
+    });
+    if let Value::Object(extra) = extra {
+        for (k, v) in extra {
+            spec["Properties"][k] = v;
+        }
+    }
+    // Write then rename, so `group run` never reads half a spec.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
