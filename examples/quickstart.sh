@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds infrakit and uses it passively, like a conventional tool: provision instances through
-# the built-in instance-file plugin, shape them with flavor-vanilla, describe, destroy.
-# Everything happens in a temporary data directory.
+# The main job: build infrakit, start the daemon (embedded store, built-in plugins) on a
+# temporary data directory, commit the cattle example, watch it converge, delete an instance
+# file and watch it come back, then stop the daemon. Everything is the real binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,27 +13,32 @@ data=$(mktemp -d -t infrakit-quickstart-XXXXXX)
 export INFRAKIT_DATA_DIR="$data"
 echo "== data dir: $data"
 
-echo "== plugins"
+infrakit serve --poll-interval 500ms >"$data/daemon.log" 2>&1 &
+daemon=$!
+trap 'kill $daemon 2>/dev/null; wait $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 100); do infrakit status >/dev/null 2>&1 && break; sleep 0.1; done
+infrakit status
+
+echo; echo "== plugins"
 infrakit plugin ls
 
-echo "== flavor-vanilla prepares a spec (init script + tags)"
-spec=$(infrakit flavor prepare --plugin flavor-vanilla \
-  --properties examples/quickstart/vanilla.json --size 2 --group web --index 1 \
-  examples/quickstart/instance.json)
-echo "$spec"
+echo; echo "== commit examples/cattle/group.json and wait for it to converge"
+infrakit group commit examples/cattle/group.json --wait
+infrakit group describe workers
 
-echo "== provision two instances"
-a=$(echo "$spec" | infrakit instance provision --plugin instance-file)
-b=$(echo "$spec" | infrakit instance provision --plugin instance-file)
-echo "provisioned $a and $b"
+victim=$(ls "$data/scratch/instance-file" | head -n 1)
+echo; echo "== delete ${victim%.json}: the daemon notices and replaces it"
+rm "$data/scratch/instance-file/$victim"
+for _ in $(seq 50); do
+  [ "$(ls "$data/scratch/instance-file" | wc -l)" -eq 3 ] && ! [ -e "$data/scratch/instance-file/$victim" ] && break
+  sleep 0.1
+done
+infrakit group describe workers
 
-echo "== describe (all, then --tag role=web)"
-infrakit instance describe --plugin instance-file
-infrakit instance describe --plugin instance-file --tag role=web -o json
+echo; echo "== events"
+infrakit events --group workers
 
-echo "== each instance is a file"
-ls -l "$data/scratch/instance-file"
-
-echo "== destroy $a"
-infrakit instance destroy --plugin instance-file "$a"
-infrakit instance describe --plugin instance-file
+echo; echo "== stop the daemon (SIGTERM); the instances stay, the spec is stored"
+kill -TERM $daemon; wait $daemon || true
+trap - EXIT
+ls "$data/scratch/instance-file"

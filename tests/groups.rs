@@ -144,7 +144,7 @@ fn a_rolling_update_keeps_at_least_size_minus_max_unavailable() {
     assert!(min_seen >= 3, "dropped to {min_seen} healthy");
     assert!(max_seen <= 4, "surged to {max_seen} with MaxSurge 0");
     assert!(instances(&env).iter().all(|i| i["Init"] == "echo v2"));
-    assert!(run.output().contains("rolling update"), "{}", run.output());
+    run.wait_for_output(&["rolling update"], LONG);
 }
 
 #[test]
@@ -173,12 +173,10 @@ fn an_unhealthy_instance_is_replaced_after_the_grace_period() {
         let now = ids(&env);
         now.len() == 3 && !now.contains(&sick)
     });
-    let out = run.output();
-    assert!(
-        out.contains(&format!("health-changed {sick}: ")) && out.contains("-> unhealthy"),
-        "{out}"
-    );
-    assert!(out.contains(&format!("instance-replaced {sick}")), "{out}");
+    // The events are printed once each step has finished: wait for them rather than race.
+    let replaced = format!("instance-replaced {sick}");
+    let changed = format!("health-changed {sick}: ");
+    run.wait_for_output(&[&replaced, &changed, "-> unhealthy"], LONG);
 }
 
 #[test]

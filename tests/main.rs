@@ -4,6 +4,7 @@
 
 mod support;
 
+mod daemon;
 mod groups;
 mod plugin_cli;
 mod sandbox;

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
 
 use crate::event::{Event, EventKind, now_ms};
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
@@ -124,6 +125,10 @@ pub struct GroupStatus {
     pub updated_ms: u64,
     /// The group is being destroyed.
     pub destroying: bool,
+    /// How long the last pass took (ms).
+    pub last_pass_ms: u64,
+    /// Time spent in passes so far (ms).
+    pub pass_ms_total: u64,
 }
 
 impl GroupStatus {
@@ -140,6 +145,8 @@ impl GroupStatus {
             passes: 0,
             updated_ms: now_ms(),
             destroying: false,
+            last_pass_ms: 0,
+            pass_ms_total: 0,
         }
     }
 }
@@ -292,19 +299,13 @@ impl Controller {
     }
 
     /// Stops managing a group; its instances are left as they are. Returns whether it was
-    /// managed.
+    /// managed. (The caller records the event, with the state change that caused it.)
     pub async fn free(&self, id: &str) -> bool {
         let handle = self.inner.groups.lock().expect("groups lock").remove(id);
         match handle {
             Some(h) => {
                 h.stop.send_replace(true);
                 let _ = h.task.await;
-                self.inner.events.record(Event::now(
-                    id,
-                    EventKind::GroupFreed,
-                    None,
-                    "no longer managed; instances left as they are",
-                ));
                 true
             }
             None => false,
@@ -446,19 +447,26 @@ async fn run_group(
             Intent::Destroy(s) => (s.clone(), true),
         };
 
+        let pass_started = Instant::now();
         let outcome = {
             let _permit = inner
                 .permits
                 .acquire()
                 .await
                 .expect("semaphore never closed");
-            reconcile(&inner, &spec, destroying, &mut cache).await
+            let span = tracing::info_span!("reconcile", group = %spec.id);
+            reconcile(&inner, &spec, destroying, &mut cache)
+                .instrument(span)
+                .await
         };
+        let pass_ms = pass_started.elapsed().as_millis() as u64;
 
         let mut delay = inner.options.poll_interval;
         let mut next = status.borrow().clone();
         next.passes += 1;
         next.updated_ms = now_ms();
+        next.last_pass_ms = pass_ms;
+        next.pass_ms_total += pass_ms;
         next.destroying = destroying;
         match outcome {
             Ok((plan, members)) => {
@@ -523,6 +531,17 @@ async fn run_group(
             Err(e) => {
                 let message = crate::error_chain(&e);
                 tracing::warn!(group = %spec.id, error = %message, "reconcile failed; backing off");
+                // Reported once per distinct failure (a missing plugin, say), not every retry.
+                if next.last_error.as_deref() != Some(message.as_str())
+                    && !matches!(&e, Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. } | plugin::Error::Guest { .. }))
+                {
+                    inner.events.record(Event::now(
+                        &spec.id,
+                        EventKind::StepFailed,
+                        None,
+                        message.clone(),
+                    ));
+                }
                 next.last_error = Some(message);
                 backoff = if backoff.is_zero() {
                     Duration::from_millis(100)

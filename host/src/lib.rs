@@ -12,16 +12,23 @@
 //! - [`spec`] parses group specs; [`plan`] is the pure planner, `plan(desired, observed, now)`,
 //!   property-tested without wasm; [`controller`] runs one task per group that observes through
 //!   the plugins, plans, executes and records [`event`]s.
+//! - [`daemon`] is `infrakit serve`: [`store`] (redb) keeps committed specs, history and the
+//!   event log; [`api`] serves the control API on a unix socket (and TCP with a token);
+//!   [`metrics`] renders Prometheus metrics.
 //! - [`cli`] is the command line: passive use of plugins, like a conventional tool.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod daemon;
 pub mod event;
 pub mod grants;
+pub mod metrics;
 pub mod plan;
 pub mod plugin;
 pub mod spec;
+pub mod store;
 
 /// An error and its causes on one line, as anyhow's `{:#}` prints them.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

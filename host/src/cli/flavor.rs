@@ -142,8 +142,8 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
             let registry = cli.registry().await?;
             let health = registry.get(plugin)?.healthy(&props, &instance).await?;
             match output {
-                Format::Json => output::json(&serde_json::json!({ "Health": health }))?,
                 Format::Table => println!("{health}"),
+                other => output::value(*other, &serde_json::json!({ "Health": health }))?,
             }
             return Ok(match health {
                 Health::Healthy => ExitCode::SUCCESS,

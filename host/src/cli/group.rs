@@ -13,12 +13,63 @@ use super::Cli;
 use super::output::{self, Format};
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::Event;
+#[allow(unused_imports)]
+use crate::plan::Step;
 use crate::plan::{Phase, Plan};
 use crate::spec::GroupSpec;
 
-/// Group commands.
+/// Group commands. `commit`, `ls`, `describe`, `history`, `rollback` and `free` talk to the
+/// daemon; `plan` and `destroy` do too when one is running, and work in the foreground
+/// otherwise; `run` reconciles one group in the foreground.
 #[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Commit a spec to the daemon: show the plan, then store and apply it.
+    Commit {
+        /// The group spec (JSON or YAML; `-` for stdin).
+        spec: PathBuf,
+        /// Only show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// List the committed groups.
+    Ls {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a group: phase, and each instance with health, configuration, logical id and age.
+    Describe {
+        /// The group id.
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Show a group's revisions.
+    History {
+        /// The group id.
+        id: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Make the previous configuration current again.
+    Rollback {
+        /// The group id.
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop managing a group; leave its instances as they are.
+    Free {
+        /// The group id.
+        id: String,
+    },
     /// Reconcile a group in the foreground until interrupted. The spec file is re-read when it
     /// changes, so editing it scales or rolls the group.
     Run {
@@ -41,14 +92,33 @@ pub enum GroupCommand {
         /// The group spec (JSON or YAML).
         spec: PathBuf,
     },
-    /// Drain and destroy every instance of a group, in the foreground.
+    /// Drain and destroy every instance of a group, then forget it. Without a daemon, give
+    /// the spec file and it is done in the foreground.
     Destroy {
-        /// The group spec (JSON or YAML).
-        spec: PathBuf,
+        /// The group id (or, without a daemon, its spec file).
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print the JSON Schema of group specs.
     Schema,
 }
+
+/// `--wait` for long operations.
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// Follow the operation until the group converges (or is gone); exit 3 if it pauses.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 6).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Exit code of `--wait` when the operation paused.
+pub const EXIT_PAUSED: u8 = 3;
+/// Exit code of `--wait` when it timed out.
+pub const EXIT_TIMEOUT: u8 = 6;
 
 /// Prints events as they happen.
 struct Printer;
@@ -61,6 +131,183 @@ impl EventSink for Printer {
 
 async fn load_spec(path: &Path) -> anyhow::Result<GroupSpec> {
     Ok(GroupSpec::load(path)?)
+}
+
+/// Prints a plan received as JSON.
+fn print_plan_value(plan: &serde_json::Value) {
+    match serde_json::from_value::<PlanView>(plan.clone()) {
+        Ok(p) => {
+            println!(
+                "Plan: {} to provision, {} to destroy, {} to replace ({}, {} of {} current)",
+                p.steps.iter().filter(|s| s["step"] == "provision").count(),
+                p.steps.iter().filter(|s| s["step"] == "destroy").count(),
+                p.steps.iter().filter(|s| s["step"] == "replace").count(),
+                p.phase,
+                p.current,
+                p.size
+            );
+            for step in &p.steps {
+                let kind = step["step"].as_str().unwrap_or("");
+                let sign = match kind {
+                    "provision" => "+",
+                    "destroy" => "-",
+                    "replace" => "~",
+                    "wait" => ".",
+                    _ => " ",
+                };
+                let what = step["id"].as_str().or(step["logical_id"].as_str());
+                let what = what.map(|w| format!(" {w}")).unwrap_or_default();
+                println!(
+                    "  {sign} {kind}{what}: {}",
+                    step["reason"].as_str().unwrap_or("")
+                );
+            }
+            for m in &p.messages {
+                println!("  ! {m}");
+            }
+        }
+        Err(_) => println!("{plan}"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PlanView {
+    steps: Vec<serde_json::Value>,
+    phase: String,
+    messages: Vec<String>,
+    current: usize,
+    size: usize,
+}
+
+fn print_describe(g: &serde_json::Value) {
+    let st = &g["status"];
+    let id = g["id"].as_str().unwrap_or("");
+    println!("Group:     {id} (revision {})", g["revision"]);
+    let phase = if g["lifecycle"] == "destroying" {
+        "destroying"
+    } else {
+        st["phase"].as_str().unwrap_or("-")
+    };
+    println!("Phase:     {phase}");
+    println!(
+        "Progress:  {} of {} on config {}",
+        st["current"],
+        st["size"],
+        st["config_sha"].as_str().unwrap_or("")
+    );
+    if let Some(e) = st["last_error"].as_str() {
+        println!("Error:     {e}");
+    }
+    for m in st["messages"].as_array().into_iter().flatten() {
+        println!("Note:      {}", m.as_str().unwrap_or(""));
+    }
+    let now = crate::event::now_ms();
+    let mut t = output::table(&["instance", "logical id", "health", "config", "age"]);
+    for i in st["instances"].as_array().into_iter().flatten() {
+        let created = i["created_ms"].as_u64().unwrap_or(0);
+        let age = if created == 0 {
+            "-".to_string()
+        } else {
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(created) / 1000))
+                .to_string()
+        };
+        let sha = i["config_sha"].as_str().unwrap_or("");
+        t.add_row(vec![
+            i["id"].as_str().unwrap_or("").to_string(),
+            i["logical_id"].as_str().unwrap_or("-").to_string(),
+            i["health"].as_str().unwrap_or("").to_string(),
+            format!("{sha}{}", if i["current"] == true { "" } else { " (old)" }),
+            age,
+        ]);
+    }
+    output::print_table(&t);
+}
+
+/// Follows a group until it converges on `sha`; prints progress as it changes.
+async fn wait_converged(
+    client: &super::Client,
+    id: &str,
+    sha: &str,
+    wait: &WaitArgs,
+) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + wait.timeout;
+    let mut last = String::new();
+    loop {
+        let g = client.get(&format!("/v1/groups/{id}")).await?;
+        let st = &g["status"];
+        let on_sha = st["config_sha"].as_str() == Some(sha);
+        let phase = st["phase"].as_str().unwrap_or("");
+        let line = format!(
+            "[{}/{}] {phase}{}",
+            st["current"],
+            st["size"],
+            st["messages"][0]
+                .as_str()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        if on_sha && phase == "converged" {
+            println!("group {id} converged");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if on_sha && phase == "paused" {
+            eprintln!(
+                "group {id} paused: {}",
+                st["messages"]
+                    .as_array()
+                    .map(|m| m
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                    .unwrap_or_default()
+            );
+            return Ok(ExitCode::from(EXIT_PAUSED));
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "gave up waiting after {}",
+                humantime::format_duration(wait.timeout)
+            );
+            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows a destroy until the group is gone.
+async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow::Result<ExitCode> {
+    let deadline = std::time::Instant::now() + wait.timeout;
+    let mut last = String::new();
+    loop {
+        match client.get(&format!("/v1/groups/{id}")).await {
+            Ok(g) => {
+                let n = g["status"]["instances"].as_array().map_or(0, |a| a.len());
+                let line = format!("[{n} left] destroying");
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+            }
+            Err(e) if format!("{e:#}").contains("HTTP 404") => {
+                println!("group {id} destroyed");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => return Err(e),
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "gave up waiting after {}",
+                humantime::format_duration(wait.timeout)
+            );
+            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Prints a plan as a readable diff.
@@ -105,19 +352,184 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Plan { spec, output } => {
-            let spec = load_spec(spec).await?;
-            let registry = Arc::new(cli.registry().await?);
-            let controller = Controller::new(registry, Arc::new(Printer), Options::default());
-            controller.validate(&spec).await?;
-            let plan = controller.plan(&spec).await?;
+            let plan = match cli.daemon_if_running()? {
+                Some(client) => {
+                    let (_, text) = super::input::read_text(Some(spec))?;
+                    client.post("/v1/plan", Some(text)).await?
+                }
+                None => {
+                    let spec = load_spec(spec).await?;
+                    let registry = Arc::new(cli.registry().await?);
+                    let controller =
+                        Controller::new(registry, Arc::new(Printer), Options::default());
+                    controller.validate(&spec).await?;
+                    serde_json::to_value(controller.plan(&spec).await?)?
+                }
+            };
             match output {
-                Format::Json => output::json(&plan)?,
-                Format::Table => print_plan(&plan),
+                Format::Table => print_plan_value(&plan),
+                other => output::value(*other, &plan)?,
             }
             Ok(ExitCode::SUCCESS)
         }
-        GroupCommand::Destroy { spec } => {
-            let spec = load_spec(spec).await?;
+        GroupCommand::Commit {
+            spec,
+            dry_run,
+            wait,
+            output,
+        } => {
+            let (origin, text) = super::input::read_text(Some(spec))?;
+            // Parse here too, so a bad file is reported with its own name.
+            let parsed = GroupSpec::parse(
+                &text,
+                &origin,
+                origin.ends_with(".yaml") || origin.ends_with(".yml"),
+            )?;
+            let client = cli.daemon()?;
+            let path = format!("/v1/groups?dry_run={dry_run}");
+            let answer = client.post(&path, Some(text)).await?;
+            match output {
+                Format::Table => {
+                    print_plan_value(&answer["plan"]);
+                    if *dry_run {
+                        println!("dry run: nothing committed");
+                    } else {
+                        println!(
+                            "committed group {} revision {} (config {})",
+                            parsed.id,
+                            answer["revision"],
+                            answer["config_sha"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                other => output::value(*other, &answer)?,
+            }
+            if wait.wait && !dry_run {
+                let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
+                return wait_converged(&client, &parsed.id, &sha, wait).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Ls { output } => {
+            let groups = cli.daemon()?.get("/v1/groups").await?;
+            match output {
+                Format::Table => {
+                    let mut t = output::table(&[
+                        "id",
+                        "revision",
+                        "phase",
+                        "current",
+                        "size",
+                        "instances",
+                        "message",
+                    ]);
+                    for g in groups.as_array().into_iter().flatten() {
+                        let st = &g["status"];
+                        t.add_row(vec![
+                            g["id"].as_str().unwrap_or("").to_string(),
+                            g["revision"].to_string(),
+                            if g["lifecycle"] == "destroying" {
+                                "destroying".to_string()
+                            } else {
+                                st["phase"].as_str().unwrap_or("-").to_string()
+                            },
+                            st["current"].to_string(),
+                            st["size"].to_string(),
+                            st["instances"]
+                                .as_array()
+                                .map_or(0, |a| a.len())
+                                .to_string(),
+                            st["last_error"]
+                                .as_str()
+                                .map(str::to_string)
+                                .or_else(|| st["messages"][0].as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                        ]);
+                    }
+                    output::print_table(&t);
+                }
+                other => output::value(*other, &groups)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Describe { id, output } => {
+            let g = cli.daemon()?.get(&format!("/v1/groups/{id}")).await?;
+            match output {
+                Format::Table => print_describe(&g),
+                other => output::value(*other, &g)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::History { id, output } => {
+            let h = cli
+                .daemon()?
+                .get(&format!("/v1/groups/{id}/history"))
+                .await?;
+            match output {
+                Format::Table => {
+                    let mut t =
+                        output::table(&["revision", "committed", "cause", "config", "size"]);
+                    for r in h.as_array().into_iter().flatten() {
+                        let spec: Option<GroupSpec> =
+                            serde_json::from_value(r["spec"].clone()).ok();
+                        t.add_row(vec![
+                            r["revision"].to_string(),
+                            crate::event::format_time(r["time_ms"].as_u64().unwrap_or(0)),
+                            r["cause"].as_str().unwrap_or("").to_string(),
+                            spec.as_ref().map(|s| s.config_sha()).unwrap_or_default(),
+                            spec.as_ref()
+                                .map(|s| s.size().to_string())
+                                .unwrap_or_default(),
+                        ]);
+                    }
+                    output::print_table(&t);
+                }
+                other => output::value(*other, &h)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Rollback { id, wait } => {
+            let client = cli.daemon()?;
+            let answer = client
+                .post(&format!("/v1/groups/{id}/rollback"), None)
+                .await?;
+            println!(
+                "group {id} rolled back: revision {} (config {})",
+                answer["revision"],
+                answer["config_sha"].as_str().unwrap_or("")
+            );
+            if wait.wait {
+                let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
+                return wait_converged(&client, id, &sha, wait).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Free { id } => {
+            cli.daemon()?
+                .post(&format!("/v1/groups/{id}/free"), None)
+                .await?;
+            println!("group {id} is no longer managed; its instances were left as they are");
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Destroy { id, wait } => {
+            if let Some(client) = cli.daemon_if_running()? {
+                client
+                    .post(&format!("/v1/groups/{id}/destroy"), None)
+                    .await?;
+                println!("group {id}: draining and destroying every instance");
+                if wait.wait {
+                    return wait_gone(&client, id, wait).await;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let path = Path::new(id);
+            if !path.exists() {
+                anyhow::bail!(
+                    "no daemon is running and {id:?} is not a spec file; start `infrakit serve` \
+                     or give the group's spec file to destroy it in the foreground"
+                );
+            }
+            let spec = load_spec(path).await?;
             let registry = Arc::new(cli.registry().await?);
             let options = Options {
                 poll_interval: Duration::from_millis(200),

@@ -102,8 +102,8 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             let registry = cli.registry().await?;
             let id = registry.get(plugin)?.provision(&spec).await?;
             match output {
-                Format::Json => output::json(&serde_json::json!({ "ID": id }))?,
                 Format::Table => println!("{id}"),
+                other => output::value(*other, &serde_json::json!({ "ID": id }))?,
             }
         }
         InstanceCommand::Describe {
@@ -116,7 +116,6 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             let filter: Tags = tags.iter().cloned().collect();
             let found = registry.get(plugin)?.describe(&filter, *properties).await?;
             match output {
-                Format::Json => output::json(&found)?,
                 Format::Table => {
                     let mut t = output::table(&["id", "logical id", "tags"]);
                     for d in &found {
@@ -134,6 +133,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
                     }
                     output::print_table(&t);
                 }
+                other => output::value(*other, &found)?,
             }
         }
         InstanceCommand::Label { plugin, id, tags } => {

@@ -1,6 +1,8 @@
 //! The command line. `main` parses [`Cli`] and hands it to [`run`]; each subcommand lives in
 //! its own module. Errors are `anyhow` here, printed by `main` with their whole chain.
 
+mod client;
+mod daemon_cmds;
 mod flavor;
 mod group;
 mod input;
@@ -14,7 +16,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+pub use client::{Client, EXIT_UNREACHABLE, Unreachable};
+pub use group::shutdown_signal;
 pub use output::Format;
+pub use plugin::{plugin_inspect, plugin_rows};
 
 use crate::config::Config;
 use crate::plugin::{Registry, RegistryConfig};
@@ -37,6 +42,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "INFRAKIT_PLUGINS_DIR", value_name = "DIR")]
     pub plugins_dir: Option<PathBuf>,
 
+    /// The daemon's unix socket. [default: DATA_DIR/infrakit.sock]
+    #[arg(long, global = true, env = "INFRAKIT_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Talk to a daemon over TCP instead, e.g. http://127.0.0.1:7070 (needs --token).
+    #[arg(long, global = true, env = "INFRAKIT_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// The bearer token for --url (and for `serve --tcp`).
+    #[arg(long, global = true, env = "INFRAKIT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     /// Where compiled plugins are cached. [default: DATA_DIR/cache]
     #[arg(
         long,
@@ -47,9 +64,22 @@ pub struct Cli {
     )]
     pub cache_dir: Option<PathBuf>,
 
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object per line, with group, instance and plugin fields.
+    Json,
 }
 
 /// Top-level commands.
@@ -67,6 +97,21 @@ pub enum Command {
     /// Reconcile groups of instances.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Run the daemon: keep every committed group reconciled, serve the control API.
+    Serve(daemon_cmds::ServeArgs),
+    /// Show the daemon's events (add --follow to keep watching).
+    Events(daemon_cmds::EventsArgs),
+    /// Show the daemon's status.
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Format,
+    },
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
@@ -89,7 +134,38 @@ impl Cli {
         }
     }
 
-    fn registry_config(&self) -> anyhow::Result<RegistryConfig> {
+    /// The daemon's socket path.
+    pub fn socket_path(&self) -> anyhow::Result<PathBuf> {
+        match &self.socket {
+            Some(s) => Ok(s.clone()),
+            None => Ok(client::default_socket(
+                &self.data_dir(&self.file_config()?)?,
+            )),
+        }
+    }
+
+    /// A client of the daemon (which must be running).
+    pub fn daemon(&self) -> anyhow::Result<Client> {
+        match &self.url {
+            Some(url) => Client::tcp(url, self.token.clone()),
+            None => Client::unix(&self.socket_path()?),
+        }
+    }
+
+    /// A client of the daemon when one is listening, else `None` (commands that can also
+    /// work without one then do the work themselves).
+    pub fn daemon_if_running(&self) -> anyhow::Result<Option<Client>> {
+        if self.url.is_some() {
+            return self.daemon().map(Some);
+        }
+        let socket = self.socket_path()?;
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Client::unix(&socket).map(Some);
+        }
+        Ok(None)
+    }
+
+    pub(crate) fn registry_config(&self) -> anyhow::Result<RegistryConfig> {
         let file = self.file_config()?;
         let data_dir = self.data_dir(&file)?;
         let mut config = RegistryConfig::under(&data_dir);
@@ -120,5 +196,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Instance(cmd) => instance::run(&cli, cmd).await,
         Command::Flavor(cmd) => flavor::run(&cli, cmd).await,
         Command::Group(cmd) => group::run(&cli, cmd).await,
+        Command::Serve(args) => daemon_cmds::serve(&cli, args).await,
+        Command::Events(args) => daemon_cmds::events(&cli, args).await,
+        Command::Status { output } => daemon_cmds::status(&cli, *output).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "infrakit",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

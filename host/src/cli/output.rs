@@ -1,4 +1,4 @@
-//! Output: a table for people, JSON for scripts.
+//! Output: a table for people, JSON or YAML for scripts (as kubectl's `-o`).
 
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -11,6 +11,8 @@ pub enum Format {
     Table,
     /// JSON, one document.
     Json,
+    /// YAML, one document.
+    Yaml,
 }
 
 /// A table with the house style: no borders, header row.
@@ -25,6 +27,15 @@ pub fn table(header: &[&str]) -> Table {
 /// Prints `value` as pretty JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints `value` as JSON or YAML (tables are the caller's).
+pub fn value<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", yaml_serde::to_string(value)?),
+        _ => json(value)?,
+    }
     Ok(())
 }
 

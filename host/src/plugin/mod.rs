@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-pub use registry::{LoadFailure, Registry, RegistryConfig};
+pub use registry::{Change, LoadFailure, Registry, RegistryConfig};
 pub use types::{
     Allocation, Attachment, Capability, Description, DestroyContext, GuestError, Health, Index,
     InstanceSpec, Metadata, PluginKind, Tags,
@@ -191,8 +191,20 @@ enum Bound {
 
 type WitError = bindings::instance_world::infrakit::plugin::types::Error;
 
+/// Counters of a plugin's calls, for metrics.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    /// Calls made.
+    pub calls: std::sync::atomic::AtomicU64,
+    /// Calls that faulted (trap, deadline, memory).
+    pub faults: std::sync::atomic::AtomicU64,
+    /// Time spent in calls, instantiation included (ns).
+    pub nanos: std::sync::atomic::AtomicU64,
+}
+
 /// A loaded plugin. Cheap to share; every call runs in a fresh sandboxed instance.
 pub struct Plugin {
+    stats: CallStats,
     metadata: Metadata,
     source: Source,
     sha256: String,
@@ -237,6 +249,11 @@ impl Plugin {
         &self.sha256
     }
 
+    /// Its call counters.
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
     /// What it was granted.
     pub fn grants(&self) -> &crate::grants::Grants {
         &self.sandbox.grants
@@ -277,7 +294,9 @@ impl Plugin {
         export: &'static str,
         body: impl AsyncFnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<Result<R, WitError>>,
     ) -> Result<R, Error> {
-        let (r, _) = call(
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let outcome = call(
             &self.engine,
             &self.pre,
             &self.sandbox,
@@ -286,8 +305,15 @@ impl Plugin {
             export,
             body,
         )
-        .await?;
-        Ok(r)
+        .await;
+        self.stats.calls.fetch_add(1, Relaxed);
+        self.stats
+            .nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        if matches!(outcome, Err(Error::Faulted { .. })) {
+            self.stats.faults.fetch_add(1, Relaxed);
+        }
+        outcome.map(|(r, _)| r)
     }
 
     // --- the instance SPI ---
@@ -591,6 +617,7 @@ pub(crate) struct PreHandle(Pre);
 impl Plugin {
     pub(crate) fn from_loaded(engine: &wasmtime::Engine, loaded: Loaded) -> Arc<Plugin> {
         Arc::new(Plugin {
+            stats: CallStats::default(),
             metadata: loaded.metadata,
             source: loaded.source,
             sha256: loaded.sha256,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use wasmtime::Engine;
 use wasmtime::component::Linker;
@@ -40,32 +40,94 @@ impl RegistryConfig {
 }
 
 /// A plugin file that could not be loaded.
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadFailure {
     /// The name it would have had.
     pub name: String,
     /// The file.
     pub path: PathBuf,
-    /// Why.
-    pub error: Error,
+    /// Why, with its causes.
+    pub message: String,
+    /// Whether an earlier version of the plugin is still in service.
+    pub previous_kept: bool,
 }
 
-/// Loaded plugins by name, plus the files that failed to load.
+/// What a rescan of the plugin directory changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new plugin is available.
+    Added(String),
+    /// A plugin's file changed; the next call uses the new version.
+    Replaced(String),
+    /// A plugin's file is gone; so is the plugin.
+    Removed(String),
+    /// A file failed to load (the message names path and reason); `kept` when an earlier
+    /// version stays in service.
+    Failed {
+        /// The plugin's name.
+        name: String,
+        /// Path and reason.
+        message: String,
+        /// Whether an earlier version stays in service.
+        kept: bool,
+    },
+}
+
+/// The size and modification time of a plugin file and its grant file: a change in either
+/// means the plugin is reloaded, once the file has stopped changing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    wasm: (u64, Option<std::time::SystemTime>),
+    grants: Option<(u64, Option<std::time::SystemTime>)>,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let meta = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    Some(Stamp {
+        wasm: meta(path)?,
+        grants: meta(&path.with_extension("toml")),
+    })
+}
+
+#[derive(Default)]
+struct DirState {
+    /// What was last loaded (or failed) per file.
+    loaded: BTreeMap<PathBuf, Stamp>,
+    /// Seen changed in the previous scan; loaded when unchanged in this one.
+    pending: BTreeMap<PathBuf, Stamp>,
+}
+
+/// Loaded plugins by name, plus the files that failed to load. Safe to share: lookups take a
+/// snapshot, and a reload swaps one entry while calls in flight keep the version they hold.
 pub struct Registry {
     engine: Engine,
     linker: Linker<State>,
     cache: ArtifactCache,
     config: RegistryConfig,
     pooling: bool,
-    plugins: BTreeMap<String, Arc<Plugin>>,
-    failures: Vec<LoadFailure>,
+    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
+    dir: tokio::sync::Mutex<DirState>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
-            .field("failures", &self.failures)
+            .field(
+                "plugins",
+                &self
+                    .plugins
+                    .read()
+                    .expect("lock")
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+            .field("failures", &self.failures())
             .finish_non_exhaustive()
     }
 }
@@ -79,6 +141,10 @@ pub fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+fn is_builtin(name: &str) -> bool {
+    builtin::BUILTINS.iter().any(|(n, _)| *n == name)
+}
+
 impl Registry {
     /// Creates the engine and loads every plugin. Only an engine that cannot be created is an
     /// error; plugins that fail are listed in [`Registry::failures`].
@@ -86,14 +152,15 @@ impl Registry {
         let (engine, pooling) = engine::new_engine()?;
         let linker = sandbox::linker(&engine)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir.clone());
-        let mut registry = Registry {
+        let registry = Registry {
             engine,
             linker,
             cache,
             config,
             pooling,
-            plugins: BTreeMap::new(),
-            failures: Vec::new(),
+            plugins: RwLock::new(BTreeMap::new()),
+            failures: RwLock::new(BTreeMap::new()),
+            dir: tokio::sync::Mutex::new(DirState::default()),
         };
         for (name, bytes) in builtin::BUILTINS {
             let grants = registry
@@ -102,56 +169,145 @@ impl Registry {
                 .get(*name)
                 .cloned()
                 .unwrap_or_default();
+            let path = PathBuf::from(format!("built-in:{name}"));
             match registry
                 .load_one(name, Source::Builtin, bytes, grants)
                 .await
             {
                 Ok(plugin) => {
-                    registry.plugins.insert(name.to_string(), plugin);
+                    registry
+                        .plugins
+                        .write()
+                        .expect("lock")
+                        .insert(name.to_string(), plugin);
                 }
                 // A built-in that does not load is a build defect; still, report, don't die.
-                Err(error) => registry.failures.push(LoadFailure {
-                    name: name.to_string(),
-                    path: PathBuf::from(format!("built-in:{name}")),
-                    error,
-                }),
+                Err(error) => {
+                    registry.failures.write().expect("lock").insert(
+                        path.clone(),
+                        LoadFailure {
+                            name: name.to_string(),
+                            path,
+                            message: crate::error_chain(&error),
+                            previous_kept: false,
+                        },
+                    );
+                }
             }
         }
-        if let Some(dir) = registry.config.plugins_dir.clone() {
-            registry.load_dir(&dir).await;
-        }
+        registry.scan(false).await;
         Ok(registry)
     }
 
-    async fn load_dir(&mut self, dir: &Path) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return; // no plugin directory: only built-ins
+    /// Looks at the plugin directory again and applies what changed: new files are loaded,
+    /// changed ones reloaded (a broken new version leaves the old one in service), removed
+    /// ones unloaded. A file is only (re)loaded once it has stopped changing between two
+    /// rescans, so a half-copied file is never mistaken for a broken plugin.
+    pub async fn rescan(&self) -> Vec<Change> {
+        self.scan(true).await
+    }
+
+    async fn scan(&self, wait_until_stable: bool) -> Vec<Change> {
+        let Some(dir) = self.config.plugins_dir.clone() else {
+            return Vec::new();
         };
-        let mut paths: Vec<PathBuf> = entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            match self.load_file(&name, &path).await {
-                Ok(plugin) => {
-                    self.plugins.insert(name, plugin);
-                }
-                Err(error) => {
-                    // Reported through `failures()`; callers decide how loudly.
-                    tracing::info!(plugin = %name, path = %path.display(), error = %crate::error_chain(&error), "plugin not loaded");
-                    self.failures.push(LoadFailure { name, path, error });
+        let mut state = self.dir.lock().await;
+        let mut present: BTreeMap<PathBuf, Stamp> = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().is_some_and(|e| e == "wasm")
+                    && let Some(s) = stamp(&path)
+                {
+                    present.insert(path, s);
                 }
             }
         }
+        let mut changes = Vec::new();
+        // Removed files.
+        let gone: Vec<PathBuf> = state
+            .loaded
+            .keys()
+            .filter(|p| !present.contains_key(*p))
+            .cloned()
+            .collect();
+        for path in gone {
+            state.loaded.remove(&path);
+            self.failures.write().expect("lock").remove(&path);
+            let name = name_of(&path);
+            let removed = {
+                let mut plugins = self.plugins.write().expect("lock");
+                let ours = plugins
+                    .get(&name)
+                    .is_some_and(|p| p.source() == &Source::File(path.clone()));
+                ours && plugins.remove(&name).is_some()
+            };
+            if removed {
+                changes.push(Change::Removed(name));
+            }
+        }
+        state.pending.retain(|p, _| present.contains_key(p));
+        // New and changed files.
+        for (path, now) in present {
+            if state.loaded.get(&path) == Some(&now) {
+                state.pending.remove(&path);
+                continue;
+            }
+            if wait_until_stable && state.pending.get(&path) != Some(&now) {
+                state.pending.insert(path, now);
+                continue;
+            }
+            state.pending.remove(&path);
+            state.loaded.insert(path.clone(), now);
+            let name = name_of(&path);
+            let previous = self.plugins.read().expect("lock").get(&name).cloned();
+            match self.load_file(&name, &path, previous.as_deref()).await {
+                Ok(Some(plugin)) => {
+                    self.failures.write().expect("lock").remove(&path);
+                    self.plugins
+                        .write()
+                        .expect("lock")
+                        .insert(name.clone(), plugin);
+                    changes.push(if previous.is_some() {
+                        Change::Replaced(name)
+                    } else {
+                        Change::Added(name)
+                    });
+                }
+                Ok(None) => {} // same bytes and grants: nothing to do
+                Err(error) => {
+                    let message = crate::error_chain(&error);
+                    let kept = previous
+                        .as_ref()
+                        .is_some_and(|p| p.source() == &Source::File(path.clone()));
+                    tracing::info!(plugin = %name, path = %path.display(), error = %message, "plugin not loaded");
+                    self.failures.write().expect("lock").insert(
+                        path.clone(),
+                        LoadFailure {
+                            name: name.clone(),
+                            path,
+                            message: message.clone(),
+                            previous_kept: kept,
+                        },
+                    );
+                    changes.push(Change::Failed {
+                        name,
+                        message,
+                        kept,
+                    });
+                }
+            }
+        }
+        changes
     }
 
-    async fn load_file(&self, name: &str, path: &Path) -> Result<Arc<Plugin>, Error> {
+    /// Loads `path` as plugin `name`; `None` when it is the same bytes and grants as
+    /// `previous`.
+    async fn load_file(
+        &self,
+        name: &str,
+        path: &Path,
+        previous: Option<&Plugin>,
+    ) -> Result<Option<Arc<Plugin>>, Error> {
         let source = Source::File(path.to_path_buf());
         if !valid_name(name) {
             return Err(Error::Metadata {
@@ -162,7 +318,7 @@ impl Registry {
                 ),
             });
         }
-        if self.plugins.contains_key(name) {
+        if is_builtin(name) {
             return Err(Error::Metadata {
                 origin: source,
                 reason: format!("the name {name:?} is already taken by a built-in plugin"),
@@ -178,7 +334,13 @@ impl Registry {
             path: path.to_path_buf(),
             source,
         })?;
-        self.load_one(name, source, &bytes, grants).await
+        if let Some(p) = previous
+            && p.sha256() == sha256_hex(&bytes)
+            && p.grants() == &grants
+        {
+            return Ok(None);
+        }
+        self.load_one(name, source, &bytes, grants).await.map(Some)
     }
 
     async fn load_one(
@@ -229,23 +391,31 @@ impl Registry {
 
     /// A plugin by name.
     pub fn get(&self, name: &str) -> Result<Arc<Plugin>, Error> {
-        self.plugins
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Unknown {
-                name: name.to_string(),
-                known: self.plugins.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+        let plugins = self.plugins.read().expect("lock");
+        plugins.get(name).cloned().ok_or_else(|| Error::Unknown {
+            name: name.to_string(),
+            known: plugins.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     /// Every loaded plugin, by name.
-    pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
-        self.plugins.values()
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The files that failed to load.
-    pub fn failures(&self) -> &[LoadFailure] {
-        &self.failures
+    pub fn failures(&self) -> Vec<LoadFailure> {
+        self.failures
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Whether the pooling allocator is in use.
@@ -257,4 +427,10 @@ impl Registry {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

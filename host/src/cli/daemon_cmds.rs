@@ -1,0 +1,122 @@
+//! `infrakit serve`, `events`, `status`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::Cli;
+use super::output::{self, Format};
+use crate::daemon::{ServeOptions, serve as run_daemon};
+use crate::event::Event;
+
+/// `serve` options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Also serve the API (and /metrics) on this TCP address, e.g. 127.0.0.1:7070. Requires a
+    /// bearer token (--token, INFRAKIT_TOKEN or --token-file).
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Read the bearer token from this file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How often each group is observed when nothing is happening.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+    /// How often the plugin directory is checked for new, changed or removed plugins.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub plugin_scan_interval: Duration,
+}
+
+/// `events` options.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep watching and print new events as they happen.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only this group's events.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only events after this sequence number.
+    #[arg(long, default_value_t = 0)]
+    pub after: u64,
+    /// Output format: a line per event, or JSON lines.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Format,
+}
+
+pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let token = match (&args.token_file, &cli.token) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, t) => t.clone(),
+    };
+    let options = ServeOptions {
+        registry: cli.registry_config()?,
+        socket: cli.socket_path()?,
+        tcp: args.tcp,
+        token,
+        poll_interval: args.poll_interval,
+        plugin_scan_interval: args.plugin_scan_interval,
+    };
+    run_daemon(options).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let client = cli.daemon()?;
+    let mut path = format!("/v1/events?after={}&follow={}", args.after, args.follow);
+    if let Some(g) = &args.group {
+        path.push_str(&format!("&group={g}"));
+    }
+    let mut resp = client.stream(&path).await?;
+    let mut pending = String::new();
+    use std::io::Write;
+    while let Some(chunk) = resp.chunk().await? {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(i) = pending.find('\n') {
+            let line: String = pending.drain(..=i).collect();
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match args.output {
+                Format::Json => println!("{line}"),
+                _ => match serde_json::from_str::<Event>(line) {
+                    Ok(e) => println!("{e}"),
+                    Err(_) => println!("{line}"),
+                },
+            }
+            let _ = std::io::stdout().flush();
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
+    let s = cli.daemon()?.get("/v1/status").await?;
+    match format {
+        Format::Table => {
+            println!(
+                "infrakit {} (pid {})",
+                s["version"].as_str().unwrap_or("?"),
+                s["pid"]
+            );
+            println!("data dir: {}", s["data_dir"].as_str().unwrap_or(""));
+            println!("uptime:   {}s", s["uptime_seconds"]);
+            println!("groups:   {}", s["groups"]);
+            println!(
+                "plugins:  {} ({} not loaded)",
+                s["plugins"], s["plugin_failures"]
+            );
+        }
+        other => output::value(other, &s)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,277 @@
+//! `infrakit serve`: one process that keeps every committed group reconciled.
+//!
+//! Start-up: take the data directory's lock (a second daemon is refused, naming the holder),
+//! open the store, load the plugins, resume every stored group, serve the API, and watch the
+//! plugin directory. Shutdown on SIGINT/SIGTERM: stop accepting requests, let each group's
+//! current pass finish (plugin calls end or hit their limits), and exit; the store is
+//! transactional, so nothing is half-written at any moment.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::broadcast;
+
+use crate::api::{self, Daemon};
+use crate::controller::{Controller, EventSink, Options};
+use crate::event::{Event, EventKind};
+use crate::plugin::{Change, Registry, RegistryConfig};
+use crate::store::{EmbeddedStore, Lifecycle, Store};
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Plugins, data and cache directories.
+    pub registry: RegistryConfig,
+    /// The unix socket to serve on.
+    pub socket: PathBuf,
+    /// An optional TCP address (requires `token`).
+    pub tcp: Option<SocketAddr>,
+    /// The bearer token for TCP.
+    pub token: Option<String>,
+    /// The controller's poll interval.
+    pub poll_interval: Duration,
+    /// How often the plugin directory is rescanned.
+    pub plugin_scan_interval: Duration,
+}
+
+/// Holds the data directory: an exclusive lock on `infrakit.lock`, which holds the holder's pid.
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock or says who holds it.
+    pub fn acquire(data_dir: &Path) -> anyhow::Result<DataDirLock> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let path = data_dir.join("infrakit.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            anyhow::bail!(
+                "data directory {} is in use by another infrakit daemon (pid {}); stop it, or use \
+                 another --data-dir",
+                data_dir.display(),
+                holder.trim()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// Events go to the store (with a sequence number) and then to live subscribers.
+struct StoredEvents {
+    store: Arc<dyn Store>,
+    live: broadcast::Sender<Event>,
+}
+
+impl EventSink for StoredEvents {
+    fn record(&self, event: Event) {
+        tracing::info!(
+            group = %event.group,
+            instance = event.instance.as_deref().unwrap_or(""),
+            kind = %event.kind,
+            "{}", event.message
+        );
+        // The end of a destroy is the moment the group is forgotten: one transaction.
+        let stored = if event.kind == EventKind::GroupDestroyed {
+            let group = event.group.clone();
+            self.store.forget(&group, event)
+        } else {
+            self.store.append(event)
+        };
+        match stored {
+            Ok(e) => {
+                let _ = self.live.send(e);
+            }
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "cannot record event"),
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let data_dir = options.registry.data_dir.clone();
+    let _lock = DataDirLock::acquire(&data_dir)?;
+    if options.tcp.is_some() && options.token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "--tcp needs a bearer token: set INFRAKIT_TOKEN or --token-file (the unix socket needs none)"
+        );
+    }
+    let started = Instant::now();
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&data_dir.join("state.redb")).context("opening the store")?);
+    let registry = Arc::new(
+        Registry::load(options.registry.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("starting the WebAssembly engine")?,
+    );
+    for f in registry.failures() {
+        tracing::warn!(plugin = %f.name, path = %f.path.display(), error = %f.message, "plugin not loaded");
+    }
+    let (live, _) = broadcast::channel(4096);
+    let events = Arc::new(StoredEvents {
+        store: store.clone(),
+        live: live.clone(),
+    });
+    let controller = Controller::new(
+        registry.clone(),
+        events.clone(),
+        Options {
+            poll_interval: options.poll_interval,
+            ..Options::default()
+        },
+    );
+
+    // Resume every stored group where it was: identity lives in instance tags, so the first
+    // pass of each sees exactly what exists.
+    let groups = store.groups().context("reading stored groups")?;
+    for g in &groups {
+        match g.lifecycle {
+            Lifecycle::Managed => controller.commit(g.spec.clone()),
+            Lifecycle::Destroying => controller.destroy(g.spec.clone()),
+        }
+    }
+    tracing::info!(
+        groups = groups.len(),
+        plugins = registry.plugins().len(),
+        "resumed"
+    );
+
+    let daemon = Arc::new(Daemon {
+        store: store.clone(),
+        controller: controller.clone(),
+        registry: registry.clone(),
+        events: live.clone(),
+        started,
+        data_dir: data_dir.clone(),
+    });
+    let (router, _) = api::router(daemon.clone());
+
+    // The socket: any file there is stale, since we hold the data directory's lock.
+    let _ = std::fs::remove_file(&options.socket);
+    let unix = tokio::net::UnixListener::bind(&options.socket)
+        .with_context(|| format!("cannot listen on {}", options.socket.display()))?;
+    std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600))?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut servers = Vec::new();
+    servers.push(tokio::spawn(
+        axum::serve(unix, router.clone())
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+    ));
+    if let Some(addr) = options.tcp {
+        let token = Arc::new(options.token.clone().unwrap_or_default());
+        let metrics_daemon = daemon.clone();
+        let tcp_router = router
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let d = metrics_daemon.clone();
+                    async move { crate::metrics::render(&d) }
+                }),
+            )
+            .layer(axum::middleware::from_fn(move |req, next| {
+                api::require_token(token.clone(), req, next)
+            }));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving on TCP");
+        servers.push(tokio::spawn(
+            axum::serve(listener, tcp_router)
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        ));
+    }
+    tracing::info!(socket = %options.socket.display(), pid = std::process::id(), "ready");
+    println!(
+        "infrakit daemon ready (pid {}, socket {})",
+        std::process::id(),
+        options.socket.display()
+    );
+
+    // The live plugin directory.
+    let watcher = {
+        let registry = registry.clone();
+        let events = events.clone();
+        let every = options.plugin_scan_interval;
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                for change in registry.rescan().await {
+                    let (plugin, message) = match &change {
+                        Change::Added(n) => {
+                            (n.clone(), "loaded; available to new groups".to_string())
+                        }
+                        Change::Replaced(n) => (
+                            n.clone(),
+                            "replaced; the next call uses the new version".to_string(),
+                        ),
+                        Change::Removed(n) => (
+                            n.clone(),
+                            "removed; groups using it report it until it returns".to_string(),
+                        ),
+                        Change::Failed {
+                            name,
+                            message,
+                            kept,
+                        } => (
+                            name.clone(),
+                            if *kept {
+                                format!(
+                                    "new version not loaded, the previous one stays in service: {message}"
+                                )
+                            } else {
+                                format!("not loaded: {message}")
+                            },
+                        ),
+                    };
+                    events.record(Event::now(
+                        "-",
+                        EventKind::PluginChanged,
+                        None,
+                        format!("plugin {plugin} {message}"),
+                    ));
+                }
+            }
+        })
+    };
+
+    crate::cli::shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop_tx.send_replace(true);
+    controller.shutdown().await;
+    let _ = watcher.await;
+    for s in servers {
+        let _ = s.await;
+    }
+    let _ = std::fs::remove_file(&options.socket);
+    Ok(())
+}

@@ -1,0 +1,593 @@
+//! The daemon (issue 5): the real `infrakit serve`, driven through the real CLI and raw HTTP.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::daemon::{Daemon, http_tcp};
+use crate::support::group::{instances, tag, write_spec};
+use crate::support::{Env, guest};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < LONG, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn describe(env: &Env, id: &str) -> Value {
+    env.run(&["group", "describe", id, "-o", "json"], None)
+        .json()
+}
+
+fn converged_on(env: &Env, id: &str, size: usize, sha: Option<&str>) -> bool {
+    let run = env.run(&["group", "describe", id, "-o", "json"], None);
+    if !run.output.status.success() {
+        return false;
+    }
+    let g = run.json();
+    let st = &g["status"];
+    st["phase"] == "converged"
+        && st["size"] == size
+        && sha.is_none_or(|s| st["config_sha"] == s)
+        && instances(env)
+            .iter()
+            .filter(|i| tag(i, "infrakit.group") == id)
+            .count()
+            == size
+}
+
+#[test]
+fn commit_heal_scale_update_and_destroy_through_the_daemon() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("web.json");
+    write_spec(&spec, "web", json!({"Size": 3}), json!({}));
+    let path = spec.to_str().unwrap();
+
+    // Dry run: a plan, nothing else.
+    let dry = env.ok(&["group", "commit", path, "--dry-run"], None);
+    assert!(
+        dry.contains("Plan: 3 to provision") && dry.contains("dry run"),
+        "{dry}"
+    );
+    assert!(instances(&env).is_empty());
+    assert_eq!(
+        env.run(&["group", "ls", "-o", "json"], None).json(),
+        json!([])
+    );
+
+    let out = env.ok(&["group", "commit", path, "--wait"], None);
+    assert!(
+        out.contains("committed group web revision 1") && out.contains("converged"),
+        "{out}"
+    );
+    assert_eq!(instances(&env).len(), 3);
+
+    let ls = env.run(&["group", "ls", "-o", "json"], None).json();
+    assert_eq!(ls[0]["id"], "web");
+    assert_eq!(ls[0]["status"]["phase"], "converged");
+    let yaml = env.ok(&["group", "ls", "-o", "yaml"], None);
+    assert!(yaml.contains("id: web"), "{yaml}");
+
+    // Self-healing.
+    let victim = instances(&env)[0]["ID"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    wait_until("the replacement", || {
+        let ids: BTreeSet<String> = instances(&env)
+            .iter()
+            .map(|i| i["ID"].as_str().unwrap().into())
+            .collect();
+        ids.len() == 3 && !ids.contains(&victim)
+    });
+
+    // Scale.
+    write_spec(&spec, "web", json!({"Size": 5}), json!({}));
+    env.ok(&["group", "commit", path, "--wait"], None);
+    assert_eq!(instances(&env).len(), 5);
+
+    // Rolling update, followed with --wait.
+    let v1 = describe(&env, "web")["status"]["config_sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write_spec(
+        &spec,
+        "web",
+        json!({"Size": 5}),
+        json!({
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}},
+            "Updating": {"MaxSurge": 1, "MaxUnavailable": 1}
+        }),
+    );
+    let out = env.ok(&["group", "commit", path, "--wait"], None);
+    assert!(out.contains("[5/5] converged"), "{out}");
+    let g = describe(&env, "web");
+    assert_ne!(g["status"]["config_sha"], v1.as_str());
+    assert_eq!(g["revision"], 3);
+    assert!(instances(&env).iter().all(|i| i["Init"] == "echo v2"));
+    let table = env.ok(&["group", "describe", "web"], None);
+    assert!(
+        table.contains("HEALTH") && table.contains("healthy"),
+        "{table}"
+    );
+
+    let history = env
+        .run(&["group", "history", "web", "-o", "json"], None)
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 3);
+
+    // The event log tells the story.
+    let events: Vec<Value> = env
+        .ok(&["events", "--group", "web", "-o", "json"], None)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: BTreeSet<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for k in [
+        "group-committed",
+        "planned",
+        "instance-provisioned",
+        "instance-drained",
+        "instance-destroyed",
+        "converged",
+    ] {
+        assert!(kinds.contains(k), "no {k} event in {kinds:?}");
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events in order");
+
+    // Destroy, followed to the end.
+    let out = env.ok(&["group", "destroy", "web", "--wait"], None);
+    assert!(out.contains("group web destroyed"), "{out}");
+    assert!(instances(&env).is_empty());
+    assert_eq!(
+        env.run(&["group", "ls", "-o", "json"], None).json(),
+        json!([])
+    );
+    let err = env
+        .run(&["group", "describe", "web"], None)
+        .assert_failure();
+    assert!(
+        err.contains("no group \"web\"") && err.contains("404"),
+        "{err}"
+    );
+}
+
+#[test]
+fn events_follow_streams_new_events() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let mut follower = env
+        .command()
+        .args(["events", "--follow", "--group", "live"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let spec = env.data_dir().join("live.json");
+    write_spec(&spec, "live", json!({"Size": 2}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("converged");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    wait_until("the follower to see convergence", || reader.is_finished());
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let seen = reader.join().unwrap();
+    assert!(
+        seen.iter().any(|l| l.contains("live group-committed")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter()
+            .filter(|l| l.contains("instance-provisioned"))
+            .count(),
+        2,
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn rollback_and_a_paused_update_with_wait() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("api.json");
+    let policy = json!({
+        "Updating": {"MaxSurge": 1, "MaxUnavailable": 0, "BatchTimeout": "1s"},
+        "Health": {"CheckInterval": "100ms", "GracePeriod": "200ms", "MaxUnhealthy": 1}
+    });
+    write_spec(&spec, "api", json!({"Size": 2}), policy.clone());
+    let path = spec.to_str().unwrap();
+    env.ok(&["group", "commit", path, "--wait"], None);
+    let v1 = describe(&env, "api")["status"]["config_sha"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut broken = policy.clone();
+    broken["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {
+        "Tags": {"health": "bad"}, "UnhealthyTags": {"health": "bad"}}});
+    write_spec(&spec, "api", json!({"Size": 2}), broken);
+    let run = env.run(&["group", "commit", path, "--wait"], None);
+    assert_eq!(
+        run.code(),
+        Some(3),
+        "paused exits 3: {}\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    assert!(run.stderr().contains("update paused"), "{}", run.stderr());
+
+    let out = env.ok(&["group", "rollback", "api", "--wait"], None);
+    assert!(
+        out.contains("rolled back") && out.contains("converged"),
+        "{out}"
+    );
+    assert!(converged_on(&env, "api", 2, Some(&v1)));
+    let history = env
+        .run(&["group", "history", "api", "-o", "json"], None)
+        .json();
+    assert!(
+        history[2]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("rollback to revision 1")
+    );
+}
+
+#[test]
+fn sigkill_during_scale_up_and_rolling_update_loses_nothing_and_duplicates_nothing() {
+    let env = Env::new();
+    let spec = env.data_dir().join("db.json");
+    let path = spec.to_str().unwrap().to_string();
+    let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 1}});
+    {
+        let _d = Daemon::start(&env, &[]);
+        write_spec(&spec, "db", json!({"Size": 2}), policy.clone());
+        env.ok(&["group", "commit", &path, "--wait"], None);
+    }
+    let mut size = 2;
+    let mut revision = 1;
+    // Kill points: right after the commit returns, and a little later, for both kinds of change.
+    for (round, delay_ms) in [0u64, 15, 40, 90, 0, 25].into_iter().enumerate() {
+        let mut daemon = Daemon::start(&env, &[]);
+        let update = round % 2 == 1;
+        let mut extra = policy.clone();
+        if update {
+            extra["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {"Init": [format!("echo round {round}")]}});
+        } else {
+            size += 2;
+        }
+        write_spec(&spec, "db", json!({"Size": size}), extra);
+        env.ok(&["group", "commit", &path], None);
+        revision += 1;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.kill();
+
+        // The committed spec survived, and a fresh daemon converges on it without duplicates.
+        let _again = Daemon::start(&env, &[]);
+        let g = describe(&env, "db");
+        assert_eq!(
+            g["revision"], revision,
+            "round {round}: committed spec lost"
+        );
+        assert_eq!(g["spec"]["Properties"]["Allocation"]["Size"], size);
+        let sha = g["status"]["config_sha"].as_str().unwrap().to_string();
+        wait_until(&format!("round {round} to converge"), || {
+            converged_on(&env, "db", size, Some(&sha))
+        });
+        let now = instances(&env);
+        assert_eq!(
+            now.len(),
+            size,
+            "round {round}: {} instances for size {size}",
+            now.len()
+        );
+        let indexes: BTreeSet<String> = now.iter().map(|i| tag(i, "infrakit.index")).collect();
+        assert_eq!(
+            indexes.len(),
+            size,
+            "round {round}: duplicate indexes {indexes:?}"
+        );
+        assert!(now.iter().all(|i| tag(i, "infrakit.config_sha") == sha));
+    }
+}
+
+#[test]
+fn the_plugin_directory_is_live() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let dir = env.plugins_dir();
+    let plugin_row = |env: &Env, name: &str| -> Option<Value> {
+        let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name && r["status"] == "ok")
+            .cloned()
+    };
+    // Dropped in while the daemon runs: available without a restart.
+    std::fs::copy(
+        guest("fixture-flavor-tag"),
+        dir.join("fixture-flavor-tag.wasm"),
+    )
+    .unwrap();
+    wait_until("the new plugin", || {
+        plugin_row(&env, "fixture-flavor-tag").is_some()
+    });
+
+    let spec = env.data_dir().join("tagged.json");
+    write_spec(
+        &spec,
+        "tagged",
+        json!({"Size": 2}),
+        json!({
+            "Flavor": {"Plugin": "fixture-flavor-tag", "Properties": {"Tag": "from-the-new-plugin"}}
+        }),
+    );
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert!(
+        instances(&env)
+            .iter()
+            .all(|i| tag(i, "fixture") == "from-the-new-plugin")
+    );
+    let sha_before = plugin_row(&env, "fixture-flavor-tag").unwrap();
+
+    // A corrupt replacement: reported, and the previous version keeps serving.
+    std::fs::write(dir.join("fixture-flavor-tag.wasm"), b"\0asm garbage").unwrap();
+    wait_until("the failure to be reported", || {
+        let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+        rows.as_array().unwrap().iter().any(|r| {
+            r["status"] == "error"
+                && r["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("previous version stays in service")
+        })
+    });
+    assert_eq!(
+        plugin_row(&env, "fixture-flavor-tag").unwrap()["source"],
+        sha_before["source"]
+    );
+    let victim = instances(&env)[0]["ID"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    wait_until("healing with the old version", || {
+        let now = instances(&env);
+        now.len() == 2
+            && now
+                .iter()
+                .all(|i| i["ID"] != victim.as_str() && tag(i, "fixture") == "from-the-new-plugin")
+    });
+    let events = env.ok(&["events"], None);
+    assert!(
+        events.contains("plugin fixture-flavor-tag loaded"),
+        "{events}"
+    );
+    assert!(events.contains("previous one stays in service"), "{events}");
+
+    // Removed: the group that uses it reports it.
+    std::fs::remove_file(dir.join("fixture-flavor-tag.wasm")).unwrap();
+    wait_until("the group to report the missing plugin", || {
+        describe(&env, "tagged")["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no plugin named \"fixture-flavor-tag\""))
+    });
+}
+
+#[test]
+fn access_control_socket_mode_and_a_single_daemon_per_data_dir() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = {
+        let token_file = env.data_dir().join("token");
+        std::fs::write(&token_file, "s3cret-token\n").unwrap();
+        Daemon::start(
+            &env,
+            &["--tcp", &addr, "--token-file", token_file.to_str().unwrap()],
+        )
+    };
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+
+    let (status, body) = http_tcp(&addr, "GET", "/v1/status", b"", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, _) = http_tcp(
+        &addr,
+        "GET",
+        "/v1/status",
+        b"",
+        &[("authorization", "Bearer wrong-token!")],
+    );
+    assert_eq!(status, 401);
+    let (status, body) = http_tcp(
+        &addr,
+        "GET",
+        "/v1/status",
+        b"",
+        &[("authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_tcp(
+        &addr,
+        "GET",
+        "/metrics",
+        b"",
+        &[("authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("infrakit_groups") && body.contains("infrakit_plugin_calls"),
+        "{body}"
+    );
+
+    // The CLI over TCP.
+    let status = env
+        .run(
+            &[
+                "--url",
+                &format!("http://{addr}"),
+                "--token",
+                "s3cret-token",
+                "status",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(status["pid"], daemon.pid());
+
+    // A second daemon on the same data directory refuses, naming the first.
+    let second = env.run(&["serve"], None);
+    let err = second.assert_failure();
+    assert!(
+        err.contains("in use by another infrakit daemon")
+            && err.contains(&daemon.pid().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_requests_get_clear_4xx_and_change_nothing() {
+    let env = Env::new();
+    let daemon = Daemon::start(&env, &[]);
+    let (status, body) = daemon.http("POST", "/v1/groups", b"{not json");
+    assert_eq!(status, 400, "{body}");
+    let err: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        err["error"].as_str().unwrap().contains("request body"),
+        "{body}"
+    );
+
+    let (status, body) = daemon.http("POST", "/v1/groups", br#"{"ID": "x", "Properties": {"Allocation": {"Size": 1}, "Instance": {"Plugin": "instance-file"}, "Flavor": {"Plugin": "nope"}}}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("no plugin named"), "{body}");
+
+    let (status, body) = daemon.http("GET", "/v1/groups/ghost", b"");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("ghost"));
+    let (status, _) = daemon.http("POST", "/v1/groups/ghost/rollback", b"");
+    assert_eq!(status, 404);
+    let (status, _) = daemon.http("POST", "/v1/groups/ghost/destroy", b"");
+    assert_eq!(status, 404);
+
+    let big = vec![b' '; 2 << 20];
+    let (status, body) = daemon.http("POST", "/v1/groups", &big);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("larger than the limit"), "{body}");
+
+    let (status, body) = daemon.http("GET", "/v2/nothing", b"");
+    assert_eq!(status, 404);
+    assert!(body.contains("openapi.json"), "{body}");
+
+    // Nothing was committed by any of it.
+    let (status, body) = daemon.http("GET", "/v1/groups", b"");
+    assert_eq!((status, body.trim()), (200, "[]"));
+    assert!(instances(&env).is_empty());
+
+    // The OpenAPI document describes the endpoints.
+    let (status, body) = daemon.http("GET", "/openapi.json", b"");
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    for p in [
+        "/v1/groups",
+        "/v1/groups/{id}",
+        "/v1/events",
+        "/v1/groups/{id}/rollback",
+        "/v1/plugins",
+    ] {
+        assert!(
+            doc["paths"].get(p).is_some(),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[test]
+fn shutdown_on_sigterm_is_clean_and_the_group_resumes() {
+    let env = Env::new();
+    let spec = env.data_dir().join("keep.json");
+    write_spec(&spec, "keep", json!({"Size": 2}), json!({}));
+    let mut daemon = Daemon::start(&env, &[]);
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!daemon.socket.exists(), "socket removed on shutdown");
+    assert_eq!(instances(&env).len(), 2, "instances left as they are");
+    let out = env.run(&["group", "ls"], None);
+    assert_eq!(out.code(), Some(5), "no daemon: exit 5");
+
+    let _again = Daemon::start(&env, &[]);
+    wait_until("resumed", || converged_on(&env, "keep", 2, None));
+}
+
+#[test]
+fn a_freed_group_keeps_its_instances_and_a_new_commit_adopts_them() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("pets.json");
+    write_spec(&spec, "pets", json!({"LogicalIDs": ["a", "b"]}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let before: BTreeSet<String> = instances(&env)
+        .iter()
+        .map(|i| i["ID"].as_str().unwrap().into())
+        .collect();
+
+    let out = env.ok(&["group", "free", "pets"], None);
+    assert!(out.contains("no longer managed"), "{out}");
+    assert_eq!(
+        env.run(&["group", "ls", "-o", "json"], None).json(),
+        json!([])
+    );
+    std::fs::remove_file(
+        env.scratch("instance-file")
+            .join(format!("{}.json", before.iter().next().unwrap())),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(instances(&env).len(), 1, "a freed group is not healed");
+
+    // Committing it again picks up the survivor (identity is in its tags) and heals the rest.
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let after: BTreeSet<String> = instances(&env)
+        .iter()
+        .map(|i| i["ID"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(after.len(), 2);
+    assert_eq!(before.intersection(&after).count(), 1);
+    let history = env
+        .run(&["group", "history", "pets", "-o", "json"], None)
+        .json();
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        2,
+        "history outlives free"
+    );
+}
