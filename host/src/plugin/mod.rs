@@ -493,6 +493,77 @@ pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// One instance kept alive across calls. The host never does this (every call gets a fresh
+/// instance, so a fault cannot leak into the next); it exists so the benchmarks can measure
+/// the cost of a call alone, without instantiation.
+#[doc(hidden)]
+pub struct LiveInstance {
+    store: Store<State>,
+    bound: Bound,
+    cpu_ticks: u64,
+}
+
+impl Plugin {
+    #[doc(hidden)]
+    pub async fn live_instance(&self) -> Result<LiveInstance, Error> {
+        self.expect_kind(PluginKind::Instance)?;
+        let fail = |reason: String| Error::Sandbox {
+            plugin: self.name().to_string(),
+            origin: self.source.clone(),
+            export: "instantiate",
+            reason,
+        };
+        let state = State::new(&self.sandbox).map_err(|e| fail(format!("{e:#}")))?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        let cpu_ticks = deadline_ticks(self.sandbox.grants.limits.cpu);
+        store.set_epoch_deadline(cpu_ticks);
+        let bound = match &self.pre {
+            Pre::Instance(p) => Bound::Instance(
+                p.instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| fail(format!("{e:#}")))?,
+            ),
+            Pre::Flavor(_) => unreachable!("kind checked"),
+        };
+        Ok(LiveInstance {
+            store,
+            bound,
+            cpu_ticks,
+        })
+    }
+}
+
+impl LiveInstance {
+    #[doc(hidden)]
+    pub async fn describe(&mut self, tags: &Tags) -> Result<usize, String> {
+        self.store.set_epoch_deadline(self.cpu_ticks);
+        let tags = bindings::tags_list(tags);
+        match instance_of(&self.bound)
+            .call_describe(&mut self.store, &tags, false)
+            .await
+        {
+            Ok(Ok(found)) => Ok(found.len()),
+            Ok(Err(e)) => Err(bindings::error_from_wit(e).to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    #[doc(hidden)]
+    pub async fn provision(&mut self, spec: &InstanceSpec) -> Result<String, String> {
+        self.store.set_epoch_deadline(self.cpu_ticks);
+        let spec = bindings::spec_to_wit(spec);
+        match instance_of(&self.bound)
+            .call_provision(&mut self.store, &spec)
+            .await
+        {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(bindings::error_from_wit(e).to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+}
+
 fn props_text(value: &serde_json::Value) -> String {
     if value.is_null() {
         "{}".to_string()

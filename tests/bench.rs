@@ -1,0 +1,921 @@
+//! `cargo bench`: how fast infrakit is, against the transport InfraKit used and against the
+//! physical limit, measured side by side in one run. Prints one table (and writes it as JSON
+//! with `-- --json FILE`); every figure with a target is marked met or missed.
+//!
+//! The same plugin logic (`tests/fixtures/plugins/instance-bench`) runs three ways:
+//! natively through the SDK trait, as our sandboxed component, and behind InfraKit's transport
+//! (JSON-RPC 2.0 over HTTP/1.1 on a unix socket).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infrakit::controller::{Controller, EventSink, Options};
+use infrakit::event::{Event, EventKind, now_ms};
+use infrakit::plan::{self, Desired, Member};
+use infrakit::plugin::{
+    DestroyContext, Health, InstanceSpec, Plugin, Registry, RegistryConfig, Tags,
+};
+use infrakit::spec::{GroupSpec, tags};
+use infrakit_sdk::InstancePlugin;
+use instance_bench::BenchPlugin;
+use serde_json::{Value, json};
+
+const GUEST: &str = env!("INFRAKIT_GUEST_DIR");
+
+struct Row {
+    section: &'static str,
+    name: String,
+    value: f64,
+    unit: &'static str,
+    /// (comparison, bound) e.g. ("<=", 20.0)
+    target: Option<(&'static str, f64)>,
+}
+
+impl Row {
+    fn status(&self) -> &'static str {
+        match self.target {
+            None => "",
+            Some(("<=", b)) if self.value <= b => "met",
+            Some((">=", b)) if self.value >= b => "met",
+            Some(_) => "MISSED",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        section: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        target: Option<(&'static str, f64)>,
+    ) {
+        let row = Row {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            target,
+        };
+        eprintln!(
+            "  {:<58} {:>12.3} {:<6} {}",
+            row.name,
+            row.value,
+            row.unit,
+            row.status()
+        );
+        self.rows.push(row);
+    }
+
+    fn print(&self) {
+        println!();
+        let header = ["SECTION", "METRIC", "VALUE", "UNIT", "TARGET", "STATUS"];
+        println!(
+            "{:<13} {:<58} {:>12} {:<6} {:<12} {}",
+            header[0], header[1], header[2], header[3], header[4], header[5]
+        );
+        for r in &self.rows {
+            let target = r
+                .target
+                .map(|(c, b)| format!("{c} {b}"))
+                .unwrap_or_default();
+            println!(
+                "{:<13} {:<58} {:>12.3} {:<6} {:<12} {}",
+                r.section,
+                r.name,
+                r.value,
+                r.unit,
+                target,
+                r.status()
+            );
+        }
+        let missed = self.rows.iter().filter(|r| r.status() == "MISSED").count();
+        let met = self.rows.iter().filter(|r| r.status() == "met").count();
+        println!("\ntargets: {met} met, {missed} missed");
+    }
+
+    fn json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "section": r.section, "metric": r.name, "value": r.value, "unit": r.unit,
+                        "target": r.target.map(|(c, b)| format!("{c} {b}")), "status": r.status(),
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Median and p99 of per-call times, in µs.
+fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_nanos() as f64 / 1000.0
+    };
+    (at(0.5), at(0.99))
+}
+
+async fn time_calls<F, Fut>(n: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..n / 10 {
+        f().await; // warm-up
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        f().await;
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn group_tags(group: &str) -> Tags {
+    [(tags::GROUP.to_string(), group.to_string())].into()
+}
+
+fn spec_1k(group: &str) -> InstanceSpec {
+    // ~1 KiB of properties, as a real cloud instance spec would carry.
+    let userdata: String = "x".repeat(900);
+    InstanceSpec {
+        properties: json!({"Image": "debian-13", "Size": "small", "UserData": userdata, "Disk": 20}),
+        tags: [
+            (tags::GROUP.to_string(), group.to_string()),
+            ("role".to_string(), "web".to_string()),
+        ]
+        .into(),
+        init: "#!/bin/sh\necho hi".into(),
+        ..Default::default()
+    }
+}
+
+fn sdk_spec(s: &InstanceSpec) -> infrakit_sdk::InstanceSpec {
+    infrakit_sdk::InstanceSpec {
+        properties: infrakit_sdk::Properties::new(s.properties.to_string()),
+        tags: s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        init: s.init.clone(),
+        logical_id: s.logical_id.clone(),
+        attachments: vec![],
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// InfraKit's transport: JSON-RPC 2.0 over HTTP/1.1 on a unix socket.
+
+async fn rpc_server(dir: PathBuf, socket: PathBuf) {
+    use axum::routing::post;
+    let plugin = Arc::new(BenchPlugin::new(dir));
+    let app = axum::Router::new().route(
+        "/rpc",
+        post(move |body: axum::body::Bytes| {
+            let plugin = plugin.clone();
+            async move {
+                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let id = req["id"].clone();
+                let params = &req["params"];
+                let result = match req["method"].as_str() {
+                    Some("Instance.DescribeInstances") => {
+                        let tags: Vec<(String, String)> = params["Tags"]
+                            .as_object()
+                            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+                            .unwrap_or_default();
+                        plugin.describe(&tags, false).map(|ds| {
+                            json!({"Descriptions": ds.into_iter().map(|d| json!({
+                                "ID": d.id, "LogicalID": d.logical_id,
+                                "Tags": d.tags.into_iter().collect::<BTreeMap<_, _>>()
+                            })).collect::<Vec<_>>()})
+                        })
+                    }
+                    Some("Instance.Provision") => {
+                        let spec: InstanceSpec = serde_json::from_value(params["Spec"].clone()).unwrap_or_default();
+                        plugin.provision(sdk_spec(&spec)).map(|id| json!({"ID": id}))
+                    }
+                    _ => Err(infrakit_sdk::Error::invalid("unknown method")),
+                };
+                let resp = match result {
+                    Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
+                    Err(e) => json!({"jsonrpc": "2.0", "error": {"code": -32000, "message": e.to_string()}, "id": id}),
+                };
+                axum::Json(resp)
+            }
+        }),
+    );
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    axum::serve(listener, app).await.unwrap();
+}
+
+struct RpcClient {
+    http: reqwest::Client,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RpcClient {
+    async fn call(&self, method: &str, params: Value) -> Value {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        let resp: Value = self
+            .http
+            .post("http://plugin/rpc")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["result"].clone()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+
+struct Events {
+    tx: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl EventSink for Events {
+    fn record(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn group_spec(id: &str, size: u32, check_interval: &str) -> GroupSpec {
+    GroupSpec::parse(
+        &json!({"ID": id, "Properties": {
+            "Allocation": {"Size": size},
+            "Instance": {"Plugin": "instance-bench", "Properties": {"Image": "debian-13"}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}},
+            "Health": {"CheckInterval": check_interval, "GracePeriod": "0s"}
+        }})
+        .to_string(),
+        "bench",
+        false,
+    )
+    .unwrap()
+}
+
+/// Writes `n` instances of `spec` straight into instance-bench's files, tagged as the
+/// controller would have: the bench measures steady state, not provisioning.
+fn populate(scratch: &Path, spec: &GroupSpec, n: usize) {
+    let sha = spec.config_sha();
+    let created = now_ms() - 3_600_000;
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(
+            &json!({"id": format!("{}-{i}", spec.id), "tags": {
+                tags::GROUP: spec.id, tags::CONFIG_SHA: sha, tags::CREATED: created.to_string(),
+                tags::INDEX: i.to_string(), "role": "web"}})
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(scratch.join(format!("{}.jsonl", spec.id)), text).unwrap();
+}
+
+/// Waits until every group has done `passes` passes and is converged.
+async fn wait_passes(controller: &Controller, ids: &[String], passes: &BTreeMap<String, u64>) {
+    loop {
+        let done = ids.iter().all(|id| {
+            controller.status(id).is_some_and(|s| {
+                s.passes > passes.get(id).copied().unwrap_or(0) && s.phase == plan::Phase::Converged
+            })
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+async fn steady_pass(controller: &Controller, specs: &[GroupSpec]) -> Duration {
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    let before: BTreeMap<String, u64> = ids
+        .iter()
+        .map(|id| {
+            (
+                id.clone(),
+                controller.status(id).map(|s| s.passes).unwrap_or(0),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    for s in specs {
+        controller.commit(s.clone()); // same spec: wakes the group for one pass
+    }
+    wait_passes(controller, &ids, &before).await;
+    t.elapsed()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let quick = args.iter().any(|a| a == "--quick");
+    let scale = if quick { 10 } else { 1 };
+    let mut report = Report::default();
+    let started = Instant::now();
+
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let plugins_dir = data.join("plugins");
+    std::fs::create_dir_all(&plugins_dir).unwrap();
+    std::fs::copy(
+        Path::new(GUEST).join("instance_bench.wasm"),
+        plugins_dir.join("instance-bench.wasm"),
+    )
+    .unwrap();
+    let mut config = RegistryConfig::under(&data);
+    config.cache_dir = Some(work.path().join("cache"));
+
+    // --- 4/5. Start-up and size first, on a quiet machine.
+    eprintln!("start-up and size");
+    let bin = env!("CARGO_BIN_EXE_infrakit");
+    report.add(
+        "size",
+        "release binary with built-ins embedded",
+        std::fs::metadata(bin).unwrap().len() as f64 / 1e6,
+        "MB",
+        None,
+    );
+    for name in ["instance_file", "flavor_vanilla", "instance_bench"] {
+        let len = std::fs::metadata(Path::new(GUEST).join(format!("{name}.wasm")))
+            .unwrap()
+            .len();
+        report.add(
+            "size",
+            format!("component {name}.wasm"),
+            len as f64 / 1e3,
+            "KB",
+            None,
+        );
+    }
+    let startup = |dir: &Path| -> Duration {
+        let socket = dir.join("infrakit.sock");
+        let t = Instant::now();
+        let mut child = std::process::Command::new(bin)
+            .args(["--data-dir", dir.to_str().unwrap(), "serve"])
+            .env("INFRAKIT_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            std::thread::sleep(Duration::from_micros(200));
+            assert!(t.elapsed() < Duration::from_secs(60));
+        }
+        let took = t.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        took
+    };
+    let sdir = work.path().join("startup");
+    std::fs::create_dir_all(&sdir).unwrap();
+    let cold = startup(&sdir);
+    report.add(
+        "start-up",
+        "daemon start to ready, cold (compiles built-ins)",
+        cold.as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    let warm: Vec<Duration> = (0..5).map(|_| startup(&sdir)).collect();
+    let (warm_med, _) = stats(warm);
+    report.add(
+        "start-up",
+        "daemon start to ready, warm (compiled cache)",
+        warm_med / 1e3,
+        "ms",
+        Some(("<=", 100.0)),
+    );
+
+    // --- 1. Plugin call cost.
+    eprintln!("plugin call cost");
+    let t = Instant::now();
+    let registry = Arc::new(Registry::load(config.clone()).await.unwrap());
+    report.add(
+        "start-up",
+        "registry load, cold (3 components compiled)",
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    let t = Instant::now();
+    let _warm_registry = Registry::load(config.clone()).await.unwrap();
+    report.add(
+        "start-up",
+        "registry load, warm (3 from the cache)",
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    assert!(registry.failures().is_empty(), "{:?}", registry.failures());
+    let wasm: Arc<Plugin> = registry.get("instance-bench").unwrap();
+    let scratch = wasm.scratch_dir().to_path_buf();
+    std::fs::create_dir_all(&scratch).unwrap();
+    let native_dir = work.path().join("native");
+    std::fs::create_dir_all(&native_dir).unwrap();
+    let native = BenchPlugin::new(&native_dir);
+    for dir in [&scratch, &native_dir] {
+        let p = BenchPlugin::new(dir.as_path());
+        for _ in 0..10 {
+            p.provision(sdk_spec(&spec_1k("ten"))).unwrap();
+        }
+    }
+    let ten = group_tags("ten");
+    let ten_sdk: Vec<(String, String)> = ten.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let n = 20_000 / scale;
+
+    let s = time_calls(n, || async {
+        assert_eq!(native.describe(&ten_sdk, false).unwrap().len(), 10)
+    })
+    .await;
+    let (native_describe, p99) = stats(s);
+    report.add(
+        "call",
+        "describe 10 · native (SDK trait, in process) median",
+        native_describe,
+        "µs",
+        None,
+    );
+    report.add("call", "describe 10 · native p99", p99, "µs", None);
+
+    let s = time_calls(n / 4, || async {
+        assert_eq!(wasm.describe(&ten, false).await.unwrap().len(), 10)
+    })
+    .await;
+    let (fresh_describe, p99) = stats(s);
+    report.add(
+        "call",
+        "describe 10 · wasm, fresh sandbox per call median",
+        fresh_describe,
+        "µs",
+        Some(("<=", 20.0)),
+    );
+    report.add(
+        "call",
+        "describe 10 · wasm, fresh sandbox p99",
+        p99,
+        "µs",
+        None,
+    );
+
+    let mut live = wasm.live_instance().await.unwrap();
+    let s = {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            assert_eq!(live.describe(&ten).await.unwrap(), 10);
+            out.push(t.elapsed());
+        }
+        out
+    };
+    let (live_describe, p99) = stats(s);
+    report.add(
+        "call",
+        "describe 10 · wasm, live instance (call alone) median",
+        live_describe,
+        "µs",
+        Some(("<=", 3.0)),
+    );
+    report.add(
+        "call",
+        "describe 10 · wasm, live instance p99",
+        p99,
+        "µs",
+        None,
+    );
+
+    let rpc_socket = work.path().join("plugin.sock");
+    tokio::spawn(rpc_server(native_dir.clone(), rpc_socket.clone()));
+    while std::os::unix::net::UnixStream::connect(&rpc_socket).is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rpc = RpcClient {
+        http: reqwest::Client::builder()
+            .unix_socket(rpc_socket.clone())
+            .build()
+            .unwrap(),
+        next: Default::default(),
+    };
+    let s = time_calls(n / 4, || async {
+        let r = rpc
+            .call(
+                "Instance.DescribeInstances",
+                json!({"Tags": {tags::GROUP: "ten"}}),
+            )
+            .await;
+        assert_eq!(r["Descriptions"].as_array().unwrap().len(), 10);
+    })
+    .await;
+    let (rpc_describe, p99) = stats(s);
+    report.add(
+        "call",
+        "describe 10 · JSON-RPC over HTTP/unix socket median",
+        rpc_describe,
+        "µs",
+        None,
+    );
+    report.add("call", "describe 10 · JSON-RPC p99", p99, "µs", None);
+    report.add(
+        "call",
+        "describe: JSON-RPC / fresh sandbox (speed-up)",
+        rpc_describe / fresh_describe,
+        "x",
+        Some((">=", 5.0)),
+    );
+    report.add(
+        "call",
+        "describe: fresh sandbox / native (overhead)",
+        fresh_describe / native_describe,
+        "x",
+        None,
+    );
+
+    let spec = spec_1k("prov");
+    let sdk = sdk_spec(&spec);
+    let m = 4_000 / scale;
+    let s = time_calls(m, || async {
+        native.provision(sdk.clone()).unwrap();
+    })
+    .await;
+    let (native_prov, _) = stats(s);
+    report.add(
+        "call",
+        "provision 1 KiB · native median",
+        native_prov,
+        "µs",
+        None,
+    );
+    let s = time_calls(m, || async {
+        wasm.provision(&spec).await.unwrap();
+    })
+    .await;
+    let (fresh_prov, p99) = stats(s);
+    report.add(
+        "call",
+        "provision 1 KiB · wasm, fresh sandbox median",
+        fresh_prov,
+        "µs",
+        Some(("<=", 20.0)),
+    );
+    report.add(
+        "call",
+        "provision 1 KiB · wasm, fresh sandbox p99",
+        p99,
+        "µs",
+        None,
+    );
+    let s = {
+        let mut out = Vec::new();
+        for _ in 0..m {
+            let t = Instant::now();
+            live.provision(&spec).await.unwrap();
+            out.push(t.elapsed());
+        }
+        out
+    };
+    let (live_prov, _) = stats(s);
+    report.add(
+        "call",
+        "provision 1 KiB · wasm, live instance median",
+        live_prov,
+        "µs",
+        Some(("<=", 3.0)),
+    );
+    let s = time_calls(m, || async {
+        rpc.call("Instance.Provision", json!({"Spec": spec})).await;
+    })
+    .await;
+    let (rpc_prov, p99) = stats(s);
+    report.add(
+        "call",
+        "provision 1 KiB · JSON-RPC median",
+        rpc_prov,
+        "µs",
+        None,
+    );
+    report.add("call", "provision 1 KiB · JSON-RPC p99", p99, "µs", None);
+    report.add(
+        "call",
+        "provision: JSON-RPC / fresh sandbox (speed-up)",
+        rpc_prov / fresh_prov,
+        "x",
+        Some((">=", 5.0)),
+    );
+    drop(live);
+
+    // Grants: the same fresh-sandbox call with a rich grant file (3 directories, 3 HTTP
+    // targets, 8 config values, 4 env vars) against none.
+    {
+        let gdata = work.path().join("granted");
+        let gplugins = gdata.join("plugins");
+        std::fs::create_dir_all(&gplugins).unwrap();
+        std::fs::copy(
+            Path::new(GUEST).join("instance_bench.wasm"),
+            gplugins.join("instance-bench.wasm"),
+        )
+        .unwrap();
+        let mut toml = String::new();
+        for i in 0..3 {
+            let d = gdata.join(format!("dir{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            toml.push_str(&format!(
+                "[[files]]\nhost = {:?}\nguest = \"/g{i}\"\nmode = \"read-write\"\n",
+                d.display().to_string()
+            ));
+        }
+        toml.push_str("[http]\nallow = [\"https://api.example.com\", \"https://*.example.net\", \"http://127.0.0.1:*\"]\n[config]\n");
+        for i in 0..8 {
+            toml.push_str(&format!("k{i} = \"v{i}\"\n"));
+        }
+        toml.push_str("[env]\nA = \"1\"\nB = \"2\"\nC = \"3\"\nD = \"4\"\n");
+        std::fs::write(gplugins.join("instance-bench.toml"), toml).unwrap();
+        let mut gconfig = RegistryConfig::under(&gdata);
+        gconfig.cache_dir = config.cache_dir.clone();
+        let greg = Registry::load(gconfig).await.unwrap();
+        let gp = greg.get("instance-bench").unwrap();
+        let gscratch = gp.scratch_dir().to_path_buf();
+        std::fs::create_dir_all(&gscratch).unwrap();
+        let p = BenchPlugin::new(&gscratch);
+        for _ in 0..10 {
+            p.provision(sdk_spec(&spec_1k("ten"))).unwrap();
+        }
+        let s = time_calls(n / 4, || async {
+            assert_eq!(gp.describe(&ten, false).await.unwrap().len(), 10)
+        })
+        .await;
+        let (granted, _) = stats(s);
+        report.add(
+            "call",
+            "describe 10 · fresh sandbox with a rich grant file median",
+            granted,
+            "µs",
+            None,
+        );
+        report.add(
+            "call",
+            "grants overhead per call (rich − none)",
+            granted - fresh_describe,
+            "µs",
+            None,
+        );
+    }
+
+    // --- 2. Reconcile at scale.
+    eprintln!("reconcile at scale");
+    let d = Desired::from_spec(&group_spec("p", 100_000, "1h"));
+    let members: Vec<Member> = (0..100_000)
+        .map(|i| Member {
+            id: format!("i{i}"),
+            group: "p".into(),
+            logical_id: None,
+            config_sha: if i % 10 == 0 {
+                "old".into()
+            } else {
+                d.config_sha.clone()
+            },
+            created_ms: 1_000 + i as u64,
+            index: Some(i),
+            health: if i % 97 == 0 {
+                Health::Unknown
+            } else {
+                Health::Healthy
+            },
+        })
+        .collect();
+    let runs: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let p = plan::plan(&d, &members, now_ms());
+            std::hint::black_box(p);
+            t.elapsed()
+        })
+        .collect();
+    let (plan_ms, _) = stats(runs);
+    report.add(
+        "scale",
+        "pure plan, 100k instances (10% outdated)",
+        plan_ms / 1e3,
+        "ms",
+        Some(("<=", 50.0)),
+    );
+
+    let (tx, _) = tokio::sync::broadcast::channel(100_000);
+    let events = Arc::new(Events { tx: tx.clone() });
+    let controller = Controller::new(
+        registry.clone(),
+        events.clone(),
+        Options {
+            poll_interval: Duration::from_secs(3600),
+            ..Options::default()
+        },
+    );
+    let scratch = registry
+        .get("instance-bench")
+        .unwrap()
+        .scratch_dir()
+        .to_path_buf();
+    let groups = 1000 / scale;
+    let specs: Vec<GroupSpec> = (0..groups)
+        .map(|i| group_spec(&format!("g{i}"), 10, "1h"))
+        .collect();
+    for s in &specs {
+        populate(&scratch, s, 10);
+    }
+    let t = Instant::now();
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    for s in &specs {
+        controller.commit(s.clone());
+    }
+    wait_passes(&controller, &ids, &BTreeMap::new()).await;
+    report.add(
+        "scale",
+        format!("first pass, {groups} groups × 10 (health checks included)"),
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    let mut passes = Vec::new();
+    for _ in 0..5 {
+        passes.push(steady_pass(&controller, &specs).await);
+    }
+    let (p1000, _) = stats(passes);
+    report.add(
+        "scale",
+        format!("steady-state pass, {groups} groups × 10"),
+        p1000 / 1e3,
+        "ms",
+        Some(("<=", 200.0)),
+    );
+    controller.shutdown().await;
+
+    let big = group_spec("big", 10_000 / scale as u32, "1h");
+    populate(&scratch, &big, 10_000 / scale);
+    let t = Instant::now();
+    controller.commit(big.clone());
+    wait_passes(&controller, std::slice::from_ref(&big.id), &BTreeMap::new()).await;
+    report.add(
+        "scale",
+        format!(
+            "first pass, 1 group × {} (health checks included)",
+            10_000 / scale
+        ),
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    let mut passes = Vec::new();
+    for _ in 0..5 {
+        passes.push(steady_pass(&controller, std::slice::from_ref(&big)).await);
+    }
+    let (pbig, _) = stats(passes);
+    report.add(
+        "scale",
+        format!("steady-state pass, 1 group × {}", 10_000 / scale),
+        pbig / 1e3,
+        "ms",
+        Some(("<=", 200.0)),
+    );
+    report.add(
+        "scale",
+        "RSS with all of the above loaded",
+        rss_mb(),
+        "MB",
+        Some(("<=", 200.0)),
+    );
+    controller.shutdown().await;
+
+    // --- 3. Convergence latency.
+    eprintln!("convergence latency");
+    for (label, poll) in [
+        ("default poll interval (1s)", Duration::from_secs(1)),
+        ("poll interval 100ms", Duration::from_millis(100)),
+    ] {
+        let controller = Controller::new(
+            registry.clone(),
+            events.clone(),
+            Options {
+                poll_interval: poll,
+                ..Options::default()
+            },
+        );
+        let spec = group_spec(&format!("lat{}", poll.as_millis()), 5, "10s");
+        let mut rx = tx.subscribe();
+        controller.commit(spec.clone());
+        wait_passes(
+            &controller,
+            std::slice::from_ref(&spec.id),
+            &BTreeMap::new(),
+        )
+        .await;
+        let bench = registry.get("instance-bench").unwrap();
+        let mut samples = Vec::new();
+        for _ in 0..(6 / scale.min(2)) {
+            let victim = bench.describe(&group_tags(&spec.id), false).await.unwrap()[0]
+                .id
+                .clone();
+            // Let the group settle into its idle rhythm, then take an instance away at a random
+            // point of it.
+            tokio::time::sleep(poll / 3).await;
+            while rx.try_recv().is_ok() {}
+            let t = Instant::now();
+            bench
+                .destroy(&victim, DestroyContext::Terminate)
+                .await
+                .unwrap();
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.group == spec.id && e.kind == EventKind::InstanceProvisioned => {
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            samples.push(t.elapsed());
+            tokio::time::sleep(poll / 2).await;
+        }
+        let worst = samples.iter().max().copied().unwrap_or_default();
+        let (med, _) = stats(samples);
+        report.add(
+            "latency",
+            format!("lost instance replaced, {label}, median"),
+            med / 1e3,
+            "ms",
+            None,
+        );
+        report.add(
+            "latency",
+            format!("lost instance replaced, {label}, worst"),
+            worst.as_secs_f64() * 1e3,
+            "ms",
+            (poll == Duration::from_secs(1))
+                .then_some(("<=", 1000.0 + fresh_prov * 3.0 / 1000.0 + 50.0)),
+        );
+        controller.shutdown().await;
+    }
+    let controller = Controller::new(registry.clone(), events.clone(), Options::default());
+    let spec = group_spec("hundred", 100, "10s");
+    let t = Instant::now();
+    controller.commit(spec.clone());
+    wait_passes(
+        &controller,
+        std::slice::from_ref(&spec.id),
+        &BTreeMap::new(),
+    )
+    .await;
+    loop {
+        let s = controller.status(&spec.id).unwrap();
+        if s.phase == plan::Phase::Converged && s.current == 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    report.add(
+        "latency",
+        "new group of 100 converged (default settings)",
+        t.elapsed().as_secs_f64() * 1e3,
+        "ms",
+        None,
+    );
+    controller.shutdown().await;
+
+    report.add(
+        "run",
+        "benchmark wall time",
+        started.elapsed().as_secs_f64(),
+        "s",
+        None,
+    );
+    report.print();
+    if let Some(path) = json_out {
+        std::fs::write(&path, serde_json::to_string_pretty(&report.json()).unwrap()).unwrap();
+        println!("wrote {path}");
+    }
+}
