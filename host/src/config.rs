@@ -6,6 +6,13 @@
 //! data_dir = "/var/lib/infrakit"
 //! plugins_dir = "/etc/infrakit/plugins"
 //!
+//! [serve]
+//! socket = "/run/infrakit.sock"
+//! tcp = "127.0.0.1:7070"
+//! token_file = "/etc/infrakit/token"
+//! poll_interval = "1s"
+//! plugin_scan_interval = "500ms"
+//!
 //! [plugins.instance-file]
 //! config = { dir = "/instances" }
 //! [[plugins.instance-file.files]]
@@ -30,6 +37,24 @@ pub struct Config {
     pub plugins_dir: Option<PathBuf>,
     /// Grants of built-in plugins, by name.
     pub plugins: BTreeMap<String, Grants>,
+    /// Daemon settings.
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: daemon settings; each has a flag of the same name that wins over it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// The unix socket.
+    pub socket: Option<PathBuf>,
+    /// A TCP address to serve on too.
+    pub tcp: Option<std::net::SocketAddr>,
+    /// Where the TCP bearer token is.
+    pub token_file: Option<PathBuf>,
+    /// The controller's poll interval.
+    pub poll_interval: Option<crate::spec::HumanDuration>,
+    /// How often the plugin directory is rescanned.
+    pub plugin_scan_interval: Option<crate::spec::HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +64,8 @@ struct RawConfig {
     plugins_dir: Option<PathBuf>,
     #[serde(default)]
     plugins: BTreeMap<String, RawGrants>,
+    #[serde(default)]
+    serve: ServeConfig,
 }
 
 impl Config {
@@ -64,6 +91,7 @@ impl Config {
             data_dir: raw.data_dir,
             plugins_dir: raw.plugins_dir,
             plugins,
+            serve: raw.serve,
         })
     }
 }
@@ -83,6 +111,16 @@ mod tests {
         let g = &c.plugins["instance-file"];
         assert_eq!(g.config["dir"], "/x");
         assert_eq!(g.limits.memory, 1 << 20);
+        let c = Config::parse(
+            "[serve]\npoll_interval = \"250ms\"\ntcp = \"127.0.0.1:7070\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.serve.poll_interval.unwrap().0,
+            std::time::Duration::from_millis(250)
+        );
+        assert!(c.serve.tcp.is_some());
     }
 
     #[test]

@@ -22,12 +22,13 @@ pub struct ServeArgs {
     /// Read the bearer token from this file.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// How often each group is observed when nothing is happening.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
+    /// How often each group is observed when nothing is happening. [default: 1s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
     /// How often the plugin directory is checked for new, changed or removed plugins.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub plugin_scan_interval: Duration,
+    /// [default: 500ms]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub plugin_scan_interval: Option<Duration>,
 }
 
 /// `events` options.
@@ -48,7 +49,9 @@ pub struct EventsArgs {
 }
 
 pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let token = match (&args.token_file, &cli.token) {
+    let file = cli.file_config()?.serve;
+    let token_file = args.token_file.as_ref().or(file.token_file.as_ref());
+    let token = match (token_file, &cli.token) {
         (Some(f), _) => Some(
             std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read token file {}", f.display()))?
@@ -60,10 +63,16 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let options = ServeOptions {
         registry: cli.registry_config()?,
         socket: cli.socket_path()?,
-        tcp: args.tcp,
+        tcp: args.tcp.or(file.tcp),
         token,
-        poll_interval: args.poll_interval,
-        plugin_scan_interval: args.plugin_scan_interval,
+        poll_interval: args
+            .poll_interval
+            .or(file.poll_interval.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(1)),
+        plugin_scan_interval: args
+            .plugin_scan_interval
+            .or(file.plugin_scan_interval.map(|d| d.0))
+            .unwrap_or(Duration::from_millis(500)),
     };
     run_daemon(options).await?;
     Ok(ExitCode::SUCCESS)

@@ -136,11 +136,13 @@ impl Cli {
 
     /// The daemon's socket path.
     pub fn socket_path(&self) -> anyhow::Result<PathBuf> {
-        match &self.socket {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        let file = self.file_config()?;
+        match &file.serve.socket {
             Some(s) => Ok(s.clone()),
-            None => Ok(client::default_socket(
-                &self.data_dir(&self.file_config()?)?,
-            )),
+            None => Ok(client::default_socket(&self.data_dir(&file)?)),
         }
     }
 
