@@ -312,24 +312,7 @@ async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow:
 
 /// Prints a plan as a readable diff.
 pub fn print_plan(plan: &Plan) {
-    let (p, d, r) = plan.counts();
-    println!(
-        "Plan: {p} to provision, {d} to destroy, {r} to replace ({}, {} of {} current)",
-        plan.phase, plan.current, plan.size
-    );
-    for step in &plan.steps {
-        let sign = match step {
-            crate::plan::Step::Provision { .. } => "+",
-            crate::plan::Step::Destroy { .. } => "-",
-            crate::plan::Step::Replace { .. } => "~",
-            crate::plan::Step::Drain { .. } => " ",
-            crate::plan::Step::Wait { .. } => ".",
-        };
-        println!("  {sign} {step}");
-    }
-    for m in &plan.messages {
-        println!("  ! {m}");
-    }
+    print_plan_value(&serde_json::to_value(plan).unwrap_or_default());
 }
 
 pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {

@@ -21,6 +21,9 @@ pub fn new_engine() -> wasmtime::Result<(Engine, bool)> {
         .total_core_instances(2048)
         .total_memories(1024)
         .total_tables(1024)
+        // Keeping slot pages resident (`linear_memory_keep_resident`) was measured slower here:
+        // a Rust guest's stack sits at the 1 MiB mark, so the memset costs more than the
+        // page faults it saves (57 µs vs 49 µs per fresh call).
         .max_memory_size(MAX_MEMORY_BYTES);
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&pooled) {

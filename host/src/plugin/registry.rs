@@ -360,9 +360,17 @@ impl Registry {
                     reason: super::one_line(&format!("{e:#}")),
                 })?;
         tracing::debug!(plugin = name, cached, elapsed = ?started.elapsed(), "component ready");
+        let scratch = self.config.data_dir.join("scratch").join(name);
+        std::fs::create_dir_all(&scratch).map_err(|e| Error::Metadata {
+            origin: source.clone(),
+            reason: format!(
+                "cannot create its scratch directory {}: {e}",
+                scratch.display()
+            ),
+        })?;
         let sandbox = Sandbox {
             plugin: Arc::from(name),
-            scratch: self.config.data_dir.join("scratch").join(name),
+            scratch,
             grants: Arc::new(grants),
         };
         let (pre, metadata) =

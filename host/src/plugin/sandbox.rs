@@ -66,12 +66,23 @@ impl State {
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
+            .allow_ip_name_lookup(false)
+            // Plugin file operations are small and local; running them on the calling thread
+            // instead of hopping to tokio's blocking pool cuts each one from tens of
+            // microseconds to a syscall (measured in the benchmarks).
+            .allow_blocking_current_thread(true);
         for (k, v) in &grants.env {
             wasi.env(k, v);
         }
-        std::fs::create_dir_all(&sandbox.scratch)?;
-        wasi.preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)?;
+        // The registry creates the scratch directory at load; recreate it only if something
+        // removed it since, rather than paying a syscall on every call.
+        if wasi
+            .preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)
+            .is_err()
+        {
+            std::fs::create_dir_all(&sandbox.scratch)?;
+            wasi.preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)?;
+        }
         for f in &grants.files {
             let perms = match f.mode {
                 grants::Mode::ReadOnly => FsPerms::ReadOnly,
