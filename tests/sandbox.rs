@@ -395,7 +395,7 @@ fn a_grant_file_with_a_typo_is_rejected_with_file_key_and_accepted_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_output_and_logs_reach_the_host() {
+async fn a_plugin_printing_to_stdout_and_stderr_still_answers_cleanly() {
     let env = Env::new();
     let registry = registry(&env, "").await;
     // Output is captured per call (not inherited): the call succeeds and nothing is printed to

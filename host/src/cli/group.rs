@@ -13,8 +13,6 @@ use super::Cli;
 use super::output::{self, Format};
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::Event;
-#[allow(unused_imports)]
-use crate::plan::Step;
 use crate::plan::{Phase, Plan};
 use crate::spec::GroupSpec;
 
