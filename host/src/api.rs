@@ -124,6 +124,8 @@ pub struct StatusResponse {
     pub plugins: usize,
     /// Plugin files that failed to load.
     pub plugin_failures: usize,
+    /// The sequence number of the newest event (follow from here with `/v1/events?after=`).
+    pub last_event: u64,
 }
 
 /// A group as the API shows it.
@@ -203,6 +205,7 @@ async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiEr
         groups: d.store.groups()?.len(),
         plugins: d.registry.plugins().len(),
         plugin_failures: d.registry.failures().len(),
+        last_event: d.store.last_event()?,
     }))
 }
 

@@ -101,6 +101,8 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, event: Event) -> Result<Event, Error>;
     /// Events after `after`, oldest first, at most `limit`, optionally of one group.
     fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Result<Vec<Event>, Error>;
+    /// The sequence number of the newest event (0 when there is none).
+    fn last_event(&self) -> Result<u64, Error>;
 }
 
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
@@ -352,6 +354,15 @@ impl Store for EmbeddedStore {
 
     fn append(&self, event: Event) -> Result<Event, Error> {
         self.write("append event", |txn| append_in(txn, event))
+    }
+
+    fn last_event(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(|e| self.db_error("read", e))?;
+        let table = txn
+            .open_table(EVENTS)
+            .map_err(|e| self.db_error("read", e))?;
+        let last = table.last().map_err(|e| self.db_error("read", e))?;
+        Ok(last.map(|(k, _)| k.value()).unwrap_or(0))
     }
 
     fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Result<Vec<Event>, Error> {

@@ -227,10 +227,12 @@ async fn wait_converged(
     id: &str,
     sha: &str,
     wait: &WaitArgs,
+    mut seen: u64,
 ) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + wait.timeout;
     let mut last = String::new();
     loop {
+        seen = print_steps(client, id, seen).await;
         let g = client.get(&format!("/v1/groups/{id}")).await?;
         let st = &g["status"];
         let on_sha = st["config_sha"].as_str() == Some(sha);
@@ -275,6 +277,39 @@ async fn wait_converged(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The sequence number of the newest event.
+async fn latest_seq(client: &super::Client) -> u64 {
+    match client.get("/v1/status").await {
+        Ok(status) => status["last_event"].as_u64().unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Prints the group's events after `after` as progress lines; returns the last one seen.
+async fn print_steps(client: &super::Client, id: &str, after: u64) -> u64 {
+    let Ok(resp) = client
+        .stream(&format!("/v1/events?after={after}&group={id}"))
+        .await
+    else {
+        return after;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    let mut last = after;
+    for e in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Event>(l).ok())
+    {
+        last = last.max(e.seq);
+        let what = e
+            .instance
+            .as_deref()
+            .map(|i| format!(" {i}"))
+            .unwrap_or_default();
+        println!("  {}{what}: {}", e.kind, e.message);
+    }
+    last
 }
 
 /// Follows a destroy until the group is gone.
@@ -367,6 +402,8 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 origin.ends_with(".yaml") || origin.ends_with(".yml"),
             )?;
             let client = cli.daemon()?;
+            // Steps are shown as they happen, from the event log, starting before the commit.
+            let from = latest_seq(&client).await;
             let path = format!("/v1/groups?dry_run={dry_run}");
             let answer = client.post(&path, Some(text)).await?;
             match output {
@@ -387,7 +424,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             }
             if wait.wait && !dry_run {
                 let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
-                return wait_converged(&client, &parsed.id, &sha, wait).await;
+                return wait_converged(&client, &parsed.id, &sha, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -471,6 +508,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
         }
         GroupCommand::Rollback { id, wait } => {
             let client = cli.daemon()?;
+            let from = latest_seq(&client).await;
             let answer = client
                 .post(&format!("/v1/groups/{id}/rollback"), None)
                 .await?;
@@ -481,7 +519,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             );
             if wait.wait {
                 let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
-                return wait_converged(&client, id, &sha, wait).await;
+                return wait_converged(&client, id, &sha, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
