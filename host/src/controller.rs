@@ -272,29 +272,27 @@ impl Controller {
 
     /// Starts managing a group, or switches it to a new spec. The group's next pass uses it.
     pub fn commit(&self, spec: GroupSpec) {
-        let spec = Arc::new(spec);
-        let mut groups = self.inner.groups.lock().expect("groups lock");
-        if let Some(h) = groups.get(&spec.id)
-            && !h.task.is_finished()
-        {
-            h.intent.send_replace(Intent::Manage(spec));
-            return;
-        }
-        let handle = self.spawn(Intent::Manage(spec.clone()), &spec);
-        groups.insert(spec.id.clone(), handle);
+        self.direct(Intent::Manage(Arc::new(spec)));
     }
 
     /// Drains and destroys every instance of a group, then forgets it.
     pub fn destroy(&self, spec: GroupSpec) {
-        let spec = Arc::new(spec);
+        self.direct(Intent::Destroy(Arc::new(spec)));
+    }
+
+    /// Hands a group's task its new intent, starting the task if it is not running.
+    fn direct(&self, intent: Intent) {
+        let spec = match &intent {
+            Intent::Manage(s) | Intent::Destroy(s) => s.clone(),
+        };
         let mut groups = self.inner.groups.lock().expect("groups lock");
         if let Some(h) = groups.get(&spec.id)
             && !h.task.is_finished()
         {
-            h.intent.send_replace(Intent::Destroy(spec));
+            h.intent.send_replace(intent);
             return;
         }
-        let handle = self.spawn(Intent::Destroy(spec.clone()), &spec);
+        let handle = self.spawn(intent, &spec);
         groups.insert(spec.id.clone(), handle);
     }
 

@@ -4,15 +4,14 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::Env;
+use super::process::Process;
 
 /// A daemon; killed (SIGKILL) when dropped.
 pub struct Daemon {
-    child: Option<Child>,
-    pub log: PathBuf,
+    process: Process,
     pub socket: PathBuf,
 }
 
@@ -22,12 +21,8 @@ impl Daemon {
             .map(|d| d.count())
             .unwrap_or(0);
         let log = env.data_dir().join(format!("serve-{n}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let socket = env.data_dir().join("infrakit.sock");
-        let child = env
-            .command()
-            .env("INFRAKIT_LOG", "info")
+        let mut cmd = env.command();
+        cmd.env("INFRAKIT_LOG", "info")
             .args([
                 "serve",
                 "--poll-interval",
@@ -35,16 +30,10 @@ impl Daemon {
                 "--plugin-scan-interval",
                 "100ms",
             ])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn infrakit serve");
+            .args(extra);
         let mut d = Daemon {
-            child: Some(child),
-            log,
-            socket,
+            process: Process::spawn(cmd, log, "infrakit serve"),
+            socket: env.data_dir().join("infrakit.sock"),
         };
         d.wait_ready();
         d
@@ -52,19 +41,9 @@ impl Daemon {
 
     fn wait_ready(&mut self) {
         let start = Instant::now();
-        loop {
-            if std::fs::read_to_string(&self.log)
-                .unwrap_or_default()
-                .contains("daemon ready")
-                && UnixStream::connect(&self.socket).is_ok()
-            {
-                return;
-            }
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!("daemon exited ({status}):\n{}", self.output());
-            }
+        while !(self.output().contains("daemon ready") && UnixStream::connect(&self.socket).is_ok())
+        {
+            self.process.assert_running("starting");
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "daemon not ready:\n{}",
@@ -75,39 +54,26 @@ impl Daemon {
     }
 
     pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.output()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.process.pid()
     }
 
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM and a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        c.wait().unwrap()
+        self.process.terminate()
     }
 
     /// One raw HTTP/1.1 request on the unix socket: (status, body).
     pub fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         http_unix(&self.socket, method, path, body, &[])
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

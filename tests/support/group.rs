@@ -2,17 +2,16 @@
 //! `instance-file` to see what it did.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::Env;
+use super::process::Process;
 
 /// A `group run` process; killed when dropped.
 pub struct GroupRun {
-    child: Option<Child>,
-    pub log: PathBuf,
+    process: Process,
 }
 
 impl GroupRun {
@@ -21,53 +20,36 @@ impl GroupRun {
             .map(|d| d.count())
             .unwrap_or(0);
         let log = env.data_dir().join(format!("run-{n}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let err = out.try_clone().unwrap();
-        let child = env
-            .command()
-            .env("INFRAKIT_LOG", "info")
-            .args([
-                "group",
-                "run",
-                spec.to_str().unwrap(),
-                "--poll-interval",
-                "100ms",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn group run");
+        let mut cmd = env.command();
+        cmd.env("INFRAKIT_LOG", "info").args([
+            "group",
+            "run",
+            spec.to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+        ]);
         GroupRun {
-            child: Some(child),
-            log,
+            process: Process::spawn(cmd, log, "group run"),
         }
     }
 
     pub fn output(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.output()
     }
 
     /// SIGKILL: no chance to clean up, as a crash.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM, and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        c.wait().unwrap()
+        self.process.terminate()
     }
 
     /// Waits until the process has printed every one of `needles`.
     pub fn wait_for_output(&mut self, needles: &[&str], timeout: Duration) {
-        let log = self.log.clone();
+        let log = self.process.log.clone();
         let what = format!("output {needles:?}");
         self.wait_for(&what, timeout, || {
             let out = std::fs::read_to_string(&log).unwrap_or_default();
@@ -79,14 +61,7 @@ impl GroupRun {
     pub fn wait_for(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
         while !cond() {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                panic!(
-                    "group run exited ({status}) while waiting for {what}:\n{}",
-                    self.output()
-                );
-            }
+            self.process.assert_running(&format!("waiting for {what}"));
             assert!(
                 start.elapsed() < timeout,
                 "timed out after {timeout:?} waiting for {what}; log:\n{}",
@@ -94,12 +69,6 @@ impl GroupRun {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for GroupRun {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod daemon;
 pub mod group;
 pub mod http;
+pub mod process;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
