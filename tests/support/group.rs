@@ -1,7 +1,7 @@
 //! Running `infrakit group run` as a real child process, and reading the instance files of
 //! `instance-file` to see what it did.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
