@@ -404,14 +404,7 @@ fn a_plugin_file_named_unlike_its_metadata_is_refused() {
     // The built-in under its own name in the directory would clash; under another it must
     // be refused because its metadata names it differently.
     std::fs::copy(guest("instance-file"), dir.join("instance-copy.wasm")).unwrap();
-    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
-    let copy = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "instance-copy")
-        .unwrap()
-        .clone();
+    let copy = env.plugin_row(&[], "instance-copy");
     assert_eq!(copy["status"], "error");
     assert!(
         copy["error"]

@@ -7,16 +7,14 @@ use infrakit::plugin::{Error, Fault, InstanceSpec, Registry, RegistryConfig};
 use serde_json::json;
 
 use crate::support::http::{Behavior, TestServer};
-use crate::support::{Env, guest, shared_cache_dir};
+use crate::support::{Env, shared_cache_dir};
 
 const PLUGIN: &str = "fixture-misbehave";
 
 /// A registry whose plugin directory holds the misbehaving plugin with `grants` as its
 /// grant file.
 async fn registry(env: &Env, grants: &str) -> Registry {
-    let dir = env.plugins_dir();
-    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
-    std::fs::write(dir.join(format!("{PLUGIN}.toml")), grants).unwrap();
+    env.install_plugin(PLUGIN, Some(grants));
     let mut config = RegistryConfig::under(env.data_dir());
     config.cache_dir = Some(shared_cache_dir());
     let registry = Registry::load(config).await.expect("engine");
@@ -351,38 +349,22 @@ async fn faults_in_parallel_calls_do_not_disturb_each_other() {
 #[test]
 fn a_grant_file_with_a_typo_is_rejected_with_file_key_and_accepted_form() {
     let env = Env::new();
-    let dir = env.plugins_dir();
-    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
-    std::fs::write(
-        dir.join(format!("{PLUGIN}.toml")),
-        "[limits]\nmemory = \"32 MiB\"\nwal = \"1s\"\n",
-    )
-    .unwrap();
-    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == PLUGIN)
-        .unwrap()
-        .clone();
+    env.install_plugin(
+        PLUGIN,
+        Some("[limits]\nmemory = \"32 MiB\"\nwal = \"1s\"\n"),
+    );
+    let row = env.plugin_row(&[], PLUGIN);
     assert_eq!(row["status"], "error");
     let msg = row["error"].as_str().unwrap();
     assert!(msg.contains(&format!("{PLUGIN}.toml:3:")), "{msg}");
     assert!(msg.contains("wal") && msg.contains("`wall`"), "{msg}");
 
     std::fs::write(
-        dir.join(format!("{PLUGIN}.toml")),
+        env.plugins_dir().join(format!("{PLUGIN}.toml")),
         "[http]\nallow = [\"127.0.0.1:8080\"]\n",
     )
     .unwrap();
-    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
-    let msg = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == PLUGIN)
-        .unwrap()["error"]
+    let msg = env.plugin_row(&[], PLUGIN)["error"]
         .as_str()
         .unwrap()
         .to_string();
@@ -409,8 +391,7 @@ async fn a_plugin_printing_to_stdout_and_stderr_still_answers_cleanly() {
 #[test]
 fn plugin_logs_and_output_become_host_log_lines_with_the_plugin_name() {
     let env = Env::new();
-    let dir = env.plugins_dir();
-    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
+    env.install_plugin(PLUGIN, None);
     let run = {
         let mut cmd = env.command();
         cmd.env("INFRAKIT_LOG", "info")
@@ -449,21 +430,8 @@ fn plugin_logs_and_output_become_host_log_lines_with_the_plugin_name() {
 #[test]
 fn plugin_ls_shows_what_was_asked_for_but_not_granted() {
     let env = Env::new();
-    let dir = env.plugins_dir();
-    std::fs::copy(guest(PLUGIN), dir.join(format!("{PLUGIN}.wasm"))).unwrap();
-    std::fs::write(
-        dir.join(format!("{PLUGIN}.toml")),
-        "[config]\ngreeting = \"hi\"\n",
-    )
-    .unwrap();
-    let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == PLUGIN)
-        .unwrap()
-        .clone();
+    env.install_plugin(PLUGIN, Some("[config]\ngreeting = \"hi\"\n"));
+    let row = env.plugin_row(&[], PLUGIN);
     assert_eq!(row["status"], "ok");
     assert_eq!(row["capabilities"].as_array().unwrap().len(), 2);
     assert_eq!(row["not_granted"], json!([{"http": "http://127.0.0.1:*"}]));
@@ -506,16 +474,7 @@ fn builtin_plugins_get_their_grants_from_the_config_file() {
         .trim()
         .to_string();
     assert!(instances.join(format!("{id}.json")).exists());
-    let rows = env
-        .run(&["--config", config, "plugin", "ls", "-o", "json"], None)
-        .json();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "instance-file")
-        .unwrap()
-        .clone();
+    let row = env.plugin_row(&["--config", config], "instance-file");
     assert_eq!(row["not_granted"], json!([]));
 
     // A bad section is reported with the file and key, and nothing runs.

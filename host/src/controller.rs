@@ -613,6 +613,7 @@ async fn reconcile(
     let executor = Executor {
         inner,
         spec,
+        config_sha: &desired.config_sha,
         instance: &instance,
         flavor: &flavor,
         observed: &observed.descriptions,
@@ -626,6 +627,8 @@ async fn reconcile(
 struct Executor<'a> {
     inner: &'a Inner,
     spec: &'a GroupSpec,
+    /// The spec's configuration hash, computed once per pass.
+    config_sha: &'a str,
     instance: &'a Plugin,
     flavor: &'a Plugin,
     observed: &'a HashMap<String, Description>,
@@ -718,7 +721,7 @@ impl Executor<'_> {
         let spec = self.spec;
         let mut identity: Tags = [
             (tags::GROUP.to_string(), spec.id.clone()),
-            (tags::CONFIG_SHA.to_string(), spec.config_sha()),
+            (tags::CONFIG_SHA.to_string(), self.config_sha.to_string()),
             (tags::CREATED.to_string(), now_ms().to_string()),
             (tags::INDEX.to_string(), index.to_string()),
         ]

@@ -60,6 +60,29 @@ impl Env {
         self.dir.path().join("scratch").join(plugin)
     }
 
+    /// Drops the compiled guest `name` into the plugin directory as `NAME.wasm`, with `grants`
+    /// as its `NAME.toml` when given.
+    pub fn install_plugin(&self, name: &str, grants: Option<&str>) {
+        let dir = self.plugins_dir();
+        std::fs::copy(guest(name), dir.join(format!("{name}.wasm"))).unwrap();
+        if let Some(g) = grants {
+            std::fs::write(dir.join(format!("{name}.toml")), g).unwrap();
+        }
+    }
+
+    /// The first row named `name` in `plugin ls -o json` (run with `args` before `plugin`).
+    pub fn plugin_row(&self, args: &[&str], name: &str) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["plugin", "ls", "-o", "json"]);
+        let rows = self.run(&all, None).json();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no plugin {name} in {rows}"))
+            .clone()
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_infrakit"));
         cmd.env_clear()

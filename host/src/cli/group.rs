@@ -268,14 +268,9 @@ async fn wait_converged(
             );
             return Ok(ExitCode::from(EXIT_PAUSED));
         }
-        if std::time::Instant::now() > deadline {
-            eprintln!(
-                "gave up waiting after {}",
-                humantime::format_duration(wait.timeout)
-            );
-            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        if let Some(code) = next_poll(deadline, wait).await {
+            return Ok(code);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -312,6 +307,19 @@ async fn print_steps(client: &super::Client, id: &str, after: u64) -> u64 {
     last
 }
 
+/// Waits before the next poll of a `--wait`; the timeout's exit code once it has passed.
+async fn next_poll(deadline: std::time::Instant, wait: &WaitArgs) -> Option<ExitCode> {
+    if std::time::Instant::now() > deadline {
+        eprintln!(
+            "gave up waiting after {}",
+            humantime::format_duration(wait.timeout)
+        );
+        return Some(ExitCode::from(EXIT_TIMEOUT));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    None
+}
+
 /// Follows a destroy until the group is gone.
 async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow::Result<ExitCode> {
     let deadline = std::time::Instant::now() + wait.timeout;
@@ -332,14 +340,9 @@ async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow:
             }
             Err(e) => return Err(e),
         }
-        if std::time::Instant::now() > deadline {
-            eprintln!(
-                "gave up waiting after {}",
-                humantime::format_duration(wait.timeout)
-            );
-            return Ok(ExitCode::from(EXIT_TIMEOUT));
+        if let Some(code) = next_poll(deadline, wait).await {
+            return Ok(code);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

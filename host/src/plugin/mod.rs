@@ -16,7 +16,6 @@ pub mod types;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -672,41 +671,14 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[u8]) -> String {
     }
 }
 
-/// Shared pieces of a loaded plugin, handed from the registry.
-pub(crate) struct Loaded {
-    pub metadata: Metadata,
-    pub source: Source,
-    pub sha256: String,
-    pub pre: PreHandle,
-    pub sandbox: Sandbox,
-}
-
-/// Opaque to the registry: which world a component was bound as.
-#[derive(Clone)]
-pub(crate) struct PreHandle(Pre);
-
-impl Plugin {
-    pub(crate) fn from_loaded(engine: &wasmtime::Engine, loaded: Loaded) -> Arc<Plugin> {
-        Arc::new(Plugin {
-            stats: CallStats::default(),
-            metadata: loaded.metadata,
-            source: loaded.source,
-            sha256: loaded.sha256,
-            engine: engine.clone(),
-            pre: loaded.pre.0,
-            sandbox: loaded.sandbox,
-        })
-    }
-}
-
 /// Binds a component to the world it exports and reads its metadata in a throwaway instance.
-pub(crate) async fn bind(
+async fn bind(
     engine: &wasmtime::Engine,
     linker: &wasmtime::component::Linker<State>,
     component: &wasmtime::component::Component,
     source: &Source,
     sandbox: &Sandbox,
-) -> Result<(PreHandle, Metadata), Error> {
+) -> Result<(Pre, Metadata), Error> {
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
@@ -777,5 +749,5 @@ pub(crate) async fn bind(
             ),
         });
     }
-    Ok((PreHandle(pre), metadata))
+    Ok((pre, metadata))
 }

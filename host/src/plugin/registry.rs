@@ -11,7 +11,7 @@ use wasmtime::component::Linker;
 
 use super::cache::{ArtifactCache, sha256_hex};
 use super::sandbox::{self, Sandbox, State};
-use super::{Error, Loaded, Plugin, Source, builtin, engine};
+use super::{CallStats, Error, Plugin, Source, builtin, engine};
 use crate::grants::Grants;
 
 /// Where plugins and their state live.
@@ -385,16 +385,16 @@ impl Registry {
                 ),
             });
         }
-        Ok(Plugin::from_loaded(
-            &self.engine,
-            Loaded {
-                metadata,
-                source,
-                sha256,
-                pre,
-                sandbox,
-            },
-        ))
+        // A child module of `plugin`, so the registry builds the plugin itself.
+        Ok(Arc::new(Plugin {
+            stats: CallStats::default(),
+            metadata,
+            source,
+            sha256,
+            engine: self.engine.clone(),
+            pre,
+            sandbox,
+        }))
     }
 
     /// A plugin by name.
