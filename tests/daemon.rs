@@ -160,9 +160,13 @@ fn commit_heal_scale_update_and_destroy_through_the_daemon() {
 }
 
 #[test]
-fn events_follow_streams_new_events() {
+fn events_follow_replays_history_then_streams_new_events() {
     let env = Env::new();
     let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("live.json");
+    write_spec(&spec, "live", json!({"Size": 1}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+
     let mut follower = env
         .command()
         .args(["events", "--follow", "--group", "live"])
@@ -170,37 +174,50 @@ fn events_follow_streams_new_events() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let spec = env.data_dir().join("live.json");
+    let stdout = follower.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                seen.lock().unwrap().push(line);
+            }
+        })
+    };
+    let count = |what: &str| {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(what))
+            .count()
+    };
+    // First the history, as it was before the follower started.
+    wait_until("the follower to replay the history", || {
+        count("converged") == 1
+    });
+    let replayed = seen.lock().unwrap().len();
+    assert_eq!(count("instance-provisioned"), 1);
+
+    // Then what happens while it follows.
     write_spec(&spec, "live", json!({"Size": 2}), json!({}));
     env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
-    let stdout = follower.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        let mut seen = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line.contains("converged");
-            seen.push(line);
-            if done {
-                break;
-            }
-        }
-        seen
+    wait_until("the follower to stream the new events", || {
+        count("converged") == 2 && count("instance-provisioned") == 2
     });
-    wait_until("the follower to see convergence", || reader.is_finished());
     let _ = follower.kill();
     let _ = follower.wait();
-    let seen = reader.join().unwrap();
+    let _ = reader.join();
+    let lines = seen.lock().unwrap().clone();
+    let streamed = &lines[replayed..];
     assert!(
-        seen.iter().any(|l| l.contains("live group-committed")),
-        "{seen:?}"
+        streamed.iter().any(|l| l.contains("live group-committed")),
+        "{lines:?}"
     );
-    assert_eq!(
-        seen.iter()
-            .filter(|l| l.contains("instance-provisioned"))
-            .count(),
-        2,
-        "{seen:?}"
+    assert!(
+        streamed.iter().any(|l| l.contains("instance-provisioned")),
+        "{lines:?}"
     );
 }
 
@@ -265,21 +282,49 @@ fn sigkill_during_scale_up_and_rolling_update_loses_nothing_and_duplicates_nothi
     }
     let mut size = 2;
     let mut revision = 1;
-    // Kill points: right after the commit returns, and a little later, for both kinds of change.
-    for (round, delay_ms) in [0u64, 15, 40, 90, 0, 25].into_iter().enumerate() {
+    // Alternately a scale-up by 3 and a rolling update. Each daemon is killed the moment its
+    // change makes visible progress (an instance of the new size or configuration appears),
+    // and the kill must have interrupted the change.
+    for round in 0..6 {
         let mut daemon = Daemon::start(&env, &[]);
         let update = round % 2 == 1;
+        let init = format!("echo round {round}");
         let mut extra = policy.clone();
         if update {
-            extra["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {"Init": [format!("echo round {round}")]}});
+            extra["Flavor"] =
+                json!({"Plugin": "flavor-vanilla", "Properties": {"Init": [init.clone()]}});
         } else {
-            size += 2;
+            size += 3;
         }
+        let done = |now: &[Value]| {
+            if update {
+                now.iter().filter(|i| i["Init"] == init.as_str()).count()
+            } else {
+                now.len()
+            }
+        };
+        let before = done(&instances(&env));
         write_spec(&spec, "db", json!({"Size": size}), extra);
         env.ok(&["group", "commit", &path], None);
         revision += 1;
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let start = std::time::Instant::now();
+        while done(&instances(&env)) <= before {
+            assert!(start.elapsed() < LONG, "round {round}: no progress");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         daemon.kill();
+        let at_kill = instances(&env);
+        let partial = if update {
+            at_kill.iter().any(|i| i["Init"] != init.as_str())
+        } else {
+            at_kill.len() < size
+        };
+        assert!(
+            partial,
+            "round {round}: the kill landed after the change was complete, so it interrupted \
+             nothing ({} instances)",
+            at_kill.len()
+        );
 
         // The committed spec survived, and a fresh daemon converges on it without duplicates.
         let _again = Daemon::start(&env, &[]);
@@ -362,10 +407,12 @@ fn the_plugin_directory_is_live() {
                     .contains("previous version stays in service")
         })
     });
+    // Still the same bytes in service: the digest, not merely the same file path.
     assert_eq!(
-        plugin_row(&env, "fixture-flavor-tag").unwrap()["source"],
-        sha_before["source"]
+        plugin_row(&env, "fixture-flavor-tag").unwrap()["sha256"],
+        sha_before["sha256"]
     );
+    assert!(sha_before["sha256"].as_str().is_some_and(|s| s.len() == 64));
     let victim = instances(&env)[0]["ID"].as_str().unwrap().to_string();
     std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
     wait_until("healing with the old version", || {
@@ -394,20 +441,21 @@ fn the_plugin_directory_is_live() {
 #[test]
 fn access_control_socket_mode_and_a_single_daemon_per_data_dir() {
     let env = Env::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // The daemon binds port 0 itself and logs the port it got: no port is freed and reused.
     let daemon = {
         let token_file = env.data_dir().join("token");
         std::fs::write(&token_file, "s3cret-token\n").unwrap();
         Daemon::start(
             &env,
-            &["--tcp", &addr, "--token-file", token_file.to_str().unwrap()],
+            &[
+                "--tcp",
+                "127.0.0.1:0",
+                "--token-file",
+                token_file.to_str().unwrap(),
+            ],
         )
     };
+    let addr = daemon.tcp_address().expect("the TCP address in the log");
     let mode = std::fs::metadata(&daemon.socket)
         .unwrap()
         .permissions()
@@ -571,7 +619,31 @@ fn a_freed_group_keeps_its_instances_and_a_new_commit_adopts_them() {
             .join(format!("{}.json", before.iter().next().unwrap())),
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // Another group's passes show the controller kept running meanwhile.
+    write_spec(
+        &env.data_dir().join("w.json"),
+        "witness",
+        json!({"Size": 0}),
+        json!({}),
+    );
+    env.ok(
+        &[
+            "group",
+            "commit",
+            env.data_dir().join("w.json").to_str().unwrap(),
+            "--wait",
+        ],
+        None,
+    );
+    let passes = |env: &Env| {
+        describe(env, "witness")["status"]["passes"]
+            .as_u64()
+            .unwrap()
+    };
+    let p0 = passes(&env);
+    wait_until("three more passes of another group", || {
+        passes(&env) >= p0 + 3
+    });
     assert_eq!(instances(&env).len(), 1, "a freed group is not healed");
 
     // Committing it again picks up the survivor (identity is in its tags) and heals the rest.

@@ -549,6 +549,9 @@ async fn run_group(
                 delay = backoff;
             }
         }
+        // Tests and operators can count passes (e.g. to show that nothing happened over
+        // several of them, rather than over a fixed sleep).
+        tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
         status.send_replace(next);
 
         tokio::select! {

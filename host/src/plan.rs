@@ -255,6 +255,15 @@ impl View<'_> {
             || (!d.wait_for_healthy && self.current && self.state != State::Unhealthy)
     }
 
+    /// A new-configuration member that is still not available past the batch timeout: the
+    /// update pauses on it. Without `WaitForHealthy` only a member judged unhealthy counts
+    /// (an undecided one is available then); it must still pause, or an update whose new
+    /// instance is broken would wait for ever with no message (found by the multi-round
+    /// property).
+    fn stuck(&self, d: &Desired, now: u64) -> bool {
+        !self.available(d) && self.age(now) > d.batch_timeout_ms
+    }
+
     fn age(&self, now: u64) -> u64 {
         now.saturating_sub(self.m.created_ms)
     }
@@ -452,11 +461,8 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     let mut update_paused = false;
     let mut waiting = None;
     if !old.is_empty() {
-        let stuck: Vec<&&View> = cur
-            .iter()
-            .filter(|v| !v.available(d) && v.age(now) > d.batch_timeout_ms)
-            .collect();
-        if d.wait_for_healthy && !stuck.is_empty() {
+        let stuck: Vec<&&View> = cur.iter().filter(|v| v.stuck(d, now)).collect();
+        if !stuck.is_empty() {
             update_paused = true;
             b.paused = true;
             b.messages.push(format!(
@@ -668,10 +674,10 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
     if !outdated.is_empty() {
         let stuck: Vec<&View> = pets
             .values()
-            .filter(|v| v.current && !v.available(d) && v.age(now) > d.batch_timeout_ms)
+            .filter(|v| v.current && v.stuck(d, now))
             .copied()
             .collect();
-        if d.wait_for_healthy && !stuck.is_empty() {
+        if !stuck.is_empty() {
             update_paused = true;
             b.paused = true;
             b.messages.push(format!(

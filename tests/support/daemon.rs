@@ -61,6 +61,14 @@ impl Daemon {
         self.process.pid()
     }
 
+    /// The address of the TCP listener, from the daemon's log (it may have bound port 0).
+    pub fn tcp_address(&self) -> Option<String> {
+        let out = self.output();
+        let line = out.lines().find(|l| l.contains("serving on TCP"))?;
+        let rest = line.split("address=").nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    }
+
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
         self.process.kill();

@@ -21,13 +21,15 @@ impl GroupRun {
             .unwrap_or(0);
         let log = env.data_dir().join(format!("run-{n}.log"));
         let mut cmd = env.command();
-        cmd.env("INFRAKIT_LOG", "info").args([
-            "group",
-            "run",
-            spec.to_str().unwrap(),
-            "--poll-interval",
-            "100ms",
-        ]);
+        // The controller's debug line "pass finished" lets tests count passes.
+        cmd.env("INFRAKIT_LOG", "info,infrakit::controller=debug")
+            .args([
+                "group",
+                "run",
+                spec.to_str().unwrap(),
+                "--poll-interval",
+                "100ms",
+            ]);
         GroupRun {
             process: Process::spawn(cmd, log, "group run"),
         }
@@ -57,6 +59,23 @@ impl GroupRun {
         });
     }
 
+    /// How many passes over `group` have finished so far.
+    pub fn passes(&self, group: &str) -> usize {
+        count_passes(&self.output(), group)
+    }
+
+    /// Waits until `n` more passes over `group` have finished: a check made after it saw the
+    /// controller look at the group `n` times, where a fixed sleep could have seen none.
+    pub fn wait_passes(&mut self, group: &str, n: usize) {
+        let target = self.passes(group) + n;
+        let log = self.process.log.clone();
+        self.wait_for(
+            &format!("{n} more passes over {group}"),
+            Duration::from_secs(60),
+            || count_passes(&std::fs::read_to_string(&log).unwrap_or_default(), group) >= target,
+        );
+    }
+
     /// Waits until `cond` holds, failing with the log when it does not within `timeout`.
     pub fn wait_for(&mut self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
         let start = Instant::now();
@@ -70,6 +89,11 @@ impl GroupRun {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn count_passes(log: &str, group: &str) -> usize {
+    let needle = format!("pass finished group={group} ");
+    log.lines().filter(|l| l.contains(&needle)).count()
 }
 
 /// The instances `instance-file` holds in `env`, as stored (ID, Tags, LogicalID, ...).

@@ -213,17 +213,36 @@ fn an_update_whose_new_instances_never_get_healthy_pauses() {
         member("n1", SHA, Health::Unhealthy, 400_000),
     ];
     let p = plan(&d, &ms, NOW);
+    // Neither the old instances (the update is paused) nor the broken new one (replacing it
+    // would loop on a broken configuration) are touched, and nothing more is provisioned.
+    assert!(destroyed(&p).is_empty(), "{:?}", p.steps);
+    assert_eq!(p.counts(), (0, 0, 0), "{:?}", p.steps);
     assert_eq!(p.phase, Phase::Paused);
     assert!(
         p.messages.iter().any(|m| m.contains("update paused")),
         "{:?}",
         p.messages
     );
+}
+
+#[test]
+fn issue_19_an_update_without_wait_for_healthy_pauses_on_a_broken_new_instance() {
+    let mut d = desired(Allocation::Size(2));
+    d.wait_for_healthy = false;
+    d.grace_period_ms = 0;
+    let ms = vec![
+        member("o1", "old", Health::Healthy, OLD_AGE),
+        member("n1", SHA, Health::Healthy, OLD_AGE),
+        member("n2", SHA, Health::Unhealthy, 400_000),
+    ];
+    let p = plan(&d, &ms, NOW);
+    assert_eq!(p.phase, Phase::Paused, "{:?}", p.messages);
     assert!(
-        destroyed(&p).iter().all(|id| id == "n1"),
-        "only remediation: {:?}",
-        p.steps
+        p.messages.iter().any(|m| m.contains("update paused")),
+        "{:?}",
+        p.messages
     );
+    assert!(destroyed(&p).is_empty(), "{:?}", p.steps);
 }
 
 #[test]
@@ -254,6 +273,9 @@ fn instances_of_other_groups_are_never_touched() {
 // ---------------------------------------------------------------------------------------------
 // Properties
 
+/// Configurations a member may carry: the current one and two older ones.
+const SHAS: [&str; 3] = [SHA, "old", "older"];
+
 fn arb_health() -> impl Strategy<Value = Health> {
     prop_oneof![
         4 => Just(Health::Healthy),
@@ -265,24 +287,26 @@ fn arb_health() -> impl Strategy<Value = Health> {
 fn arb_members(pets: bool) -> impl Strategy<Value = Vec<Member>> {
     prop::collection::vec(
         (
-            prop::bool::weighted(0.5),
+            0usize..3,
             arb_health(),
             0u64..600_000,
             0usize..6,
             prop::bool::weighted(0.1),
+            // Indexes as a restarted controller finds them: missing, with gaps, duplicated.
+            prop::option::weighted(0.8, 0u32..8),
         ),
         0..12,
     )
     .prop_map(move |raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(i, (current, health, age, lid, foreign))| Member {
+            .map(|(i, (sha, health, age, lid, foreign, index))| Member {
                 id: format!("m{i}"),
                 group: if foreign { "other".into() } else { "g".into() },
                 logical_id: pets.then(|| format!("p{lid}")),
-                config_sha: if current { SHA.into() } else { "old".into() },
+                config_sha: SHAS[sha].into(),
                 created_ms: NOW - age,
-                index: None,
+                index,
                 health,
             })
             .collect()
@@ -290,29 +314,39 @@ fn arb_members(pets: bool) -> impl Strategy<Value = Vec<Member>> {
 }
 
 fn arb_desired(pets: bool) -> impl Strategy<Value = Desired> {
-    (0u32..8, 0u32..3, 0u32..3, any::<bool>(), 0u32..4).prop_map(
-        move |(n, surge, unavail, wait, max_unhealthy)| {
-            let (surge, unavail) = if surge == 0 && unavail == 0 {
-                (1, 0)
-            } else {
-                (surge, unavail)
-            };
-            let allocation = if pets {
-                Allocation::LogicalIds((0..n.min(5)).map(|i| format!("p{i}")).collect())
-            } else {
-                Allocation::Size(n)
-            };
-            Desired {
-                max_surge: surge,
-                max_unavailable: unavail,
-                wait_for_healthy: wait,
-                max_unhealthy,
-                grace_period_ms: 120_000,
-                batch_timeout_ms: 300_000,
-                ..desired(allocation)
-            }
-        },
+    (
+        (0u32..8, 0u32..3, 0u32..3, any::<bool>(), 0u32..4),
+        // Timings: grace from none to two minutes; batch timeouts longer than the two
+        // simulated rounds a new instance needs to report healthy.
+        (0u64..120_000, 20_000u64..600_000),
     )
+        .prop_map(
+            move |((n, surge, unavail, wait, max_unhealthy), (grace, batch))| {
+                let (surge, unavail) = if surge == 0 && unavail == 0 {
+                    (1, 0)
+                } else {
+                    (surge, unavail)
+                };
+                let allocation = if pets {
+                    Allocation::LogicalIds((0..n.min(5)).map(|i| format!("p{i}")).collect())
+                } else {
+                    Allocation::Size(n)
+                };
+                Desired {
+                    max_surge: surge,
+                    max_unavailable: unavail,
+                    wait_for_healthy: wait,
+                    max_unhealthy,
+                    grace_period_ms: grace,
+                    batch_timeout_ms: batch,
+                    ..desired(allocation)
+                }
+            },
+        )
+}
+
+fn arb_case() -> impl Strategy<Value = (Desired, Vec<Member>)> {
+    any::<bool>().prop_flat_map(|p| (arb_desired(p), arb_members(p)))
 }
 
 /// The world after a plan: destroyed members gone, new ones present (not yet healthy).
@@ -353,13 +387,27 @@ fn apply(p: &Plan, members: &[Member], now: u64) -> Vec<Member> {
     out
 }
 
+/// Availability as the documentation defines it, written independently of the planner's own
+/// view: a healthy member; or, when an update does not wait for health, a member on the
+/// current configuration that has not been judged unhealthy past its grace period.
+fn oracle_available(d: &Desired, m: &Member, now: u64) -> bool {
+    if m.health == Health::Healthy {
+        return true;
+    }
+    if d.wait_for_healthy || m.config_sha != d.config_sha {
+        return false;
+    }
+    let past_grace = now.saturating_sub(m.created_ms) >= d.grace_period_ms;
+    !(m.health == Health::Unhealthy && past_grace)
+}
+
 /// Available members the allocation wants: for pets, logical ids of the allocation with an
 /// available member; for cattle, available members up to the size.
 fn available(d: &Desired, ms: &[Member], now: u64) -> usize {
     let avail = ms
         .iter()
         .filter(|m| m.group == d.group)
-        .filter(|m| view(m, d, now).available(d));
+        .filter(|m| oracle_available(d, m, now));
     match &d.allocation {
         Allocation::Size(n) => avail.count().min(*n as usize),
         Allocation::LogicalIds(ids) => avail
@@ -374,92 +422,173 @@ fn is_pets(d: &Desired) -> bool {
     matches!(d.allocation, Allocation::LogicalIds(_))
 }
 
+fn mine(d: &Desired, ms: &[Member]) -> usize {
+    ms.iter().filter(|m| m.group == d.group).count()
+}
+
+/// The safety rules that must hold for any one plan; `Err` says which broke.
+fn check_safety(d: &Desired, ms: &[Member], p: &Plan, now: u64) -> Result<(), String> {
+    let after = apply(p, ms, now);
+    // Availability: never fewer than `size - MaxUnavailable` (pets: at least one may go).
+    let before = available(d, ms, now);
+    let allowed = if is_pets(d) {
+        d.max_unavailable.max(1)
+    } else {
+        d.max_unavailable
+    } as usize;
+    let floor = before.min(d.size().saturating_sub(allowed));
+    if available(d, &after, now) < floor {
+        return Err(format!(
+            "available {before} -> {}, floor {floor}",
+            available(d, &after, now)
+        ));
+    }
+    // Size: cattle never past size + surge, pets never past their logical ids.
+    let limit = if is_pets(d) {
+        d.size()
+    } else {
+        (d.size() + d.max_surge as usize).max(mine(d, ms))
+    };
+    if mine(d, &after) > limit {
+        return Err(format!("{} -> {} > {limit}", mine(d, ms), mine(d, &after)));
+    }
+    // Pets: each logical id at most once.
+    if is_pets(d) {
+        let mut seen = BTreeSet::new();
+        for m in after.iter().filter(|m| m.group == d.group) {
+            let lid = m.logical_id.clone().unwrap_or_default();
+            if !seen.insert(lid.clone()) {
+                return Err(format!("{lid} twice"));
+            }
+        }
+    }
+    // Other groups: never touched.
+    for s in &p.steps {
+        if let Step::Destroy { id, .. } | Step::Replace { id, .. } | Step::Drain { id, .. } = s {
+            match ms.iter().find(|m| &m.id == id) {
+                Some(m) if m.group == d.group => {}
+                other => return Err(format!("step on {id}: {other:?}")),
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn never_takes_away_more_healthy_than_max_unavailable(
-        pets in any::<bool>(),
-        (d, ms) in any::<bool>().prop_flat_map(|p| (arb_desired(p), arb_members(p))),
-    ) {
-        let _ = pets;
+    fn every_plan_is_safe((d, ms) in arb_case()) {
         let p = plan(&d, &ms, NOW);
-        let before = available(&d, &ms, NOW);
-        // Count only members still wanted (not duplicates, not foreign logical ids, not
-        // beyond the allocation): those are the healthy instances an update must preserve.
-        let after = apply(&p, &ms, NOW);
-        let n = d.size();
-        let allowed = if is_pets(&d) { d.max_unavailable.max(1) } else { d.max_unavailable } as usize;
-        let floor = before.min(n.saturating_sub(allowed));
-        prop_assert!(
-            available(&d, &after, NOW) >= floor,
-            "available {} -> {}, floor {}, steps {:?}", before, available(&d, &after, NOW), floor, p.steps
-        );
-    }
-
-    #[test]
-    fn never_grows_past_size_plus_surge(d in arb_desired(false), ms in arb_members(false)) {
-        let p = plan(&d, &ms, NOW);
-        let mine = |xs: &[Member]| xs.iter().filter(|m| m.group == d.group).count();
-        let after = apply(&p, &ms, NOW);
-        let limit = (d.size() + d.max_surge as usize).max(mine(&ms));
-        prop_assert!(mine(&after) <= limit, "{} -> {} > {}", mine(&ms), mine(&after), limit);
-    }
-
-    #[test]
-    fn pets_keep_each_logical_id_at_most_once(d in arb_desired(true), ms in arb_members(true)) {
-        let p = plan(&d, &ms, NOW);
-        let after = apply(&p, &ms, NOW);
-        let mut seen = BTreeSet::new();
-        for m in after.iter().filter(|m| m.group == d.group) {
-            let lid = m.logical_id.clone().unwrap();
-            prop_assert!(seen.insert(lid.clone()), "{} twice after {:?}", lid, p.steps);
+        if let Err(broken) = check_safety(&d, &ms, &p, NOW) {
+            prop_assert!(false, "{}: steps {:?}", broken, p.steps);
         }
     }
 
     #[test]
-    fn never_touches_other_groups(
-        (d, ms) in any::<bool>().prop_flat_map(|p| (arb_desired(p), arb_members(p))),
-    ) {
+    fn new_indexes_never_collide_with_kept_ones((d, ms) in arb_case()) {
         let p = plan(&d, &ms, NOW);
-        for s in &p.steps {
-            if let Step::Destroy { id, .. } | Step::Replace { id, .. } | Step::Drain { id, .. } = s {
-                let m = ms.iter().find(|m| &m.id == id).unwrap();
-                prop_assert_eq!(&m.group, &d.group);
-            }
-        }
-    }
-
-    #[test]
-    fn converges_in_a_bounded_number_of_rounds(
-        (d, ms) in any::<bool>().prop_flat_map(|p| (arb_desired(p), arb_members(p))),
-    ) {
-        // A world where new instances become healthy one round after they appear and nothing
-        // breaks: every group must reach `converged` within a bound linear in its size.
-        let mut world: Vec<Member> = ms
-            .into_iter()
-            .map(|mut m| { if m.health == Health::Unhealthy { m.health = Health::Healthy } m })
+        let gone: BTreeSet<&str> = p.steps.iter().filter_map(|s| match s {
+            Step::Destroy { id, .. } | Step::Replace { id, .. } => Some(id.as_str()),
+            _ => None,
+        }).collect();
+        let taken: BTreeSet<u32> = ms.iter()
+            .filter(|m| m.group == d.group && !gone.contains(m.id.as_str()))
+            .filter_map(|m| m.index)
             .collect();
-        let mut now = NOW;
-        let bound = 4 * (d.size() + 12) + 4;
-        let mut rounds = 0;
-        loop {
-            let p = plan(&d, &world, now);
-            if p.phase == Phase::Converged {
-                break;
+        let mut fresh = BTreeSet::new();
+        for s in &p.steps {
+            match (s, &d.allocation) {
+                // A pet's index is its place in the allocation, whatever else exists.
+                (Step::Provision { logical_id, index, .. }, Allocation::LogicalIds(ids)) => {
+                    let lid = logical_id.as_deref().unwrap_or_default();
+                    prop_assert_eq!(Some(*index as usize), ids.iter().position(|l| l == lid));
+                }
+                (Step::Provision { index, .. }, Allocation::Size(_)) => {
+                    prop_assert!(!taken.contains(index), "index {} is kept by another", index);
+                    prop_assert!(fresh.insert(*index), "index {} given twice", index);
+                }
+                // A replacement inherits the index of the member it replaces.
+                (Step::Replace { id, index, .. }, _) => {
+                    let old = ms.iter().find(|m| &m.id == id).unwrap();
+                    if let Some(i) = old.index {
+                        prop_assert_eq!(*index, i);
+                    } else {
+                        prop_assert!(!taken.contains(index) && fresh.insert(*index));
+                    }
+                }
+                _ => {}
             }
-            prop_assert!(rounds < bound, "not converged after {} rounds: {:?} {:?}", rounds, p.phase, p.messages);
+        }
+    }
+
+    #[test]
+    fn rounds_stay_safe_and_end_converged_or_paused_for_a_reason(
+        (d, ms) in arb_case(),
+        sticky_every in 1usize..5,
+    ) {
+        // Several rounds of plan, execute, observe. Some of the members that start unhealthy
+        // stay unhealthy for ever (a broken machine); every new instance reports healthy one
+        // round after it appears, and undecided ones settle to healthy.
+        const STEP: u64 = 10_000;
+        let sticky: BTreeSet<String> = ms.iter()
+            .filter(|m| m.health == Health::Unhealthy)
+            .enumerate()
+            .filter(|(i, _)| i % sticky_every == 0)
+            .map(|(_, m)| m.id.clone())
+            .collect();
+        let mut world: Vec<Member> = ms.into_iter().map(|mut m| {
+            if m.health == Health::Unhealthy && !sticky.contains(&m.id) {
+                m.health = Health::Healthy;
+            }
+            m
+        }).collect();
+        let mut now = NOW;
+        let bound = 4 * (d.size() + 12) + (d.grace_period_ms / STEP) as usize + 4;
+        let mut last = None;
+        for _ in 0..bound {
+            let p = plan(&d, &world, now);
+            if let Err(broken) = check_safety(&d, &world, &p, now) {
+                prop_assert!(false, "{}: steps {:?}", broken, p.steps);
+            }
+            let done = p.phase == Phase::Converged;
             world = apply(&p, &world, now);
             for m in world.iter_mut() {
                 if m.health == Health::Unknown && m.created_ms < now {
                     m.health = Health::Healthy;
                 }
             }
-            now += 1_000;
-            rounds += 1;
+            last = Some(p);
+            if done {
+                break;
+            }
+            now += STEP;
         }
-        let mine: Vec<&Member> = world.iter().filter(|m| m.group == d.group).collect();
-        prop_assert_eq!(mine.len(), d.size());
-        prop_assert!(mine.iter().all(|m| m.config_sha == SHA));
+        let p = last.unwrap();
+        let sick_left = world.iter()
+            .filter(|m| m.group == d.group && sticky.contains(&m.id))
+            .count();
+        match p.phase {
+            Phase::Converged => {
+                let mine: Vec<&Member> = world.iter().filter(|m| m.group == d.group).collect();
+                prop_assert_eq!(mine.len(), d.size());
+                prop_assert!(mine.iter().all(|m| m.config_sha == SHA && m.health == Health::Healthy));
+            }
+            Phase::Paused => {
+                // The lasting reasons here: more broken members than MaxUnhealthy, or an update
+                // held up by a broken member on the new configuration (which is not replaced:
+                // that would loop on a broken configuration).
+                let remediation = p.messages.iter().any(|m| m.contains("remediation paused"));
+                let update = p.messages.iter().any(|m| m.contains("update paused"));
+                let broken_new = world.iter().any(|m| {
+                    m.group == d.group && sticky.contains(&m.id) && m.config_sha == SHA
+                });
+                prop_assert!(
+                    (remediation && sick_left > d.max_unhealthy as usize) || (update && broken_new),
+                    "{} sick, MaxUnhealthy {}: {:?}", sick_left, d.max_unhealthy, p.messages
+                );
+            }
+            other => prop_assert!(false, "{:?} after {} rounds: {:?}", other, bound, p.messages),
+        }
     }
 }

@@ -593,6 +593,26 @@ fn deadline_ticks(cpu: Duration) -> u64 {
     cpu.as_nanos().div_ceil(engine::EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
+/// Counts the CPU budget in epoch ticks spent executing guest code, yielding to the executor at
+/// every tick. A guest that loops is then preempted every 10 ms instead of holding its worker
+/// thread for its whole budget (which stalled the API and other plugins' calls), and time the
+/// call spends blocked in host I/O is not charged as CPU (the wall-clock limit covers that).
+fn meter_cpu(store: &mut Store<State>, cpu: Duration) {
+    store.data_mut().cpu_ticks_left = deadline_ticks(cpu);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| {
+        let state = cx.data_mut();
+        if state.cpu_ticks_left <= 1 {
+            return Ok(wasmtime::UpdateDeadline::Interrupt);
+        }
+        state.cpu_ticks_left -= 1;
+        Ok(wasmtime::UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+}
+
 /// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
 /// Returns the result and how long instantiation took (for the benchmarks).
 async fn call<R>(
@@ -613,7 +633,7 @@ async fn call<R>(
     })?;
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(deadline_ticks(limits.cpu));
+    meter_cpu(&mut store, limits.cpu);
 
     let mut instantiated = Duration::ZERO;
     let run = async {

@@ -51,6 +51,8 @@ pub struct State {
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: usize,
+    /// Epoch ticks of guest execution left before the CPU limit traps (see `plugin::call`).
+    pub(super) cpu_ticks_left: u64,
 }
 
 impl State {
@@ -110,6 +112,7 @@ impl State {
             stdout,
             stderr,
             log_lines: 0,
+            cpu_ticks_left: 0,
         })
     }
 }
