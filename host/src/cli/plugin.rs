@@ -39,6 +39,9 @@ struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<String>,
     source: String,
+    /// The digest of the component in service (absent for a file that failed to load).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -61,6 +64,7 @@ pub fn plugin_rows(registry: &Registry) -> Value {
             kind: Some(p.kind()),
             version: Some(p.metadata().version.clone()),
             source: p.source().to_string(),
+            sha256: Some(p.sha256().to_string()),
             description: Some(p.metadata().description.clone()),
             capabilities: Some(p.metadata().capabilities.clone()),
             not_granted: Some(p.ungranted()),
@@ -73,6 +77,7 @@ pub fn plugin_rows(registry: &Registry) -> Value {
         kind: None,
         version: None,
         source: f.path.display().to_string(),
+        sha256: None,
         description: None,
         capabilities: None,
         not_granted: None,
