@@ -64,7 +64,7 @@ impl Report {
             target,
         };
         eprintln!(
-            "  {:<58} {:>12.3} {:<6} {}",
+            "  {:<72} {:>12.3} {:<6} {}",
             row.name,
             row.value,
             row.unit,
@@ -77,7 +77,7 @@ impl Report {
         println!();
         let header = ["SECTION", "METRIC", "VALUE", "UNIT", "TARGET", "STATUS"];
         println!(
-            "{:<13} {:<58} {:>12} {:<6} {:<12} {}",
+            "{:<13} {:<72} {:>12} {:<6} {:<12} {}",
             header[0], header[1], header[2], header[3], header[4], header[5]
         );
         for r in &self.rows {
@@ -86,7 +86,7 @@ impl Report {
                 .map(|(c, b)| format!("{c} {b}"))
                 .unwrap_or_default();
             println!(
-                "{:<13} {:<58} {:>12.3} {:<6} {:<12} {}",
+                "{:<13} {:<72} {:>12.3} {:<6} {:<12} {}",
                 r.section,
                 r.name,
                 r.value,
@@ -98,6 +98,13 @@ impl Report {
         let missed = self.rows.iter().filter(|r| r.status() == "MISSED").count();
         let met = self.rows.iter().filter(|r| r.status() == "met").count();
         println!("\ntargets: {met} met, {missed} missed");
+        if cfg!(debug_assertions) {
+            println!(
+                "note: an unoptimised build (e.g. CI's `cargo bench --profile dev -- --quick`, which \
+                 only keeps the benchmark from rotting): the figures say nothing about speed; \
+                 `cargo bench` measures the release build"
+            );
+        }
     }
 
     fn json(&self) -> Value {
@@ -171,43 +178,152 @@ fn sdk_spec(s: &InstanceSpec) -> infrakit_sdk::InstanceSpec {
 }
 
 // ------------------------------------------------------------------------------------------
-// InfraKit's transport: JSON-RPC 2.0 over HTTP/1.1 on a unix socket.
+// InfraKit's transport: JSON-RPC 2.0 over HTTP/1.1 on a unix socket, decoded into typed structs
+// on both ends as InfraKit's Go code did, so that the ratio compares transports and nothing else.
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RpcRequest {
+    jsonrpc: String,
+    #[serde(flatten)]
+    call: RpcCall,
+    id: u64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", content = "params")]
+enum RpcCall {
+    #[serde(rename = "Instance.DescribeInstances")]
+    Describe {
+        #[serde(rename = "Tags")]
+        tags: BTreeMap<String, String>,
+    },
+    #[serde(rename = "Instance.Provision")]
+    Provision {
+        #[serde(rename = "Spec")]
+        spec: RpcSpec,
+    },
+}
+
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct RpcSpec {
+    #[serde(rename = "Properties")]
+    properties: Value,
+    #[serde(rename = "Tags")]
+    tags: BTreeMap<String, String>,
+    #[serde(rename = "Init")]
+    init: String,
+    #[serde(rename = "LogicalID")]
+    logical_id: Option<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RpcDescription {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "LogicalID")]
+    logical_id: Option<String>,
+    #[serde(rename = "Tags")]
+    tags: BTreeMap<String, String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum RpcResult {
+    Described {
+        #[serde(rename = "Descriptions")]
+        descriptions: Vec<RpcDescription>,
+    },
+    Provisioned {
+        #[serde(rename = "ID")]
+        id: String,
+    },
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RpcError {
+    code: i64,
+    message: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RpcResponse {
+    jsonrpc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<RpcResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<RpcError>,
+    id: u64,
+}
+
+impl RpcSpec {
+    fn from_spec(s: &InstanceSpec) -> RpcSpec {
+        RpcSpec {
+            properties: s.properties.clone(),
+            tags: s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            init: s.init.clone(),
+            logical_id: s.logical_id.clone(),
+        }
+    }
+
+    fn to_sdk(&self) -> infrakit_sdk::InstanceSpec {
+        infrakit_sdk::InstanceSpec {
+            properties: infrakit_sdk::Properties::new(self.properties.to_string()),
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            init: self.init.clone(),
+            logical_id: self.logical_id.clone(),
+            attachments: vec![],
+        }
+    }
+}
 
 async fn rpc_server(dir: PathBuf, socket: PathBuf) {
     use axum::routing::post;
     let plugin = Arc::new(BenchPlugin::new(dir));
     let app = axum::Router::new().route(
         "/rpc",
-        post(move |body: axum::body::Bytes| {
+        post(move |axum::Json(req): axum::Json<RpcRequest>| {
             let plugin = plugin.clone();
             async move {
-                let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let id = req["id"].clone();
-                let params = &req["params"];
-                let result = match req["method"].as_str() {
-                    Some("Instance.DescribeInstances") => {
-                        let tags: Vec<(String, String)> = params["Tags"]
-                            .as_object()
-                            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
-                            .unwrap_or_default();
-                        plugin.describe(&tags, false).map(|ds| {
-                            json!({"Descriptions": ds.into_iter().map(|d| json!({
-                                "ID": d.id, "LogicalID": d.logical_id,
-                                "Tags": d.tags.into_iter().collect::<BTreeMap<_, _>>()
-                            })).collect::<Vec<_>>()})
-                        })
+                let result = match req.call {
+                    RpcCall::Describe { tags } => {
+                        let tags: Vec<(String, String)> = tags.into_iter().collect();
+                        plugin
+                            .describe(&tags, false)
+                            .map(|ds| RpcResult::Described {
+                                descriptions: ds
+                                    .into_iter()
+                                    .map(|d| RpcDescription {
+                                        id: d.id,
+                                        logical_id: d.logical_id,
+                                        tags: d.tags.into_iter().collect(),
+                                    })
+                                    .collect(),
+                            })
                     }
-                    Some("Instance.Provision") => {
-                        let spec: InstanceSpec = serde_json::from_value(params["Spec"].clone()).unwrap_or_default();
-                        plugin.provision(sdk_spec(&spec)).map(|id| json!({"ID": id}))
-                    }
-                    _ => Err(infrakit_sdk::Error::invalid("unknown method")),
+                    RpcCall::Provision { spec } => plugin
+                        .provision(spec.to_sdk())
+                        .map(|id| RpcResult::Provisioned { id }),
                 };
-                let resp = match result {
-                    Ok(r) => json!({"jsonrpc": "2.0", "result": r, "id": id}),
-                    Err(e) => json!({"jsonrpc": "2.0", "error": {"code": -32000, "message": e.to_string()}, "id": id}),
+                let (result, error) = match result {
+                    Ok(r) => (Some(r), None),
+                    Err(e) => (
+                        None,
+                        Some(RpcError {
+                            code: -32000,
+                            message: e.to_string(),
+                        }),
+                    ),
                 };
-                axum::Json(resp)
+                axum::Json(RpcResponse {
+                    jsonrpc: "2.0".into(),
+                    result,
+                    error,
+                    id: req.id,
+                })
             }
         }),
     );
@@ -221,20 +337,47 @@ struct RpcClient {
 }
 
 impl RpcClient {
-    async fn call(&self, method: &str, params: Value) -> Value {
+    /// One call; panics on a transport error, an error answer or a mismatched id, so that a
+    /// broken baseline can never pass as a fast one.
+    async fn call(&self, call: RpcCall) -> RpcResult {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
-        let resp: Value = self
+        let body = RpcRequest {
+            jsonrpc: "2.0".into(),
+            call,
+            id,
+        };
+        let resp: RpcResponse = self
             .http
             .post("http://plugin/rpc")
             .json(&body)
             .send()
             .await
             .unwrap()
+            .error_for_status()
+            .unwrap()
             .json()
             .await
             .unwrap();
-        resp["result"].clone()
+        assert_eq!(resp.id, id);
+        if let Some(e) = resp.error {
+            panic!("JSON-RPC error {}: {}", e.code, e.message);
+        }
+        resp.result.expect("a JSON-RPC result")
+    }
+
+    async fn describe(&self, tags: &Tags) -> usize {
+        let tags = tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        match self.call(RpcCall::Describe { tags }).await {
+            RpcResult::Described { descriptions } => descriptions.len(),
+            RpcResult::Provisioned { .. } => panic!("describe answered like provision"),
+        }
+    }
+
+    async fn provision(&self, spec: RpcSpec) -> String {
+        match self.call(RpcCall::Provision { spec }).await {
+            RpcResult::Provisioned { id } => id,
+            RpcResult::Described { .. } => panic!("provision answered like describe"),
+        }
     }
 }
 
@@ -250,14 +393,17 @@ impl EventSink for Events {
     }
 }
 
+/// The process's resident set size; panics when it cannot be read, so that a missing reading
+/// can never pass as a small one.
 fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+    let status = std::fs::read_to_string("/proc/self/status")
+        .expect("/proc/self/status: the RSS row needs Linux's /proc");
+    let kb = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+        .expect("a VmRSS line in /proc/self/status");
+    kb / 1024.0
 }
 
 fn group_spec(id: &str, size: u32, check_interval: &str) -> GroupSpec {
@@ -337,6 +483,9 @@ async fn main() {
         .cloned();
     let quick = args.iter().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
+    // Repetitions of the whole-run measurements (medians): enough for a stable median here,
+    // fewer in the quick mode that CI runs so the benchmark cannot rot.
+    let runs = |n: usize| if quick { n.div_ceil(5) } else { n };
     let mut report = Report::default();
     let started = Instant::now();
 
@@ -403,7 +552,7 @@ async fn main() {
         "ms",
         None,
     );
-    let warm: Vec<Duration> = (0..5).map(|_| startup(&sdir)).collect();
+    let warm: Vec<Duration> = (0..runs(15)).map(|_| startup(&sdir)).collect();
     let (warm_med, _) = stats(warm);
     report.add(
         "start-up",
@@ -466,7 +615,14 @@ async fn main() {
     // these rows carry the targets), then the same calls reading and appending real files.
     let mut fresh_describe = 0.0;
     for synthetic in [true, false] {
-        let kind = if synthetic { "" } else { " (file-backed)" };
+        // The rows with absolute targets use the plugin's synthetic mode (no I/O: the call path
+        // is what is measured); the file-backed rows read and append real files and carry
+        // ratio targets instead.
+        let kind = if synthetic {
+            " synthetic (no I/O)"
+        } else {
+            " file-backed"
+        };
         let mut ten = group_tags("ten");
         let mut spec = spec_1k("prov");
         if synthetic {
@@ -474,6 +630,7 @@ async fn main() {
             spec.tags.insert("bench.synthetic".into(), "1".into());
         }
         let target = |t| if synthetic { Some(t) } else { None };
+        let file_target = |t| if synthetic { None } else { Some(t) };
         let ten_sdk: Vec<(String, String)> =
             ten.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
 
@@ -523,10 +680,7 @@ async fn main() {
             target(("<=", 3.0)),
         );
         let s = time_calls(n / 2, || async {
-            let r = rpc
-                .call("Instance.DescribeInstances", json!({"Tags": ten}))
-                .await;
-            assert_eq!(r["Descriptions"].as_array().unwrap().len(), 10);
+            assert_eq!(rpc.describe(&ten).await, 10);
         })
         .await;
         let (rpc_d, p99) = stats(s);
@@ -549,7 +703,15 @@ async fn main() {
             format!("describe{kind}: JSON-RPC ÷ fresh sandbox"),
             rpc_d / fresh_d,
             "x",
-            target((">=", 5.0)),
+            // With I/O in both, the transport's share shrinks: the sandbox must still beat it.
+            Some(if synthetic { (">=", 5.0) } else { (">=", 2.0) }),
+        );
+        report.add(
+            "call",
+            format!("describe{kind}: fresh sandbox ÷ native"),
+            fresh_d / native_d,
+            "x",
+            file_target(("<=", 10.0)),
         );
         if synthetic {
             fresh_describe = fresh_d;
@@ -601,8 +763,9 @@ async fn main() {
             "µs",
             target(("<=", 3.0)),
         );
+        let rpc_spec = RpcSpec::from_spec(&spec);
         let s = time_calls(m, || async {
-            rpc.call("Instance.Provision", json!({"Spec": spec})).await;
+            assert!(!rpc.provision(rpc_spec.clone()).await.is_empty());
         })
         .await;
         let (rpc_p, p99) = stats(s);
@@ -625,7 +788,14 @@ async fn main() {
             format!("provision{kind}: JSON-RPC ÷ fresh sandbox"),
             rpc_p / fresh_p,
             "x",
-            target((">=", 5.0)),
+            Some(if synthetic { (">=", 5.0) } else { (">=", 2.0) }),
+        );
+        report.add(
+            "call",
+            format!("provision{kind}: fresh sandbox ÷ native"),
+            fresh_p / native_p,
+            "x",
+            file_target(("<=", 10.0)),
         );
     }
     drop(live);
@@ -637,7 +807,7 @@ async fn main() {
     let (setup, _) = stats(s);
     report.add(
         "call",
-        "breakdown: sandbox state + store + instantiate, median",
+        "breakdown (synthetic): sandbox state + store + instantiate, median",
         setup,
         "µs",
         None,
@@ -691,7 +861,7 @@ async fn main() {
         let (granted, _) = stats(s);
         report.add(
             "call",
-            "describe 10 · fresh sandbox with a rich grant file median",
+            "describe 10 synthetic · fresh sandbox with a rich grant file median",
             granted,
             "µs",
             None,
@@ -727,7 +897,7 @@ async fn main() {
             },
         })
         .collect();
-    let runs: Vec<Duration> = (0..5)
+    let plan_runs: Vec<Duration> = (0..runs(21))
         .map(|_| {
             let t = Instant::now();
             let p = plan::plan(&d, &members, now_ms());
@@ -735,7 +905,7 @@ async fn main() {
             t.elapsed()
         })
         .collect();
-    let (plan_ms, _) = stats(runs);
+    let (plan_ms, _) = stats(plan_runs);
     report.add(
         "scale",
         "pure plan, 100k instances (10% outdated)",
@@ -779,20 +949,22 @@ async fn main() {
         "ms",
         None,
     );
+    // Steady state: every group wakes for one pass with nothing to do. Health verdicts are
+    // cached (CheckInterval 1h), so these passes are describe + plan only.
     let mut passes = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs(15) {
         passes.push(steady_pass(&controller, &specs).await);
     }
     let (p1000, _) = stats(passes);
     report.add(
         "scale",
-        format!("steady-state pass, {groups} groups × 10"),
+        format!("steady-state pass, {groups} groups × 10 (health verdicts cached)"),
         p1000 / 1e3,
         "ms",
         Some(("<=", 200.0)),
     );
-    controller.shutdown().await;
 
+    // One large group on top, while the groups above are still managed.
     let big = group_spec("big", 10_000 / scale as u32, "1h");
     populate(&scratch, &big, 10_000 / scale);
     let t = Instant::now();
@@ -809,20 +981,23 @@ async fn main() {
         None,
     );
     let mut passes = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs(15) {
         passes.push(steady_pass(&controller, std::slice::from_ref(&big)).await);
     }
     let (pbig, _) = stats(passes);
     report.add(
         "scale",
-        format!("steady-state pass, 1 group × {}", 10_000 / scale),
+        format!(
+            "steady-state pass, 1 group × {} (health verdicts cached)",
+            10_000 / scale
+        ),
         pbig / 1e3,
         "ms",
         Some(("<=", 200.0)),
     );
     report.add(
         "scale",
-        "RSS with all of the above loaded",
+        format!("RSS with {groups} groups × 10 and 1 × {} managed", 10_000 / scale),
         rss_mb(),
         "MB",
         Some(("<=", 200.0)),
@@ -831,6 +1006,7 @@ async fn main() {
 
     // --- 3. Convergence latency.
     eprintln!("convergence latency");
+    let count = if quick { 6 } else { 30 };
     for (label, poll) in [
         ("default poll interval (1s)", Duration::from_secs(1)),
         ("poll interval 100ms", Duration::from_millis(100)),
@@ -854,10 +1030,21 @@ async fn main() {
         .await;
         let mut samples = Vec::new();
         let file = scratch.join(format!("{}.jsonl", spec.id));
-        for i in 0..(10 / scale.min(2)) {
-            // Take an instance away at a different point of the controller's rhythm each time,
-            // as an operator (or a failing machine) would: its line vanishes from the file.
-            tokio::time::sleep(poll.mul_f64(0.25 + 0.07 * i as f64)).await;
+        let mut status = controller.watch(&spec.id).unwrap();
+        for i in 0..count {
+            // Anchor on the end of an idle pass (converged, nothing to do: the next one is a
+            // poll interval away), then take an instance away at a phase spread uniformly
+            // over the interval, as an operator or a failing machine would, at any moment.
+            // Phases near 0 sample the worst case: a loss just after a pass.
+            loop {
+                status.changed().await.unwrap();
+                let s = status.borrow_and_update();
+                if s.phase == plan::Phase::Converged && s.current == 5 {
+                    break;
+                }
+            }
+            let phase = (i as f64 + 0.5) / count as f64;
+            tokio::time::sleep(poll.mul_f64(phase)).await;
             while rx.try_recv().is_ok() {}
             let text = std::fs::read_to_string(&file).unwrap();
             let mut lines: Vec<&str> = text.lines().collect();
@@ -887,7 +1074,7 @@ async fn main() {
         );
         report.add(
             "latency",
-            format!("lost instance replaced, {label}, worst"),
+            format!("lost instance replaced, {label}, worst of {count}"),
             worst.as_secs_f64() * 1e3,
             "ms",
             // 1 s of poll interval, plus provisioning (a prepare and a provision call) and a
