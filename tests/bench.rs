@@ -997,7 +997,10 @@ async fn main() {
     );
     report.add(
         "scale",
-        format!("RSS with {groups} groups × 10 and 1 × {} managed", 10_000 / scale),
+        format!(
+            "RSS with {groups} groups × 10 and 1 × {} managed",
+            10_000 / scale
+        ),
         rss_mb(),
         "MB",
         Some(("<=", 200.0)),

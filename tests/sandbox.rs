@@ -302,6 +302,114 @@ async fn a_call_blocked_on_a_silent_server_is_stopped_by_the_wall_clock() {
     still_works(&registry).await;
 }
 
+/// A FIFO in a granted directory: opening it for reading blocks in the kernel until a writer
+/// comes, as a hung network filesystem would.
+fn fifo(env: &Env) -> (std::path::PathBuf, String) {
+    let dir = env.data_dir().join("pipes");
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.join("pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo failed");
+    let grants = format!(
+        "{}[limits]\nwall = \"1s\"\n",
+        grant_dir(&dir, "/pipes", "read-only")
+    );
+    (dir.join("pipe"), grants)
+}
+
+/// Lets every reader blocked on `pipe` go: a writer opens it (without blocking if none is
+/// there; O_NONBLOCK on Linux) and closes it at once, so the readers see end-of-file.
+fn release(pipe: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0o4000)
+        .open(pipe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_blocked_in_the_kernel_is_stopped_by_the_wall_clock_and_holds_no_worker() {
+    let env = Env::new();
+    let (pipe, grants) = fifo(&env);
+    let registry = std::sync::Arc::new(registry(&env, &grants).await);
+    let read = json!({"Do": "read", "Path": "/pipes/pipe"});
+    // As many blocked calls as the runtime has workers, and one more.
+    let started = std::time::Instant::now();
+    let blocked: Vec<_> = (0..3)
+        .map(|_| {
+            let registry = registry.clone();
+            let read = read.clone();
+            tokio::spawn(async move { attempt(&registry, read).await })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    still_works(&registry).await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(500),
+        "a well-behaved call took {:?} next to three blocked ones",
+        t.elapsed()
+    );
+    for b in blocked {
+        let (cause, msg) = fault_of(b.await.unwrap());
+        assert_eq!(
+            cause,
+            Fault::WallClock(std::time::Duration::from_secs(1)),
+            "{msg}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "the wall-clock fault came after {took:?}, though the calls stayed blocked"
+    );
+    release(&pipe);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_with_too_many_calls_stuck_in_the_kernel_is_refused_until_they_return() {
+    let env = Env::new();
+    let (pipe, grants) = fifo(&env);
+    let registry = std::sync::Arc::new(registry(&env, &grants).await);
+    let read = json!({"Do": "read", "Path": "/pipes/pipe"});
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let registry = registry.clone();
+            let read = read.clone();
+            tokio::spawn(async move { attempt(&registry, read).await })
+        })
+        .collect();
+    for c in calls {
+        assert!(matches!(fault_of(c.await.unwrap()).0, Fault::WallClock(_)));
+    }
+    // Four threads are still blocked: the next call is refused without taking a fifth.
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "ok"})).await);
+    assert_eq!(cause, Fault::Blocked(4), "{msg}");
+    assert!(
+        msg.contains("still blocked past their wall-clock limit"),
+        "{msg}"
+    );
+    // Once they return, the plugin is called again.
+    release(&pipe);
+    let start = std::time::Instant::now();
+    loop {
+        match attempt(&registry, json!({"Do": "ok"})).await {
+            Ok(v) => {
+                assert_eq!(v, "ok:fine");
+                break;
+            }
+            Err(e) => assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "still refused: {}",
+                message(&e)
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_flood_is_stopped_at_the_limit() {
     let env = Env::new();

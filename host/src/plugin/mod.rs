@@ -15,7 +15,11 @@ pub mod sandbox;
 pub mod types;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use wasmtime::Store;
@@ -63,6 +67,13 @@ pub enum Fault {
     /// Tried to grow its memories past the limit.
     #[error("exceeded its memory limit of {}", bytesize::ByteSize(*.0))]
     Memory(u64),
+    /// Too many of its earlier calls are still blocked in the kernel past their wall-clock
+    /// limit (a FIFO, a hung network filesystem), each holding a host thread.
+    #[error(
+        "was not called: {0} of its calls are still blocked past their wall-clock limit (e.g. \
+         reading a FIFO or a hung network filesystem in a granted directory)"
+    )]
+    Blocked(usize),
 }
 
 /// What went wrong with a plugin, with where: plugin, source, phase.
@@ -205,19 +216,49 @@ pub struct CallStats {
 pub struct Plugin {
     stats: CallStats,
     metadata: Metadata,
-    source: Source,
     sha256: String,
+    core: Arc<Core>,
+}
+
+/// What a call needs. Shared with the calls in flight: each runs on a thread of its own and may
+/// outlive its caller (one blocked in the kernel past its wall-clock limit).
+struct Core {
     engine: wasmtime::Engine,
     pre: Pre,
     sandbox: Sandbox,
+    source: Source,
+    /// Calls abandoned at their wall-clock limit whose threads are still blocked.
+    blocked: AtomicUsize,
 }
+
+impl Core {
+    fn fault(&self, export: &'static str, cause: Fault) -> Error {
+        Error::Faulted {
+            plugin: self.sandbox.plugin.to_string(),
+            origin: self.source.clone(),
+            export,
+            cause,
+        }
+    }
+}
+
+/// What a call runs inside its fresh instance. It owns its arguments, so the call can run on a
+/// thread of its own.
+type Body<R> = Box<
+    dyn for<'a> FnOnce(
+            &'a mut Store<State>,
+            &'a Bound,
+        ) -> Pin<
+            Box<dyn Future<Output = wasmtime::Result<Result<R, WitError>>> + Send + 'a>,
+        > + Send,
+>;
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plugin")
             .field("name", &self.metadata.name)
             .field("kind", &self.metadata.kind)
-            .field("source", &self.source)
+            .field("source", &self.core.source)
             .finish_non_exhaustive()
     }
 }
@@ -240,7 +281,7 @@ impl Plugin {
 
     /// Where it came from.
     pub fn source(&self) -> &Source {
-        &self.source
+        &self.core.source
     }
 
     /// The sha256 of its component bytes.
@@ -255,18 +296,18 @@ impl Plugin {
 
     /// What it was granted.
     pub fn grants(&self) -> &crate::grants::Grants {
-        &self.sandbox.grants
+        &self.core.sandbox.grants
     }
 
     /// Its private scratch directory on the host.
     pub fn scratch_dir(&self) -> &std::path::Path {
-        &self.sandbox.scratch
+        &self.core.sandbox.scratch
     }
 
     /// What the plugin asked for in its metadata that its grants do not give it. Such a plugin
     /// still loads (asking grants nothing); the operator sees the gap in `plugin ls`.
     pub fn ungranted(&self) -> Vec<Capability> {
-        let grants = &self.sandbox.grants;
+        let grants = &self.core.sandbox.grants;
         self.metadata
             .capabilities
             .iter()
@@ -288,31 +329,21 @@ impl Plugin {
     }
 
     /// Runs one export in a fresh store under the plugin's limits and classifies the outcome.
-    async fn run<R>(
+    async fn run<R: Send + 'static>(
         &self,
         export: &'static str,
-        body: impl AsyncFnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<Result<R, WitError>>,
+        body: Body<R>,
     ) -> Result<R, Error> {
-        use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
-        let outcome = call(
-            &self.engine,
-            &self.pre,
-            &self.sandbox,
-            self.name(),
-            &self.source,
-            export,
-            body,
-        )
-        .await;
-        self.stats.calls.fetch_add(1, Relaxed);
+        let outcome = run_isolated(&self.core, export, body).await;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats
             .nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         if matches!(outcome, Err(Error::Faulted { .. })) {
-            self.stats.faults.fetch_add(1, Relaxed);
+            self.stats.faults.fetch_add(1, Ordering::Relaxed);
         }
-        outcome.map(|(r, _)| r)
+        outcome
     }
 
     // --- the instance SPI ---
@@ -321,9 +352,12 @@ impl Plugin {
     pub async fn validate_instance(&self, properties: &serde_json::Value) -> Result<(), Error> {
         self.expect_kind(PluginKind::Instance)?;
         let props = props_text(properties);
-        self.run("validate", async |store, bound| {
-            instance_of(bound).call_validate(store, &props).await
-        })
+        self.run(
+            "validate",
+            Box::new(move |store, bound| {
+                Box::pin(async move { instance_of(bound).call_validate(store, &props).await })
+            }),
+        )
         .await
     }
 
@@ -331,9 +365,12 @@ impl Plugin {
     pub async fn provision(&self, spec: &InstanceSpec) -> Result<String, Error> {
         self.expect_kind(PluginKind::Instance)?;
         let spec = bindings::spec_to_wit(spec);
-        self.run("provision", async |store, bound| {
-            instance_of(bound).call_provision(store, &spec).await
-        })
+        self.run(
+            "provision",
+            Box::new(move |store, bound| {
+                Box::pin(async move { instance_of(bound).call_provision(store, &spec).await })
+            }),
+        )
         .await
     }
 
@@ -341,9 +378,13 @@ impl Plugin {
     pub async fn label(&self, id: &str, labels: &Tags) -> Result<(), Error> {
         self.expect_kind(PluginKind::Instance)?;
         let labels = bindings::tags_list(labels);
-        self.run("label", async |store, bound| {
-            instance_of(bound).call_label(store, id, &labels).await
-        })
+        let id = id.to_string();
+        self.run(
+            "label",
+            Box::new(move |store, bound| {
+                Box::pin(async move { instance_of(bound).call_label(store, &id, &labels).await })
+            }),
+        )
         .await
     }
 
@@ -351,9 +392,13 @@ impl Plugin {
     pub async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
         self.expect_kind(PluginKind::Instance)?;
         let context = bindings::destroy_context_to_wit(context);
-        self.run("destroy", async |store, bound| {
-            instance_of(bound).call_destroy(store, id, context).await
-        })
+        let id = id.to_string();
+        self.run(
+            "destroy",
+            Box::new(move |store, bound| {
+                Box::pin(async move { instance_of(bound).call_destroy(store, &id, context).await })
+            }),
+        )
         .await
     }
 
@@ -366,11 +411,16 @@ impl Plugin {
         self.expect_kind(PluginKind::Instance)?;
         let tags = bindings::tags_list(tags);
         let found = self
-            .run("describe", async |store, bound| {
-                instance_of(bound)
-                    .call_describe(store, &tags, include_properties)
-                    .await
-            })
+            .run(
+                "describe",
+                Box::new(move |store, bound| {
+                    Box::pin(async move {
+                        instance_of(bound)
+                            .call_describe(store, &tags, include_properties)
+                            .await
+                    })
+                }),
+            )
             .await?;
         Ok(found
             .into_iter()
@@ -389,11 +439,16 @@ impl Plugin {
         self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let allocation = bindings::allocation_to_wit(allocation);
-        self.run("validate", async |store, bound| {
-            flavor_of(bound)
-                .call_validate(store, &props, &allocation)
-                .await
-        })
+        self.run(
+            "validate",
+            Box::new(move |store, bound| {
+                Box::pin(async move {
+                    flavor_of(bound)
+                        .call_validate(store, &props, &allocation)
+                        .await
+                })
+            }),
+        )
         .await
     }
 
@@ -411,11 +466,16 @@ impl Plugin {
         let allocation = bindings::allocation_to_wit(allocation);
         let index = bindings::index_to_wit(index);
         let out = self
-            .run("prepare", async |store, bound| {
-                flavor_of(bound)
-                    .call_prepare(store, &props, &spec, &allocation, &index)
-                    .await
-            })
+            .run(
+                "prepare",
+                Box::new(move |store, bound| {
+                    Box::pin(async move {
+                        flavor_of(bound)
+                            .call_prepare(store, &props, &spec, &allocation, &index)
+                            .await
+                    })
+                }),
+            )
             .await?;
         Ok(bindings::spec_from_wit(out))
     }
@@ -430,11 +490,16 @@ impl Plugin {
         let props = props_text(properties);
         let instance = bindings::description_to_wit(instance);
         let health = self
-            .run("healthy", async |store, bound| {
-                flavor_of(bound)
-                    .call_healthy(store, &props, &instance)
-                    .await
-            })
+            .run(
+                "healthy",
+                Box::new(move |store, bound| {
+                    Box::pin(async move {
+                        flavor_of(bound)
+                            .call_healthy(store, &props, &instance)
+                            .await
+                    })
+                }),
+            )
             .await?;
         Ok(bindings::health_from_wit(health))
     }
@@ -448,9 +513,12 @@ impl Plugin {
         self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let instance = bindings::description_to_wit(instance);
-        self.run("drain", async |store, bound| {
-            flavor_of(bound).call_drain(store, &props, &instance).await
-        })
+        self.run(
+            "drain",
+            Box::new(move |store, bound| {
+                Box::pin(async move { flavor_of(bound).call_drain(store, &props, &instance).await })
+            }),
+        )
         .await
     }
 }
@@ -506,18 +574,19 @@ impl Plugin {
     #[doc(hidden)]
     pub async fn live_instance(&self) -> Result<LiveInstance, Error> {
         self.expect_kind(PluginKind::Instance)?;
+        let core = &self.core;
         let fail = |reason: String| Error::Sandbox {
             plugin: self.name().to_string(),
-            origin: self.source.clone(),
+            origin: core.source.clone(),
             export: "instantiate",
             reason,
         };
-        let state = State::new(&self.sandbox).map_err(|e| fail(format!("{e:#}")))?;
-        let mut store = Store::new(&self.engine, state);
+        let state = State::new(&core.sandbox).map_err(|e| fail(format!("{e:#}")))?;
+        let mut store = Store::new(&core.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let cpu_ticks = deadline_ticks(self.sandbox.grants.limits.cpu);
+        let cpu_ticks = deadline_ticks(core.sandbox.grants.limits.cpu);
         store.set_epoch_deadline(cpu_ticks);
-        let bound = match &self.pre {
+        let bound = match &core.pre {
             Pre::Instance(p) => Bound::Instance(
                 p.instantiate_async(&mut store)
                     .await
@@ -613,32 +682,95 @@ fn meter_cpu(store: &mut Store<State>, cpu: Duration) {
     });
 }
 
+/// A call still running this long after its wall-clock limit is abandoned by its caller: its
+/// own timer could not fire, so its thread is blocked in the kernel.
+const WALL_GRACE: Duration = Duration::from_millis(250);
+
+/// Calls of one plugin that may be abandoned while still blocked, each holding a host thread,
+/// before further calls are refused (so a plugin cannot pile up threads call after call).
+const MAX_BLOCKED_CALLS: usize = 4;
+
+/// Runs one call on a thread of the blocking pool, never on a worker of the caller's runtime:
+/// guest code and the file I/O it does on its own thread (a FIFO, a hung network filesystem)
+/// can then never hold up the API or the controller. The wall-clock limit is enforced twice:
+/// inside the call by its own timer, and here, by the caller's runtime, which a thread blocked
+/// in a system call cannot hold up.
+async fn run_isolated<R: Send + 'static>(
+    core: &Arc<Core>,
+    export: &'static str,
+    body: Body<R>,
+) -> Result<R, Error> {
+    const RUNNING: u8 = 0;
+    const DONE: u8 = 1;
+    const ABANDONED: u8 = 2;
+    let blocked = core.blocked.load(Ordering::SeqCst);
+    if blocked >= MAX_BLOCKED_CALLS {
+        return Err(core.fault(export, Fault::Blocked(blocked)));
+    }
+    let wall = core.sandbox.grants.limits.wall;
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let task = {
+        let core = core.clone();
+        let state = state.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let outcome = runtime.block_on(call(&core, export, body));
+            if state
+                .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                // Abandoned at its limit, and now unblocked: its thread is free again.
+                core.blocked.fetch_sub(1, Ordering::SeqCst);
+            }
+            outcome
+        })
+    };
+    match tokio::time::timeout(wall + WALL_GRACE, task).await {
+        Ok(Ok(outcome)) => outcome.map(|(value, _)| value),
+        Ok(Err(join)) => Err(core.fault(
+            export,
+            Fault::Trap(format!("the host's thread for the call failed: {join}")),
+        )),
+        Err(_) => {
+            core.blocked.fetch_add(1, Ordering::SeqCst);
+            if state
+                .compare_exchange(RUNNING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                tracing::warn!(
+                    plugin = %core.sandbox.plugin,
+                    export,
+                    "call blocked in the kernel past its wall-clock limit; abandoned on its thread"
+                );
+            } else {
+                // It finished just now; nothing is left blocked.
+                core.blocked.fetch_sub(1, Ordering::SeqCst);
+            }
+            Err(core.fault(export, Fault::WallClock(wall)))
+        }
+    }
+}
+
 /// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
 /// Returns the result and how long instantiation took (for the benchmarks).
-async fn call<R>(
-    engine: &wasmtime::Engine,
-    pre: &Pre,
-    sandbox: &Sandbox,
-    plugin: &str,
-    source: &Source,
-    export: &'static str,
-    body: impl AsyncFnOnce(&mut Store<State>, &Bound) -> wasmtime::Result<Result<R, WitError>>,
-) -> Result<(R, Duration), Error> {
+async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<(R, Duration), Error> {
+    let sandbox = &core.sandbox;
+    let plugin = &*sandbox.plugin;
     let limits = sandbox.grants.limits;
     let state = State::new(sandbox).map_err(|e| Error::Sandbox {
         plugin: plugin.to_string(),
-        origin: source.clone(),
+        origin: core.source.clone(),
         export,
         reason: format!("{e:#}"),
     })?;
-    let mut store = Store::new(engine, state);
+    let mut store = Store::new(&core.engine, state);
     store.limiter(|s| &mut s.limiter);
     meter_cpu(&mut store, limits.cpu);
 
     let mut instantiated = Duration::ZERO;
     let run = async {
         let started = std::time::Instant::now();
-        let bound = match pre {
+        let bound = match &core.pre {
             Pre::Instance(p) => Bound::Instance(p.instantiate_async(&mut store).await?),
             Pre::Flavor(p) => Bound::Flavor(p.instantiate_async(&mut store).await?),
         };
@@ -649,14 +781,8 @@ async fn call<R>(
     let state = store.data();
     sandbox::flush_output(plugin, &state.stdout, &state.stderr);
 
-    let fault = |cause: Fault| Error::Faulted {
-        plugin: plugin.to_string(),
-        origin: source.clone(),
-        export,
-        cause,
-    };
     match outcome {
-        Err(_elapsed) => Err(fault(Fault::WallClock(limits.wall))),
+        Err(_elapsed) => Err(core.fault(export, Fault::WallClock(limits.wall))),
         Ok(Err(trap)) => {
             let cause = if state.limiter.exceeded.is_some() {
                 Fault::Memory(limits.memory)
@@ -665,7 +791,7 @@ async fn call<R>(
             } else {
                 Fault::Trap(describe_trap(&trap, &state.stderr.contents()))
             };
-            Err(fault(cause))
+            Err(core.fault(export, cause))
         }
         Ok(Ok(Err(guest))) => Err(Error::Guest {
             plugin: plugin.to_string(),
@@ -691,14 +817,16 @@ fn describe_trap(trap: &wasmtime::Error, stderr: &[u8]) -> String {
     }
 }
 
-/// Binds a component to the world it exports and reads its metadata in a throwaway instance.
+/// Binds a component to the world it exports and reads its metadata in a throwaway instance;
+/// the plugin built from them.
 async fn bind(
     engine: &wasmtime::Engine,
     linker: &wasmtime::component::Linker<State>,
     component: &wasmtime::component::Component,
     source: &Source,
-    sandbox: &Sandbox,
-) -> Result<(Pre, Metadata), Error> {
+    sandbox: Sandbox,
+    sha256: String,
+) -> Result<Plugin, Error> {
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
@@ -739,24 +867,29 @@ async fn bind(
         )));
     };
 
-    let (metadata, _) = call(
-        engine,
-        &pre,
+    let core = Arc::new(Core {
+        engine: engine.clone(),
+        pre,
         sandbox,
-        &sandbox.plugin,
-        source,
+        source: source.clone(),
+        blocked: AtomicUsize::new(0),
+    });
+    let metadata = run_isolated(
+        &core,
         "metadata",
-        async |store, bound| {
-            let m = match bound {
-                Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
-                Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
-            };
-            Ok(Ok::<_, WitError>(m))
-        },
+        Box::new(|store, bound| {
+            Box::pin(async move {
+                let m = match bound {
+                    Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
+                    Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
+                };
+                Ok(Ok::<_, WitError>(m))
+            })
+        }),
     )
     .await?;
     let metadata = bindings::metadata_from_wit(metadata);
-    let world_kind = match pre {
+    let world_kind = match core.pre {
         Pre::Instance(_) => PluginKind::Instance,
         Pre::Flavor(_) => PluginKind::Flavor,
     };
@@ -769,5 +902,10 @@ async fn bind(
             ),
         });
     }
-    Ok((pre, metadata))
+    Ok(Plugin {
+        stats: CallStats::default(),
+        metadata,
+        sha256,
+        core,
+    })
 }

@@ -11,7 +11,7 @@ use wasmtime::component::Linker;
 
 use super::cache::{ArtifactCache, sha256_hex};
 use super::sandbox::{self, Sandbox, State};
-use super::{CallStats, Error, Plugin, Source, builtin, engine};
+use super::{Error, Plugin, Source, builtin, engine};
 use crate::grants::Grants;
 
 /// Where plugins and their state live.
@@ -352,13 +352,24 @@ impl Registry {
     ) -> Result<Arc<Plugin>, Error> {
         let sha256 = sha256_hex(bytes);
         let started = std::time::Instant::now();
-        let (component, cached) =
-            self.cache
-                .load(&self.engine, &sha256, bytes)
-                .map_err(|e| Error::Compile {
-                    origin: source.clone(),
-                    reason: super::one_line(&format!("{e:#}")),
-                })?;
+        // Compiling takes ~100 ms in a release host and seconds in a debug one (minutes for a
+        // large component): never on a worker of the async runtime.
+        let compiled = {
+            let (cache, engine, sha256, bytes) = (
+                self.cache.clone(),
+                self.engine.clone(),
+                sha256.clone(),
+                bytes.to_vec(),
+            );
+            tokio::task::spawn_blocking(move || cache.load(&engine, &sha256, &bytes)).await
+        };
+        let (component, cached) = compiled
+            .map_err(|e| wasmtime::Error::msg(format!("the compile thread failed: {e}")))
+            .and_then(|r| r)
+            .map_err(|e| Error::Compile {
+                origin: source.clone(),
+                reason: super::one_line(&format!("{e:#}")),
+            })?;
         tracing::debug!(plugin = name, cached, elapsed = ?started.elapsed(), "component ready");
         let scratch = self.config.data_dir.join("scratch").join(name);
         std::fs::create_dir_all(&scratch).map_err(|e| Error::Metadata {
@@ -373,28 +384,26 @@ impl Registry {
             scratch,
             grants: Arc::new(grants),
         };
-        let (pre, metadata) =
-            super::bind(&self.engine, &self.linker, &component, &source, &sandbox).await?;
-        if metadata.name != name {
+        let plugin = super::bind(
+            &self.engine,
+            &self.linker,
+            &component,
+            &source,
+            sandbox,
+            sha256,
+        )
+        .await?;
+        if plugin.metadata.name != name {
             return Err(Error::Metadata {
                 origin: source,
                 reason: format!(
                     "the plugin calls itself {:?}; name the file {:?} (the file name is the plugin's name)",
-                    metadata.name,
-                    format!("{}.wasm", metadata.name)
+                    plugin.metadata.name,
+                    format!("{}.wasm", plugin.metadata.name)
                 ),
             });
         }
-        // A child module of `plugin`, so the registry builds the plugin itself.
-        Ok(Arc::new(Plugin {
-            stats: CallStats::default(),
-            metadata,
-            source,
-            sha256,
-            engine: self.engine.clone(),
-            pre,
-            sandbox,
-        }))
+        Ok(Arc::new(plugin))
     }
 
     /// A plugin by name.
