@@ -414,3 +414,73 @@ fn a_plugin_file_named_unlike_its_metadata_is_refused() {
         "{copy}"
     );
 }
+
+/// Issue 9: a describe racing deletions of other files in the same directory must never return
+/// a partial list (the controller would provision the "missing" instances again). Either every
+/// stable instance is listed, or the call fails (transient) and the controller retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_never_returns_a_partial_list_while_files_come_and_go() {
+    use infrakit::plugin::{InstanceSpec, Registry, RegistryConfig, Tags};
+
+    let env = Env::new();
+    let mut config = RegistryConfig::under(env.data_dir());
+    config.cache_dir = Some(crate::support::shared_cache_dir());
+    let registry = Registry::load(config).await.unwrap();
+    let plugin = registry.get("instance-file").unwrap();
+    let tags: Tags = [("infrakit.group".to_string(), "stable".to_string())].into();
+    let mut stable = Vec::new();
+    for _ in 0..40 {
+        let spec = InstanceSpec {
+            tags: tags.clone(),
+            ..Default::default()
+        };
+        stable.push(plugin.provision(&spec).await.unwrap());
+    }
+    stable.sort();
+
+    // Another writer creates and deletes files in the same directory all the while.
+    let dir = env.scratch("instance-file");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..20 {
+                    let _ = std::fs::write(dir.join(format!("churn-{i}.json")), "{}");
+                }
+                for i in 0..20 {
+                    let _ = std::fs::remove_file(dir.join(format!("churn-{i}.json")));
+                }
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    let (mut complete, mut refused) = (0, 0);
+    for _ in 0..300 {
+        match plugin.describe(&tags, false).await {
+            Ok(found) => {
+                let mut ids: Vec<String> = found.into_iter().map(|d| d.id).collect();
+                ids.sort();
+                assert_eq!(ids, stable, "a partial or padded listing");
+                complete += 1;
+            }
+            Err(e) => {
+                let msg = infrakit::error_chain(&e);
+                assert!(msg.contains("transient"), "{msg}");
+                refused += 1;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    assert!(rounds > 10, "the churn hardly ran ({rounds} rounds)");
+    // Under this churn some listings may be refused (transient); most succeed.
+    eprintln!("{complete} complete listings, {refused} refused, {rounds} churn rounds");
+    assert!(
+        complete > 200,
+        "{complete} complete listings, {refused} refused"
+    );
+}

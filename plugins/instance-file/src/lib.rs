@@ -131,22 +131,45 @@ impl FilePlugin {
     }
 
     fn records(&self) -> Result<Vec<Record>> {
+        // Listing races with writers renaming and deleting files. On wasi, std's `ReadDir` ends
+        // at the first entry that fails (one deleted while listed), so what came before it is
+        // only part of the directory: a partial list would make the controller provision the
+        // "missing" instances again. List again; if the directory never holds still, say so.
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            if let Some(paths) = self.list()? {
+                return Ok(self.read_all(paths));
+            }
+        }
+        Err(Error::Transient(format!(
+            "{}: the directory kept changing while it was listed ({ATTEMPTS} attempts)",
+            self.dir.display()
+        )))
+    }
+
+    /// The instance files, or `None` when an entry failed mid-listing (the list is incomplete).
+    fn list(&self) -> Result<Option<Vec<PathBuf>>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Some(Vec::new())),
             Err(e) => {
                 return Err(Error::other(format!("{}: {e}", self.dir.display())));
             }
         };
-        let mut out = Vec::new();
+        let mut paths = Vec::new();
         for entry in entries {
-            let path = match entry {
-                Ok(entry) => entry.path(),
-                // Listing races with writers renaming and deleting files: a vanished entry is
-                // simply not there.
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            match entry {
+                Ok(entry) => paths.push(entry.path()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(e.into()),
-            };
+            }
+        }
+        Ok(Some(paths))
+    }
+
+    fn read_all(&self, paths: Vec<PathBuf>) -> Vec<Record> {
+        let mut out = Vec::new();
+        for path in paths {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
@@ -159,7 +182,7 @@ impl FilePlugin {
             }
         }
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(out)
+        out
     }
 }
 
