@@ -521,3 +521,31 @@ fn a_failed_drain_is_reported_and_the_destroy_goes_ahead() {
     );
     assert!(out.contains("refusing to drain, as asked"), "{out}");
 }
+
+#[test]
+fn a_slow_plugin_provisions_in_parallel_not_one_after_another() {
+    let env = Env::new();
+    env.install_plugin("fixture-flavor-tag", None);
+    let spec = env.data_dir().join("slow.json");
+    // Each new instance takes 1 s to prepare: one after another, 20 would take 20 s.
+    write_spec(
+        &spec,
+        "slow",
+        json!({"Size": 20}),
+        json!({
+            "Flavor": {"Plugin": "fixture-flavor-tag", "Properties": {"Tag": "slow", "PrepareSleepMs": 1000}},
+            "Parallelism": 10
+        }),
+    );
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("the first instance", LONG, || !instances(&env).is_empty());
+    let started = std::time::Instant::now();
+    run.wait_for("20 instances", LONG, || instances(&env).len() == 20);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "20 provisions of 1 s each at Parallelism 10 took {took:?}"
+    );
+    run.wait_passes("slow", 2);
+    assert_eq!(instances(&env).len(), 20, "and no more");
+}

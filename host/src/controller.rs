@@ -10,8 +10,11 @@
 //! re-derives everything from the instances' tags.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
 
 use serde::Serialize;
 use tokio::sync::{Semaphore, watch};
@@ -364,6 +367,16 @@ struct HealthCache {
     verdicts: HashMap<String, (Health, Instant)>,
 }
 
+impl HealthCache {
+    /// The verdict on `id` if it is younger than `every` (never, without an interval).
+    fn fresh(&self, id: &str, every: Option<Duration>) -> Option<Health> {
+        match (self.verdicts.get(id), every) {
+            (Some((h, at)), Some(every)) if at.elapsed() < every => Some(*h),
+            _ => None,
+        }
+    }
+}
+
 struct Observed {
     members: Vec<Member>,
     descriptions: HashMap<String, Description>,
@@ -388,31 +401,58 @@ async fn observe(
             action: "observing instances (describe)".into(),
             source: Box::new(source),
         })?;
+    // An instance listed twice (a plugin's bug, a listing racing a writer) would count twice
+    // towards availability and let the planner take away more than it may.
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    let listed = found.len();
+    let found: Vec<Description> = found
+        .into_iter()
+        .filter(|d| seen.insert(d.id.clone()))
+        .collect();
+    if found.len() < listed {
+        tracing::warn!(group = %spec.id, plugin = %instance.name(), duplicates = listed - found.len(), "describe listed instances more than once; counting each once");
+    }
+    // Verdicts still fresh are reused; the rest are asked for concurrently, `Parallelism` at a
+    // time (a probe of a real service takes milliseconds to seconds).
+    let due: Vec<&Description> = found
+        .iter()
+        .filter(|d| cache.fresh(&d.id, check_interval).is_none())
+        .collect();
+    let parallelism = spec.properties.parallelism.max(1) as usize;
+    // Indexes, not references, go through the stream: a closure taking a reference trips the
+    // compiler's higher-ranked lifetime check once the future must be `Send`.
+    let due = &due;
+    let checked: HashMap<String, Health> = stream::iter(0..due.len())
+        .map(|i| async move {
+            let d = due[i];
+            let h = match flavor.healthy(&spec.properties.flavor.properties, d).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(group = %spec.id, instance = %d.id, error = %crate::error_chain(&e), "health check failed");
+                    Health::Unknown
+                }
+            };
+            (d.id.clone(), h)
+        })
+        .buffer_unordered(parallelism)
+        .collect()
+        .await;
     let mut members = Vec::with_capacity(found.len());
     let mut descriptions = HashMap::with_capacity(found.len());
     let mut changes = Vec::new();
     for d in found {
-        let cached = cache.verdicts.get(&d.id).copied();
-        let fresh = match (cached, check_interval) {
-            (Some((h, at)), Some(every)) if at.elapsed() < every => Some(h),
-            _ => None,
-        };
-        let health = match fresh {
-            Some(h) => h,
-            None => {
-                let h = match flavor.healthy(&spec.properties.flavor.properties, &d).await {
-                    Ok(h) => h,
-                    Err(e) => {
-                        tracing::warn!(group = %spec.id, instance = %d.id, error = %crate::error_chain(&e), "health check failed");
-                        Health::Unknown
-                    }
-                };
-                if cached.map(|c| c.0) != Some(h) {
-                    changes.push((d.id.clone(), cached.map(|c| c.0), h));
+        let health = match checked.get(&d.id) {
+            Some(&h) => {
+                let before = cache.verdicts.get(&d.id).map(|c| c.0);
+                if before != Some(h) {
+                    changes.push((d.id.clone(), before, h));
                 }
                 cache.verdicts.insert(d.id.clone(), (h, Instant::now()));
                 h
             }
+            None => cache
+                .fresh(&d.id, check_interval)
+                .unwrap_or(Health::Unknown),
         };
         members.push(Member::from_description(&d, health));
         descriptions.insert(d.id.clone(), d);
@@ -453,7 +493,9 @@ async fn run_group(
                 .await
                 .expect("semaphore never closed");
             let span = tracing::info_span!("reconcile", group = %spec.id);
-            reconcile(&inner, &spec, destroying, &mut cache)
+            // Between steps, a pass gives way to a new revision or a stop.
+            let cancelled = || *stop.borrow() || intent.has_changed().unwrap_or(true);
+            reconcile(&inner, &spec, destroying, &mut cache, &cancelled)
                 .instrument(span)
                 .await
         };
@@ -568,6 +610,7 @@ async fn reconcile(
     spec: &GroupSpec,
     destroying: bool,
     cache: &mut HealthCache,
+    cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<(Plan, Vec<Member>), Error> {
     let group = &spec.id;
     let resolve = |name: &str| {
@@ -621,7 +664,7 @@ async fn reconcile(
         flavor: &flavor,
         observed: &observed.descriptions,
     };
-    executor.execute(&plan).await?;
+    executor.execute(&plan, cancelled).await?;
     Ok((plan, observed.members))
 }
 
@@ -664,58 +707,119 @@ impl Executor<'_> {
         }
     }
 
-    async fn execute(&self, plan: &Plan) -> Result<(), Error> {
+    /// Runs the plan's removals (drain then destroy, replace), then its provisions, each phase
+    /// `Parallelism` steps at a time: the planner's surge and availability budgets assume the
+    /// removals are done before anything new is added. After a failure no new step starts,
+    /// and provisions are skipped when a removal failed (the group would be larger than
+    /// planned). A pass that is `cancelled` (a new revision, a stop) starts no new step.
+    async fn execute(
+        &self,
+        plan: &Plan,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), Error> {
+        let mut removals: Vec<Vec<&Step>> = Vec::new();
+        let mut provisions: Vec<Vec<&Step>> = Vec::new();
         for step in &plan.steps {
             match step {
-                Step::Provision {
-                    logical_id,
-                    index,
-                    reason,
-                } => {
-                    let id = self.provision(logical_id.as_deref(), *index).await?;
-                    self.inner.events.record(Event::now(
-                        &self.spec.id,
-                        EventKind::InstanceProvisioned,
-                        Some(&id),
-                        match logical_id {
-                            Some(l) => format!("logical id {l}: {reason}"),
-                            None => reason.clone(),
-                        },
-                    ));
+                // A destroy follows its drain: one unit.
+                Step::Destroy { id, .. }
+                    if removals.last().is_some_and(
+                        |u| matches!(u[..], [Step::Drain { id: d, .. }] if d == id),
+                    ) =>
+                {
+                    removals.last_mut().expect("checked").push(step);
                 }
-                Step::Drain { id, reason } => self.drain(id, reason).await,
-                Step::Destroy {
-                    id,
-                    context,
-                    reason,
-                } => {
-                    self.destroy(id, *context).await?;
-                    self.inner.events.record(Event::now(
-                        &self.spec.id,
-                        EventKind::InstanceDestroyed,
-                        Some(id),
-                        reason.clone(),
-                    ));
+                Step::Drain { .. } | Step::Destroy { .. } | Step::Replace { .. } => {
+                    removals.push(vec![step])
                 }
-                Step::Replace {
-                    id,
-                    logical_id,
-                    index,
-                    context,
-                    reason,
-                } => {
-                    self.drain(id, reason).await;
-                    self.destroy(id, *context).await?;
-                    let new = self.provision(logical_id.as_deref(), *index).await?;
-                    self.inner.events.record(Event::now(
-                        &self.spec.id,
-                        EventKind::InstanceReplaced,
-                        Some(id),
-                        format!("replaced by {new}: {reason}"),
-                    ));
-                }
+                Step::Provision { .. } => provisions.push(vec![step]),
                 Step::Wait { .. } => {}
             }
+        }
+        self.run_phase(removals, cancelled).await?;
+        self.run_phase(provisions, cancelled).await
+    }
+
+    async fn run_phase(
+        &self,
+        units: Vec<Vec<&Step>>,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<(), Error> {
+        let failed = AtomicBool::new(false);
+        let parallelism = self.spec.properties.parallelism.max(1) as usize;
+        let units = &units;
+        let outcomes: Vec<Result<(), Error>> = stream::iter(0..units.len())
+            .map(|i| {
+                let failed = &failed;
+                async move {
+                    for step in &units[i] {
+                        if failed.load(Ordering::SeqCst) || cancelled() {
+                            return Ok(());
+                        }
+                        if let Err(e) = self.step(step).await {
+                            failed.store(true, Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .buffer_unordered(parallelism)
+            .collect()
+            .await;
+        outcomes.into_iter().collect()
+    }
+
+    async fn step(&self, step: &Step) -> Result<(), Error> {
+        match step {
+            Step::Provision {
+                logical_id,
+                index,
+                reason,
+            } => {
+                let id = self.provision(logical_id.as_deref(), *index).await?;
+                self.inner.events.record(Event::now(
+                    &self.spec.id,
+                    EventKind::InstanceProvisioned,
+                    Some(&id),
+                    match logical_id {
+                        Some(l) => format!("logical id {l}: {reason}"),
+                        None => reason.clone(),
+                    },
+                ));
+            }
+            Step::Drain { id, reason } => self.drain(id, reason).await,
+            Step::Destroy {
+                id,
+                context,
+                reason,
+            } => {
+                self.destroy(id, *context).await?;
+                self.inner.events.record(Event::now(
+                    &self.spec.id,
+                    EventKind::InstanceDestroyed,
+                    Some(id),
+                    reason.clone(),
+                ));
+            }
+            Step::Replace {
+                id,
+                logical_id,
+                index,
+                context,
+                reason,
+            } => {
+                self.drain(id, reason).await;
+                self.destroy(id, *context).await?;
+                let new = self.provision(logical_id.as_deref(), *index).await?;
+                self.inner.events.record(Event::now(
+                    &self.spec.id,
+                    EventKind::InstanceReplaced,
+                    Some(id),
+                    format!("replaced by {new}: {reason}"),
+                ));
+            }
+            Step::Wait { .. } => {}
         }
         Ok(())
     }

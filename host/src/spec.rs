@@ -130,6 +130,19 @@ pub struct GroupProperties {
     /// How members are drained before they are destroyed.
     #[serde(default)]
     pub drain: DrainSpec,
+    /// How many plugin calls of one pass may run at once: health checks, and provisions and
+    /// destroys (within what `Updating` allows). 1 makes a pass serial.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub parallelism: u32,
+}
+
+/// Enough to provision a typical group in one round of a slow cloud API, few enough that one
+/// group's pass does not flood a plugin (or the host's threads).
+pub const DEFAULT_PARALLELISM: u32 = 32;
+
+fn default_parallelism() -> u32 {
+    DEFAULT_PARALLELISM
 }
 
 /// Either `Size` or `LogicalIDs`.
@@ -393,6 +406,15 @@ impl GroupSpec {
                     "the plugin name is empty; see `infrakit plugin ls`".into(),
                 ));
             }
+        }
+        if !(1..=1000).contains(&p.parallelism) {
+            return Err(invalid(
+                "Properties.Parallelism",
+                format!(
+                    "{} is out of range; give 1 (one call at a time) to 1000",
+                    p.parallelism
+                ),
+            ));
         }
         if p.updating.max_surge == 0 && p.updating.max_unavailable == 0 {
             return Err(invalid(

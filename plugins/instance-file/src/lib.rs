@@ -167,7 +167,10 @@ impl FilePlugin {
         Ok(Some(paths))
     }
 
-    fn read_all(&self, paths: Vec<PathBuf>) -> Vec<Record> {
+    fn read_all(&self, mut paths: Vec<PathBuf>) -> Vec<Record> {
+        // A directory modified while it is listed may show an entry twice.
+        paths.sort();
+        paths.dedup();
         let mut out = Vec::new();
         for path in paths {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
