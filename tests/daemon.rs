@@ -274,7 +274,9 @@ fn sigkill_during_scale_up_and_rolling_update_loses_nothing_and_duplicates_nothi
     let env = Env::new();
     let spec = env.data_dir().join("db.json");
     let path = spec.to_str().unwrap().to_string();
-    let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 1}});
+    // One call at a time, so that a scale-up is still under way when its first instance
+    // appears (at the default Parallelism all three land together).
+    let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 1}, "Parallelism": 1});
     {
         let _d = Daemon::start(&env, &[]);
         write_spec(&spec, "db", json!({"Size": 2}), policy.clone());
