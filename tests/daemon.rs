@@ -665,3 +665,92 @@ fn a_freed_group_keeps_its_instances_and_a_new_commit_adopts_them() {
         "history outlives free"
     );
 }
+
+/// Issue 9: guest code never holds the control plane. One plugin blocked in a FIFO read inside
+/// its grant and four looping until their CPU limit: the API keeps answering and a lost
+/// instance of another group is replaced within two poll intervals.
+#[test]
+fn a_blocked_plugin_and_four_looping_ones_stall_neither_the_api_nor_other_groups() {
+    let env = Env::new();
+    let pipes = env.data_dir().join("pipes");
+    std::fs::create_dir_all(&pipes).unwrap();
+    let fifo = pipes.join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    env.install_plugin(
+        "fixture-misbehave",
+        Some(&format!(
+            "[[files]]\nhost = {:?}\nguest = \"/pipes\"\nmode = \"read-only\"\n[limits]\ncpu = \"1s\"\nwall = \"3s\"\n",
+            pipes.display().to_string()
+        )),
+    );
+    let _daemon = Daemon::start(&env, &["--poll-interval", "1s"]);
+    let commit = |id: &str, instance: Value| {
+        let spec = env.data_dir().join(format!("{id}.json"));
+        write_spec(&spec, id, json!({"Size": 1}), json!({"Instance": instance}));
+        env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    };
+    commit(
+        "stuck",
+        json!({"Plugin": "fixture-misbehave", "Properties": {"Do": "read", "Path": "/pipes/pipe"}}),
+    );
+    for i in 0..4 {
+        commit(
+            &format!("spin{i}"),
+            json!({"Plugin": "fixture-misbehave", "Properties": {"Do": "loop"}}),
+        );
+    }
+    let healthy = env.data_dir().join("healthy.json");
+    write_spec(&healthy, "healthy", json!({"Size": 2}), json!({}));
+    env.ok(
+        &["group", "commit", healthy.to_str().unwrap(), "--wait"],
+        None,
+    );
+
+    // The misbehaving groups are at it: the blocked read and the loops have faulted.
+    wait_until("the faults to be reported", || {
+        let events = env.ok(&["events"], None);
+        events.contains("wall-clock limit") && events.contains("CPU time limit")
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        env.ok(&["status"], None);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "infrakit status took {slowest:?} next to the misbehaving plugins"
+    );
+
+    let files = |env: &Env| {
+        instances(env)
+            .iter()
+            .filter(|i| tag(i, "infrakit.group") == "healthy")
+            .map(|i| i["ID"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let victim = files(&env).into_iter().next().unwrap();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    let lost = std::time::Instant::now();
+    wait_until("the lost instance replaced", || {
+        let now = files(&env);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    assert!(
+        lost.elapsed() < Duration::from_secs(2),
+        "replaced after {:?}: more than two poll intervals of 1 s",
+        lost.elapsed()
+    );
+    // Let the blocked reads go.
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0o4000)
+        .open(&fifo);
+}

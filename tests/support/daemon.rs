@@ -22,15 +22,17 @@ impl Daemon {
             .unwrap_or(0);
         let log = env.data_dir().join(format!("serve-{n}.log"));
         let mut cmd = env.command();
-        cmd.env("INFRAKIT_LOG", "info")
-            .args([
-                "serve",
-                "--poll-interval",
-                "100ms",
-                "--plugin-scan-interval",
-                "100ms",
-            ])
-            .args(extra);
+        cmd.env("INFRAKIT_LOG", "info").arg("serve");
+        // Fast defaults for tests, unless the test gives its own.
+        for (flag, value) in [
+            ("--poll-interval", "100ms"),
+            ("--plugin-scan-interval", "100ms"),
+        ] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(extra);
         let mut d = Daemon {
             process: Process::spawn(cmd, log, "infrakit serve"),
             socket: env.data_dir().join("infrakit.sock"),
