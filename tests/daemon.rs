@@ -754,3 +754,89 @@ fn a_blocked_plugin_and_four_looping_ones_stall_neither_the_api_nor_other_groups
         .custom_flags(0o4000)
         .open(&fifo);
 }
+
+fn follower(env: &Env) -> std::process::Child {
+    env.command()
+        .args(["events", "--follow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child to exit within `limit`; its exit code and stderr.
+fn exit_within(mut child: std::process::Child, limit: Duration) -> (Option<i32>, String) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            return (status.code(), err);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_with_a_follower_connected_exits_promptly_and_the_follower_exits_5() {
+    let env = Env::new();
+    let mut daemon = Daemon::start(&env, &[]);
+    let f = follower(&env);
+    std::thread::sleep(Duration::from_millis(300)); // let it connect
+    let (tx, rx) = std::sync::mpsc::channel();
+    let started = std::time::Instant::now();
+    let waiter = std::thread::spawn(move || {
+        let status = daemon.terminate();
+        let _ = tx.send(status);
+        daemon
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the daemon did not exit within 5 s of SIGTERM with a follower connected");
+    assert!(status.success(), "{status}");
+    let _ = waiter.join();
+    let (code, err) = exit_within(f, Duration::from_secs(5));
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("closed the event stream"), "{err}");
+    // The data directory is free again: a new daemon starts on it.
+    let _again = Daemon::start(&env, &[]);
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn a_follower_whose_daemon_dies_exits_5_with_a_clear_message() {
+    let env = Env::new();
+    let mut daemon = Daemon::start(&env, &[]);
+    let f = follower(&env);
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.kill();
+    let (code, err) = exit_within(f, Duration::from_secs(5));
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("cannot reach the infrakit daemon"), "{err}");
+    assert!(
+        !err.contains("chunk size line"),
+        "a raw transport error: {err}"
+    );
+}
+
+#[test]
+fn a_socket_served_by_a_live_daemon_is_never_taken_over() {
+    let env = Env::new();
+    let other = Env::new();
+    let first = Daemon::start(&env, &[]);
+    let socket = first.socket.to_str().unwrap().to_string();
+    let run = other.run(&["--socket", &socket, "serve"], None);
+    let err = run.assert_failure();
+    assert!(
+        err.contains("another infrakit daemon is serving on this socket"),
+        "{err}"
+    );
+    // The first daemon still answers on its socket.
+    let (status, _) = first.http("GET", "/v1/status", b"");
+    assert_eq!(status, 200);
+}

@@ -44,6 +44,9 @@ pub struct Daemon {
     pub started: Instant,
     /// The data directory.
     pub data_dir: std::path::PathBuf,
+    /// Turns true when the daemon is shutting down: open event streams end then, so that the
+    /// server's graceful shutdown is not held open by a follower.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type AppState = Arc<Daemon>;
@@ -432,7 +435,14 @@ async fn events(
             let e = e.ok()?;
             (e.seq > last && group.as_ref().is_none_or(|g| *g == e.group)).then(|| line(&e))
         });
-        Body::from_stream(backlog.chain(new))
+        let mut stopping = d.stopping.clone();
+        let stopped = async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        };
+        Body::from_stream(futures_util::StreamExt::take_until(
+            backlog.chain(new),
+            stopped,
+        ))
     } else {
         Body::from_stream(backlog)
     };

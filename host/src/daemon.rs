@@ -156,6 +156,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         "resumed"
     );
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let daemon = Arc::new(Daemon {
         store: store.clone(),
         controller: controller.clone(),
@@ -163,16 +164,24 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         events: live.clone(),
         started,
         data_dir: data_dir.clone(),
+        stopping: stop_rx.clone(),
     });
     let (router, _) = api::router(daemon.clone());
 
-    // The socket: any file there is stale, since we hold the data directory's lock.
+    // The socket: a file there is stale unless a daemon answers on it, which happens when
+    // another data directory's daemon was given the same --socket. Never take over a live one.
+    if std::os::unix::net::UnixStream::connect(&options.socket).is_ok() {
+        anyhow::bail!(
+            "{}: another infrakit daemon is serving on this socket (for another data directory); \
+             give this one its own --socket",
+            options.socket.display()
+        );
+    }
     let _ = std::fs::remove_file(&options.socket);
     let unix = tokio::net::UnixListener::bind(&options.socket)
         .with_context(|| format!("cannot listen on {}", options.socket.display()))?;
     std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

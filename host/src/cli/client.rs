@@ -18,6 +18,16 @@ pub struct Unreachable {
     reason: String,
 }
 
+impl Client {
+    /// The daemon went away in the middle of an exchange (a stream it was sending).
+    pub fn gone(&self, reason: impl std::fmt::Display) -> Unreachable {
+        Unreachable {
+            target: self.target.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// A client of one daemon.
 pub struct Client {
     http: reqwest::Client,

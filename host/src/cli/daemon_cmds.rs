@@ -87,7 +87,25 @@ pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let mut resp = client.stream(&path).await?;
     let mut pending = String::new();
     use std::io::Write;
-    while let Some(chunk) = resp.chunk().await? {
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            // Without --follow the stream ends with the backlog; with it, only when the daemon
+            // stops or dies.
+            Ok(None) if !args.follow => break,
+            Ok(None) => {
+                return Err(client
+                    .gone("the daemon closed the event stream (it stopped)")
+                    .into());
+            }
+            Err(e) => {
+                return Err(client
+                    .gone(format!(
+                        "the event stream broke off ({e}); the daemon stopped or died"
+                    ))
+                    .into());
+            }
+        };
         pending.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(i) = pending.find('\n') {
             let line: String = pending.drain(..=i).collect();
