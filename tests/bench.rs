@@ -467,7 +467,7 @@ async fn steady_pass(controller: &Controller, specs: &[GroupSpec]) -> Duration {
         .collect();
     let t = Instant::now();
     for s in specs {
-        controller.commit(s.clone()); // same spec: wakes the group for one pass
+        controller.commit(s.clone(), 1); // same spec: wakes the group for one pass
     }
     wait_passes(controller, &ids, &before).await;
     t.elapsed()
@@ -939,7 +939,7 @@ async fn main() {
     let t = Instant::now();
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     for s in &specs {
-        controller.commit(s.clone());
+        controller.commit(s.clone(), 1);
     }
     wait_passes(&controller, &ids, &BTreeMap::new()).await;
     report.add(
@@ -968,7 +968,7 @@ async fn main() {
     let big = group_spec("big", 10_000 / scale as u32, "1h");
     populate(&scratch, &big, 10_000 / scale);
     let t = Instant::now();
-    controller.commit(big.clone());
+    controller.commit(big.clone(), 1);
     wait_passes(&controller, std::slice::from_ref(&big.id), &BTreeMap::new()).await;
     report.add(
         "scale",
@@ -1024,7 +1024,7 @@ async fn main() {
         );
         let spec = group_spec(&format!("lat{}", poll.as_millis()), 5, "10s");
         let mut rx = tx.subscribe();
-        controller.commit(spec.clone());
+        controller.commit(spec.clone(), 1);
         wait_passes(
             &controller,
             std::slice::from_ref(&spec.id),
@@ -1089,7 +1089,7 @@ async fn main() {
     let controller = Controller::new(registry.clone(), events.clone(), Options::default());
     let spec = group_spec("hundred", 100, "10s");
     let t = Instant::now();
-    controller.commit(spec.clone());
+    controller.commit(spec.clone(), 1);
     wait_passes(
         &controller,
         std::slice::from_ref(&spec.id),

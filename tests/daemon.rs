@@ -840,3 +840,56 @@ fn a_socket_served_by_a_live_daemon_is_never_taken_over() {
     let (status, _) = first.http("GET", "/v1/status", b"");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn wait_after_a_scale_up_waits_for_the_new_size() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("grow.json");
+    write_spec(&spec, "grow", json!({"Size": 2}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    // Same configuration, a larger size: the last status (2 of 2, converged) is of revision 1
+    // and must not be taken for the answer about revision 2.
+    write_spec(&spec, "grow", json!({"Size": 12}), json!({}));
+    let out = env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert!(out.contains("[12/12] converged"), "{out}");
+    assert_eq!(instances(&env).len(), 12, "--wait returned early: {out}");
+    let g = describe(&env, "grow");
+    assert_eq!(g["status"]["revision"], 2);
+}
+
+#[test]
+fn a_failing_plugin_shows_as_failing_and_wait_does_not_report_success() {
+    let env = Env::new();
+    env.install_plugin("fixture-misbehave", None);
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("broken.json");
+    // Every provision fails: the plugin is refused the file it reads.
+    write_spec(
+        &spec,
+        "broken",
+        json!({"Size": 1}),
+        json!({"Instance": {"Plugin": "fixture-misbehave", "Properties": {"Do": "read", "Path": "/etc/passwd"}}}),
+    );
+    let run = env.run(
+        &[
+            "group",
+            "commit",
+            spec.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "3s",
+        ],
+        None,
+    );
+    assert_eq!(run.code(), Some(6), "{}\n{}", run.stdout(), run.stderr());
+    assert!(run.stdout().contains("failing: "), "{}", run.stdout());
+    let ls = env.run(&["group", "ls", "-o", "json"], None).json();
+    assert_eq!(ls[0]["status"]["phase"], "failing", "{ls}");
+    assert!(
+        ls[0]["status"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("provisioning")),
+        "{ls}"
+    );
+}

@@ -298,7 +298,7 @@ async fn commit_group(
         ),
     )?;
     let _ = d.events.send(event);
-    d.controller.commit(spec);
+    d.controller.commit(spec, stored.revision);
     Ok(Json(CommitResponse {
         committed: true,
         revision: Some(stored.revision),
@@ -357,7 +357,7 @@ async fn rollback(
         .map(|p| serde_json::to_value(p).unwrap_or_default())
         .unwrap_or_default();
     let config_sha = stored.spec.config_sha();
-    d.controller.commit(stored.spec.clone());
+    d.controller.commit(stored.spec.clone(), stored.revision);
     Ok(Json(CommitResponse {
         committed: true,
         revision: Some(stored.revision),
@@ -406,7 +406,7 @@ async fn destroy(
         ),
     )?;
     let _ = d.events.send(event);
-    d.controller.destroy(stored.spec);
+    d.controller.destroy(stored.spec, stored.revision);
     Ok(Json(serde_json::json!({ "destroying": id })))
 }
 

@@ -107,8 +107,11 @@ pub struct InstanceStatus {
 pub struct GroupStatus {
     /// The group id.
     pub group: String,
-    /// Converged, converging, updating or paused.
+    /// Converged, converging, updating or paused as of the last pass; failing when that pass
+    /// failed (see `last_error`).
     pub phase: Phase,
+    /// The revision of the spec the last pass reconciled (0 before the first pass).
+    pub revision: u64,
     /// Why it is paused or waiting.
     pub messages: Vec<String>,
     /// The allocation's size.
@@ -139,6 +142,7 @@ impl GroupStatus {
         GroupStatus {
             group: spec.id.clone(),
             phase: Phase::Converging,
+            revision: 0,
             messages: Vec::new(),
             size: spec.size(),
             current: 0,
@@ -154,11 +158,13 @@ impl GroupStatus {
     }
 }
 
-/// What the controller should do with a group.
+/// What the controller should do with a group: reconcile it to `spec` (revision `revision` of
+/// the group, 0 when nothing numbers revisions), or destroy everything it has.
 #[derive(Debug, Clone)]
-enum Intent {
-    Manage(Arc<GroupSpec>),
-    Destroy(Arc<GroupSpec>),
+struct Intent {
+    spec: Arc<GroupSpec>,
+    revision: u64,
+    destroying: bool,
 }
 
 struct Handle {
@@ -273,21 +279,28 @@ impl Controller {
         ))
     }
 
-    /// Starts managing a group, or switches it to a new spec. The group's next pass uses it.
-    pub fn commit(&self, spec: GroupSpec) {
-        self.direct(Intent::Manage(Arc::new(spec)));
+    /// Starts managing a group, or switches it to a new spec (its revision `revision`; the
+    /// group's status says which revision it last reconciled). The group's next pass uses it.
+    pub fn commit(&self, spec: GroupSpec, revision: u64) {
+        self.direct(Intent {
+            spec: Arc::new(spec),
+            revision,
+            destroying: false,
+        });
     }
 
     /// Drains and destroys every instance of a group, then forgets it.
-    pub fn destroy(&self, spec: GroupSpec) {
-        self.direct(Intent::Destroy(Arc::new(spec)));
+    pub fn destroy(&self, spec: GroupSpec, revision: u64) {
+        self.direct(Intent {
+            spec: Arc::new(spec),
+            revision,
+            destroying: true,
+        });
     }
 
     /// Hands a group's task its new intent, starting the task if it is not running.
     fn direct(&self, intent: Intent) {
-        let spec = match &intent {
-            Intent::Manage(s) | Intent::Destroy(s) => s.clone(),
-        };
+        let spec = intent.spec.clone();
         let mut groups = self.inner.groups.lock().expect("groups lock");
         if let Some(h) = groups.get(&spec.id)
             && !h.task.is_finished()
@@ -479,11 +492,11 @@ async fn run_group(
         if *stop.borrow() {
             return;
         }
-        let current = intent.borrow_and_update().clone();
-        let (spec, destroying) = match &current {
-            Intent::Manage(s) => (s.clone(), false),
-            Intent::Destroy(s) => (s.clone(), true),
-        };
+        let Intent {
+            spec,
+            revision,
+            destroying,
+        } = intent.borrow_and_update().clone();
 
         let pass_started = Instant::now();
         let outcome = {
@@ -508,6 +521,7 @@ async fn run_group(
         next.last_pass_ms = pass_ms;
         next.pass_ms_total += pass_ms;
         next.destroying = destroying;
+        next.revision = revision;
         match outcome {
             Ok((plan, members)) => {
                 backoff = Duration::ZERO;
@@ -583,6 +597,7 @@ async fn run_group(
                     ));
                 }
                 next.last_error = Some(message);
+                next.phase = Phase::Failing;
                 backoff = if backoff.is_zero() {
                     Duration::from_millis(100)
                 } else {

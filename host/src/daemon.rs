@@ -146,8 +146,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let groups = store.groups().context("reading stored groups")?;
     for g in &groups {
         match g.lifecycle {
-            Lifecycle::Managed => controller.commit(g.spec.clone()),
-            Lifecycle::Destroying => controller.destroy(g.spec.clone()),
+            Lifecycle::Managed => controller.commit(g.spec.clone(), g.revision),
+            Lifecycle::Destroying => controller.destroy(g.spec.clone(), g.revision),
         }
     }
     tracing::info!(

@@ -183,6 +183,9 @@ pub enum Phase {
     Updating,
     /// A safety limit stopped remediation or the update; see the messages.
     Paused,
+    /// The last pass failed (a plugin error or fault): set by the controller, never by the
+    /// planner.
+    Failing,
 }
 
 impl fmt::Display for Phase {
@@ -192,6 +195,7 @@ impl fmt::Display for Phase {
             Phase::Converging => "converging",
             Phase::Updating => "updating",
             Phase::Paused => "paused",
+            Phase::Failing => "failing",
         })
     }
 }

@@ -222,10 +222,13 @@ fn print_describe(g: &serde_json::Value) {
 }
 
 /// Follows a group until it converges on `sha`; prints progress as it changes.
+/// Follows a group until a pass over `revision` (or a later one) finds it converged or paused.
+/// Until then the status may describe an earlier revision (a scale-up does not change the
+/// configuration hash), so it is not taken for the answer.
 async fn wait_converged(
     client: &super::Client,
     id: &str,
-    sha: &str,
+    revision: u64,
     wait: &WaitArgs,
     mut seen: u64,
 ) -> anyhow::Result<ExitCode> {
@@ -235,26 +238,28 @@ async fn wait_converged(
         seen = print_steps(client, id, seen).await;
         let g = client.get(&format!("/v1/groups/{id}")).await?;
         let st = &g["status"];
-        let on_sha = st["config_sha"].as_str() == Some(sha);
+        let reached = st["revision"].as_u64().is_some_and(|r| r >= revision);
         let phase = st["phase"].as_str().unwrap_or("");
+        let why = if phase == "failing" {
+            st["last_error"].as_str()
+        } else {
+            st["messages"][0].as_str()
+        };
         let line = format!(
             "[{}/{}] {phase}{}",
             st["current"],
             st["size"],
-            st["messages"][0]
-                .as_str()
-                .map(|m| format!(": {m}"))
-                .unwrap_or_default()
+            why.map(|m| format!(": {m}")).unwrap_or_default()
         );
         if line != last {
             println!("{line}");
             last = line;
         }
-        if on_sha && phase == "converged" {
+        if reached && phase == "converged" {
             println!("group {id} converged");
             return Ok(ExitCode::SUCCESS);
         }
-        if on_sha && phase == "paused" {
+        if reached && phase == "paused" {
             eprintln!(
                 "group {id} paused: {}",
                 st["messages"]
@@ -426,8 +431,8 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 other => output::value(*other, &answer)?,
             }
             if wait.wait && !dry_run {
-                let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
-                return wait_converged(&client, &parsed.id, &sha, wait, from).await;
+                let revision = answer["revision"].as_u64().unwrap_or(0);
+                return wait_converged(&client, &parsed.id, revision, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -521,8 +526,8 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 answer["config_sha"].as_str().unwrap_or("")
             );
             if wait.wait {
-                let sha = answer["config_sha"].as_str().unwrap_or("").to_string();
-                return wait_converged(&client, id, &sha, wait, from).await;
+                let revision = answer["revision"].as_u64().unwrap_or(0);
+                return wait_converged(&client, id, revision, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -559,7 +564,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             };
             let controller = Controller::new(registry, Arc::new(Printer), options);
             let id = spec.id.clone();
-            controller.destroy(spec);
+            controller.destroy(spec, 1);
             let mut status = controller.watch(&id).context("group task")?;
             // The task ends once every instance is gone.
             while status.changed().await.is_ok() {}
@@ -581,7 +586,9 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             print_plan(&controller.plan(&spec).await?);
             let mut current_text = std::fs::read_to_string(path).unwrap_or_default();
             let id = spec.id.clone();
-            controller.commit(spec);
+            // Each edit of the file is a new revision, counted from 1.
+            let mut revision = 1;
+            controller.commit(spec, revision);
 
             let mut last_phase = Phase::Converging;
             let mut ticker = tokio::time::interval(*poll_interval);
@@ -606,7 +613,8 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                         Ok(new) => match controller.validate(&new).await {
                             Ok(()) => {
                                 print_plan(&controller.plan(&new).await?);
-                                controller.commit(new);
+                                revision += 1;
+                                controller.commit(new, revision);
                             }
                             Err(e) => eprintln!("error: {e:#}; keeping the previous spec"),
                         },
