@@ -893,3 +893,100 @@ fn a_failing_plugin_shows_as_failing_and_wait_does_not_report_success() {
         "{ls}"
     );
 }
+
+fn passes_of(env: &Env, id: &str) -> u64 {
+    describe(env, id)["status"]["passes"].as_u64().unwrap()
+}
+
+#[test]
+fn a_spec_the_plugin_refuses_as_invalid_pauses_the_group_and_is_not_retried() {
+    let env = Env::new();
+    env.install_plugin("fixture-misbehave", None);
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("bad.json");
+    let bad = json!({"Instance": {"Plugin": "fixture-misbehave", "Properties": {"Do": "invalid"}}});
+    write_spec(&spec, "bad", json!({"Size": 1}), bad);
+    let run = env.run(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert_eq!(run.code(), Some(3), "paused exits 3: {}", run.stderr());
+    assert!(
+        run.stderr().contains("ami-0000 does not exist"),
+        "{}",
+        run.stderr()
+    );
+
+    // Not retried: while another group makes passes, this one makes none.
+    let witness = env.data_dir().join("w.json");
+    write_spec(&witness, "witness", json!({"Size": 0}), json!({}));
+    env.ok(
+        &["group", "commit", witness.to_str().unwrap(), "--wait"],
+        None,
+    );
+    let (bad_before, w_before) = (passes_of(&env, "bad"), passes_of(&env, "witness"));
+    wait_until("five passes of the witness", || {
+        passes_of(&env, "witness") >= w_before + 5
+    });
+    assert_eq!(passes_of(&env, "bad"), bad_before, "retried though invalid");
+    let events = env.ok(&["events", "--group", "bad"], None);
+    let kind = |k: &str| {
+        events
+            .lines()
+            .filter(|l| l.contains(&format!("bad {k}: ")))
+            .count()
+    };
+    assert_eq!(kind("step-failed"), 1, "{events}");
+    assert_eq!(kind("paused"), 1, "{events}");
+
+    // A new spec is tried at once.
+    write_spec(&spec, "bad", json!({"Size": 1}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+}
+
+#[test]
+fn a_transient_error_is_retried_with_growing_jittered_delays() {
+    let env = Env::new();
+    env.install_plugin("fixture-misbehave", None);
+    let daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("flaky.json");
+    let flaky =
+        json!({"Instance": {"Plugin": "fixture-misbehave", "Properties": {"Do": "transient"}}});
+    write_spec(&spec, "flaky", json!({"Size": 1}), flaky);
+    env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    let delays = |out: &str| -> Vec<(u32, u64)> {
+        out.lines()
+            .filter(|l| l.contains("retrying after back-off") && l.contains("group=flaky"))
+            .map(|l| {
+                let field = |k: &str| {
+                    l.split(&format!("{k}="))
+                        .nth(1)
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap()
+                };
+                (field("attempt") as u32, field("retry_in_ms"))
+            })
+            .collect()
+    };
+    wait_until("six retries", || delays(&daemon.output()).len() >= 6);
+    let seen = delays(&daemon.output());
+    for &(attempt, ms) in &seen {
+        let exp = 100u64 << (attempt - 1);
+        assert!(
+            exp / 2 <= ms && ms <= exp,
+            "attempt {attempt}: {ms} ms outside [{}, {exp}]: {seen:?}",
+            exp / 2
+        );
+    }
+    assert!(
+        seen.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "attempts count up: {seen:?}"
+    );
+    // Jitter: the fractions of the window used are not all the same.
+    let fractions: BTreeSet<u64> = seen
+        .iter()
+        .map(|&(a, ms)| ms * 1000 / (100u64 << (a - 1)))
+        .collect();
+    assert!(fractions.len() > 1, "no jitter: {seen:?}");
+    let events = env.ok(&["events", "--group", "flaky"], None);
+    assert_eq!(events.matches("step-failed").count(), 1, "{events}");
+    assert!(events.contains("API is throttling"), "{events}");
+}

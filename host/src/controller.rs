@@ -63,6 +63,51 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether retrying can help: a plugin's `invalid` answer says it cannot (the same spec
+    /// will be refused again), everything else (transient errors, faults, a missing plugin)
+    /// is retried with back-off.
+    fn refused_as_invalid(&self) -> bool {
+        match self {
+            Error::Plugin { source, .. } => {
+                matches!(source.guest_error(), Some(plugin::GuestError::Invalid(_)))
+            }
+        }
+    }
+
+    fn event_kind(&self) -> EventKind {
+        match self {
+            Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. }) => {
+                EventKind::PluginFault
+            }
+            Error::Plugin { .. } => EventKind::StepFailed,
+        }
+    }
+
+    fn instance(&self) -> Option<&str> {
+        match self {
+            Error::Plugin { instance, .. } => instance.as_deref(),
+        }
+    }
+}
+
+/// The delay before retry number `attempt` (from 1): exponential from `base`, capped at `max`,
+/// with "equal jitter" (half fixed, half random) so that many groups behind one broken plugin
+/// do not retry in lockstep. `random` is in [0, 1).
+pub fn backoff(attempt: u32, base: Duration, max: Duration, random: f64) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    exp / 2 + exp.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+}
+
+/// A number in [0, 1) that differs between calls and processes.
+fn random_unit() -> f64 {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    (n >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -485,7 +530,7 @@ async fn run_group(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut cache = HealthCache::default();
-    let mut backoff = Duration::ZERO;
+    let mut attempts: u32 = 0;
     let mut last_phase: Option<Phase> = None;
     let mut last_messages: Vec<String> = Vec::new();
     loop {
@@ -524,7 +569,7 @@ async fn run_group(
         next.revision = revision;
         match outcome {
             Ok((plan, members)) => {
-                backoff = Duration::ZERO;
+                attempts = 0;
                 next.phase = plan.phase;
                 next.messages = plan.messages.clone();
                 next.size = plan.size;
@@ -584,26 +629,47 @@ async fn run_group(
             }
             Err(e) => {
                 let message = crate::error_chain(&e);
-                tracing::warn!(group = %spec.id, error = %message, "reconcile failed; backing off");
-                // Reported once per distinct failure (a missing plugin, say), not every retry.
-                if next.last_error.as_deref() != Some(message.as_str())
-                    && !matches!(&e, Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. } | plugin::Error::Guest { .. }))
-                {
+                // Recorded once per distinct failure, not at every retry.
+                let new = next.last_error.as_deref() != Some(message.as_str());
+                if new {
                     inner.events.record(Event::now(
                         &spec.id,
-                        EventKind::StepFailed,
-                        None,
+                        e.event_kind(),
+                        e.instance(),
                         message.clone(),
                     ));
                 }
-                next.last_error = Some(message);
-                next.phase = Phase::Failing;
-                backoff = if backoff.is_zero() {
-                    Duration::from_millis(100)
+                next.last_error = Some(message.clone());
+                if e.refused_as_invalid() {
+                    // The same spec would be refused again: wait for a new one.
+                    tracing::warn!(group = %spec.id, error = %message, "the plugin refused the spec as invalid; paused until the spec changes");
+                    next.phase = Phase::Paused;
+                    next.messages = vec![format!(
+                        "paused until the spec changes: the plugin refused it as invalid ({message}); \
+                         fix the spec and commit it again"
+                    )];
+                    if new {
+                        inner.events.record(Event::now(
+                            &spec.id,
+                            EventKind::Paused,
+                            None,
+                            next.messages[0].clone(),
+                        ));
+                    }
+                    last_phase = Some(Phase::Paused);
+                    last_messages = next.messages.clone();
+                    delay = Duration::MAX;
                 } else {
-                    (backoff * 2).min(inner.options.max_backoff)
-                };
-                delay = backoff;
+                    attempts = attempts.saturating_add(1);
+                    next.phase = Phase::Failing;
+                    delay = backoff(
+                        attempts,
+                        Duration::from_millis(100),
+                        inner.options.max_backoff,
+                        random_unit(),
+                    );
+                    tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
+                }
             }
         }
         // Tests and operators can count passes (e.g. to show that nothing happened over
@@ -611,8 +677,16 @@ async fn run_group(
         tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
         status.send_replace(next);
 
+        // `Duration::MAX`: no timer, only a new intent or a stop wakes the group.
+        let timer = async {
+            if delay == Duration::MAX {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(delay).await
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = timer => {}
             changed = intent.changed() => { if changed.is_err() { return; } }
             _ = stop.changed() => {}
         }
@@ -702,22 +776,11 @@ impl Executor<'_> {
         action: impl Into<String>,
         source: plugin::Error,
     ) -> Error {
-        let action = action.into();
-        let kind = if matches!(source, plugin::Error::Faulted { .. }) {
-            EventKind::PluginFault
-        } else {
-            EventKind::StepFailed
-        };
-        self.inner.events.record(Event::now(
-            &self.spec.id,
-            kind,
-            instance,
-            format!("{action}: {}", crate::error_chain(&source)),
-        ));
+        // The group loop records the failure (once per distinct message).
         Error::Plugin {
             group: self.spec.id.clone(),
             instance: instance.map(str::to_string),
-            action,
+            action: action.into(),
             source: Box::new(source),
         }
     }
@@ -920,5 +983,34 @@ impl Executor<'_> {
             Err(e) if matches!(e.guest_error(), Some(plugin::GuestError::NotFound(_))) => Ok(()),
             Err(e) => Err(self.fail(Some(id), "destroying", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_within_equal_jitter_and_stops_at_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(30));
+        for attempt in 1..=12u32 {
+            let exp = (base * 2u32.pow(attempt - 1)).min(max);
+            assert_eq!(backoff(attempt, base, max, 0.0), exp / 2);
+            assert_eq!(backoff(attempt, base, max, 0.5), exp.mul_f64(0.75));
+            assert!(backoff(attempt, base, max, 0.999) < exp);
+        }
+        assert_eq!(
+            backoff(1000, base, max, 0.0),
+            max / 2,
+            "no overflow far out"
+        );
+    }
+
+    #[test]
+    fn random_units_are_in_range_and_vary() {
+        let xs: Vec<f64> = (0..50).map(|_| random_unit()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let distinct: std::collections::BTreeSet<u64> = xs.iter().map(|x| x.to_bits()).collect();
+        assert!(distinct.len() > 40);
     }
 }
