@@ -990,3 +990,28 @@ fn a_transient_error_is_retried_with_growing_jittered_delays() {
     assert_eq!(events.matches("step-failed").count(), 1, "{events}");
     assert!(events.contains("API is throttling"), "{events}");
 }
+
+#[test]
+fn a_commit_goes_through_while_the_instance_plugin_cannot_list() {
+    let env = Env::new();
+    env.install_plugin("fixture-misbehave", Some("[config]\ndescribe = \"fail\"\n"));
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("down.json");
+    write_spec(
+        &spec,
+        "down",
+        json!({"Size": 1}),
+        json!({"Instance": {"Plugin": "fixture-misbehave", "Properties": {"Do": "ok"}}}),
+    );
+    let out = env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    assert!(
+        out.contains("no plan preview") && out.contains("listing API is down"),
+        "{out}"
+    );
+    assert!(out.contains("committed group down revision 1"), "{out}");
+    let g = describe(&env, "down");
+    assert_eq!(g["revision"], 1);
+    wait_until("the controller to report the failing listing", || {
+        describe(&env, "down")["status"]["phase"] == "failing"
+    });
+}

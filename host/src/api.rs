@@ -157,9 +157,13 @@ pub struct CommitResponse {
     pub revision: Option<u64>,
     /// The configuration hash of the spec.
     pub config_sha: String,
-    /// What reconciling it does next, as of now.
+    /// What reconciling it does next, as of now (a preview; null when it could not be made).
     #[schema(value_type = Object)]
     pub plan: serde_json::Value,
+    /// Why there is no preview (observing the group failed, e.g. its plugin's API is down).
+    /// The commit went through all the same: the controller retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_error: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -236,16 +240,21 @@ async fn get_group(
     Ok(Json(group_view(&d, g)))
 }
 
-async fn parse_and_plan(
-    d: &Daemon,
-    text: &str,
-) -> Result<(GroupSpec, serde_json::Value), ApiError> {
+async fn parse_and_validate(d: &Daemon, text: &str) -> Result<GroupSpec, ApiError> {
     let spec = GroupSpec::parse(text, "request body", false)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, crate::error_chain(&e)))?;
     d.controller
         .validate(&spec)
         .await
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, crate::error_chain(&e)))?;
+    Ok(spec)
+}
+
+async fn parse_and_plan(
+    d: &Daemon,
+    text: &str,
+) -> Result<(GroupSpec, serde_json::Value), ApiError> {
+    let spec = parse_and_validate(d, text).await?;
     let plan = d
         .controller
         .plan(&spec)
@@ -267,16 +276,26 @@ async fn commit_group(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let text = body_text(body)?;
-    let (spec, plan) = parse_and_plan(&d, &text).await?;
+    let spec = parse_and_validate(&d, &text).await?;
+    let preview = d.controller.plan(&spec).await;
     let config_sha = spec.config_sha();
     if q.dry_run {
+        // The preview is the whole answer of a dry run.
+        let plan =
+            preview.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, crate::error_chain(&e)))?;
         return Ok(Json(CommitResponse {
             committed: false,
             revision: None,
             config_sha,
-            plan,
+            plan: serde_json::to_value(plan).unwrap_or_default(),
+            plan_error: None,
         }));
     }
+    // A fix must be committable while the plugin's API is down: the preview is only that.
+    let (plan, plan_error) = match preview {
+        Ok(p) => (serde_json::to_value(p).unwrap_or_default(), None),
+        Err(e) => (serde_json::Value::Null, Some(crate::error_chain(&e))),
+    };
     if let Some(existing) = d.store.group(&spec.id)?
         && existing.lifecycle == Lifecycle::Destroying
     {
@@ -304,6 +323,7 @@ async fn commit_group(
         revision: Some(stored.revision),
         config_sha,
         plan,
+        plan_error,
     }))
 }
 
@@ -363,6 +383,7 @@ async fn rollback(
         revision: Some(stored.revision),
         config_sha,
         plan,
+        plan_error: None,
     }))
 }
 

@@ -416,7 +416,12 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             let answer = client.post(&path, Some(text)).await?;
             match output {
                 Format::Table => {
-                    print_plan_value(&answer["plan"]);
+                    match answer["plan_error"].as_str() {
+                        Some(e) => println!(
+                            "no plan preview (committed all the same; the controller retries): {e}"
+                        ),
+                        None => print_plan_value(&answer["plan"]),
+                    }
                     if *dry_run {
                         println!("dry run: nothing committed");
                     } else {
