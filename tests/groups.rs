@@ -25,6 +25,9 @@ fn a_group_converges_and_heals_a_deleted_instance() {
     write_spec(&spec, "workers", json!({"Size": 3}), json!({}));
     let mut run = GroupRun::start(&env, &spec);
     run.wait_for("3 instances", LONG, || instances(&env).len() == 3);
+    // Converged: the controller has listed them (until then it still expects them, and a
+    // file deleted before its first listing counts as there until ProvisionTimeout).
+    run.wait_for_output(&["converged"], LONG);
 
     let all = instances(&env);
     for i in &all {
@@ -89,6 +92,7 @@ fn a_lost_pet_comes_back_with_its_logical_id() {
     );
     let mut run = GroupRun::start(&env, &spec);
     run.wait_for("3 pets", LONG, || instances(&env).len() == 3);
+    run.wait_for_output(&["converged"], LONG);
     let lids = |env: &Env| -> Vec<String> {
         let mut l: Vec<String> = instances(env)
             .iter()
@@ -548,4 +552,74 @@ fn a_slow_plugin_provisions_in_parallel_not_one_after_another() {
     );
     run.wait_passes("slow", 2);
     assert_eq!(instances(&env).len(), 20, "and no more");
+}
+
+/// InfraKit #331: a plugin whose instances never show up in describe made the controller
+/// provision again at every pass (364 instances for a Size-2 group in 15 s).
+#[test]
+fn instances_that_never_appear_are_provisioned_a_bounded_number_of_times_then_the_group_pauses() {
+    let env = Env::new();
+    // Its provision succeeds; its describe never lists anything.
+    env.install_plugin("fixture-misbehave", None);
+    let spec = env.data_dir().join("ghost.json");
+    write_spec(
+        &spec,
+        "ghost",
+        json!({"Size": 2}),
+        json!({
+            "Instance": {"Plugin": "fixture-misbehave", "Properties": {"Do": "vanish"}},
+            "Health": {"CheckInterval": "100ms", "GracePeriod": "0s",
+                       "ProvisionTimeout": "1s", "CrashLoopLimit": 4}
+        }),
+    );
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for_output(&["crash loop: 4 instances", "never listed"], LONG);
+    run.wait_passes("ghost", 0);
+    let out = run.output();
+    let provisions = out.matches("instance-provisioned").count();
+    assert_eq!(provisions, 4, "{out}");
+    assert_eq!(out.matches("instance-lost").count(), 4, "{out}");
+}
+
+#[test]
+fn instances_lost_soon_after_provisioning_back_off_then_pause_the_group() {
+    let env = Env::new();
+    let spec = env.data_dir().join("crashy.json");
+    write_spec(
+        &spec,
+        "crashy",
+        json!({"Size": 1}),
+        json!({"Health": {"CheckInterval": "100ms", "GracePeriod": "30s", "CrashLoopLimit": 3}}),
+    );
+    let mut run = GroupRun::start(&env, &spec);
+    // Each instance dies right after it starts (its file is deleted), three times.
+    let mut killed = Vec::new();
+    let mut when = Vec::new();
+    for _ in 0..3 {
+        run.wait_for("an instance to kill", LONG, || {
+            instances(&env)
+                .iter()
+                .any(|i| !killed.contains(&i["ID"].as_str().unwrap().to_string()))
+        });
+        let victim = instances(&env)[0]["ID"].as_str().unwrap().to_string();
+        // Once the controller has listed it: then it was up, and died.
+        run.wait_passes("crashy", 2);
+        std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+        when.push(std::time::Instant::now());
+        killed.push(victim);
+    }
+    run.wait_for_output(
+        &["crash loop: 3 instances", "within its grace period"],
+        LONG,
+    );
+    // Backed off between the losses, and nothing provisioned once paused.
+    assert!(
+        when[2] - when[1] >= Duration::from_millis(900),
+        "no back-off after the second loss: {:?}",
+        when[2] - when[1]
+    );
+    run.wait_passes("crashy", 0);
+    let out = run.output();
+    assert_eq!(out.matches("instance-provisioned").count(), 3, "{out}");
+    assert!(instances(&env).is_empty());
 }

@@ -6,8 +6,10 @@
 //! [`crate::plan::plan`], executes the steps, and records an event for each. The task requeues
 //! at once while there is work, at the poll interval otherwise (the safety net that notices a
 //! deleted instance), and with exponential back-off after an error. It never gives up.
-//! Nothing is remembered between passes except a health cache: a restarted controller
-//! re-derives everything from the instances' tags.
+//! Between passes a group remembers only what a restart may forget: a health cache, the
+//! [`crate::expectations`] of what it just provisioned and destroyed (so a lagging listing is
+//! not acted on twice), and the instances it lost soon after provisioning (a crash loop: back-off,
+//! then a pause). A restarted controller re-derives everything else from the instances' tags.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,7 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::event::{Event, EventKind, now_ms};
+use crate::expectations::{Expectations, Loss};
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
 use crate::plugin::{
     self, Allocation, Description, DestroyContext, Health, Index, InstanceSpec, Plugin, Tags,
@@ -425,6 +428,34 @@ struct HealthCache {
     verdicts: HashMap<String, (Health, Instant)>,
 }
 
+/// What a group task keeps between passes. None of it is needed after a restart: a new task
+/// starts empty and trusts the listing.
+#[derive(Default)]
+struct Memory {
+    health: HealthCache,
+    expected: Expectations,
+    /// Instances of the current configuration lost soon after provisioning (the crash loop).
+    losses: Vec<Loss>,
+    /// The configuration `losses` are about.
+    losses_config: String,
+    /// No provisions before this: the back-off after a loss.
+    hold_until: Option<Instant>,
+}
+
+/// What one pass did, and when the group wants its next one.
+struct Pass {
+    plan: Plan,
+    members: Vec<Member>,
+    /// Sooner or later than the usual requeue: `Duration::MAX` waits for a new spec.
+    wake: Option<Duration>,
+}
+
+/// What the executor did, for the expectations.
+enum Done {
+    Provisioned(Member),
+    Destroyed(String),
+}
+
 impl HealthCache {
     /// The verdict on `id` if it is younger than `every` (never, without an interval).
     fn fresh(&self, id: &str, every: Option<Duration>) -> Option<Health> {
@@ -529,7 +560,7 @@ async fn run_group(
     status: watch::Sender<GroupStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut cache = HealthCache::default();
+    let mut memory = Memory::default();
     let mut attempts: u32 = 0;
     let mut last_phase: Option<Phase> = None;
     let mut last_messages: Vec<String> = Vec::new();
@@ -553,7 +584,7 @@ async fn run_group(
             let span = tracing::info_span!("reconcile", group = %spec.id);
             // Between steps, a pass gives way to a new revision or a stop.
             let cancelled = || *stop.borrow() || intent.has_changed().unwrap_or(true);
-            reconcile(&inner, &spec, destroying, &mut cache, &cancelled)
+            reconcile(&inner, &spec, destroying, &mut memory, &cancelled)
                 .instrument(span)
                 .await
         };
@@ -568,7 +599,11 @@ async fn run_group(
         next.destroying = destroying;
         next.revision = revision;
         match outcome {
-            Ok((plan, members)) => {
+            Ok(Pass {
+                plan,
+                members,
+                wake,
+            }) => {
                 attempts = 0;
                 next.phase = plan.phase;
                 next.messages = plan.messages.clone();
@@ -615,6 +650,13 @@ async fn run_group(
                 if plan.has_work() {
                     // Re-observe promptly to see what the steps did.
                     delay = inner.options.poll_interval.min(Duration::from_millis(50));
+                }
+                if let Some(wake) = wake {
+                    delay = if wake == Duration::MAX {
+                        wake
+                    } else {
+                        delay.min(wake)
+                    };
                 }
                 if destroying && members.is_empty() && !plan.has_work() {
                     inner.events.record(Event::now(
@@ -698,9 +740,9 @@ async fn reconcile(
     inner: &Inner,
     spec: &GroupSpec,
     destroying: bool,
-    cache: &mut HealthCache,
+    memory: &mut Memory,
     cancelled: &(dyn Fn() -> bool + Sync),
-) -> Result<(Plan, Vec<Member>), Error> {
+) -> Result<Pass, Error> {
     let group = &spec.id;
     let resolve = |name: &str| {
         inner.plugins.plugin(name).map_err(|source| Error::Plugin {
@@ -713,7 +755,14 @@ async fn reconcile(
     let instance = resolve(&spec.properties.instance.plugin)?;
     let flavor = resolve(&spec.properties.flavor.plugin)?;
     let check_interval = spec.properties.health.check_interval.0;
-    let observed = observe(spec, &instance, &flavor, cache, Some(check_interval)).await?;
+    let mut observed = observe(
+        spec,
+        &instance,
+        &flavor,
+        &mut memory.health,
+        Some(check_interval),
+    )
+    .await?;
     for (id, old, new) in &observed.changes {
         if old.is_some() || *new != Health::Healthy {
             let from = old.map(|h| h.to_string()).unwrap_or_else(|| "new".into());
@@ -732,7 +781,42 @@ async fn reconcile(
         desired.max_unavailable = u32::MAX;
     }
     let now = now_ms();
-    let plan = plan::plan(&desired, &observed.members, now);
+    let health = &spec.properties.health;
+    let losses = memory.expected.apply(
+        &mut observed.members,
+        now,
+        health.provision_timeout.0.as_millis() as u64,
+        health.grace_period.0.as_millis() as u64,
+    );
+    if let Some(braked) = crash_loop(inner, spec, &desired, destroying, memory, losses) {
+        return Ok(Pass {
+            plan: braked,
+            members: observed.members,
+            wake: Some(Duration::MAX),
+        });
+    }
+    let mut plan = plan::plan(&desired, &observed.members, now);
+    let mut wake = None;
+    if let Some(until) = memory.hold_until
+        && !destroying
+    {
+        let left = until.saturating_duration_since(Instant::now());
+        let held = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Provision { .. }))
+            .count();
+        if !left.is_zero() && held > 0 {
+            plan.steps.retain(|s| !matches!(s, Step::Provision { .. }));
+            plan.messages.push(format!(
+                "crash-loop back-off: {} instance(s) lost soon after provisioning; {held} \
+                 provision(s) held for {:.1}s",
+                memory.losses.len(),
+                left.as_secs_f64()
+            ));
+            wake = Some(left);
+        }
+    }
     if plan.has_work() {
         let (p, d, r) = plan.counts();
         inner.events.record(Event::now(
@@ -752,9 +836,84 @@ async fn reconcile(
         instance: &instance,
         flavor: &flavor,
         observed: &observed.descriptions,
+        done: Mutex::new(Vec::new()),
     };
-    executor.execute(&plan, cancelled).await?;
-    Ok((plan, observed.members))
+    let outcome = executor.execute(&plan, cancelled).await;
+    // What was done is expected, whether or not a later step failed.
+    let now = now_ms();
+    for d in executor.done.into_inner().expect("done lock") {
+        match d {
+            Done::Provisioned(m) => memory.expected.provisioned(m, now),
+            Done::Destroyed(id) => memory.expected.destroyed(&id, now),
+        }
+    }
+    outcome?;
+    Ok(Pass {
+        plan,
+        members: observed.members,
+        wake,
+    })
+}
+
+/// Records `losses`, and brakes a crash loop: each loss holds further provisions back with
+/// growing back-off; `CrashLoopLimit` losses of one configuration pause the group until its
+/// spec changes (the paused plan is returned then).
+fn crash_loop(
+    inner: &Inner,
+    spec: &GroupSpec,
+    desired: &Desired,
+    destroying: bool,
+    memory: &mut Memory,
+    losses: Vec<Loss>,
+) -> Option<Plan> {
+    if memory.losses_config != desired.config_sha {
+        memory.losses.clear();
+        memory.hold_until = None;
+        memory.losses_config = desired.config_sha.clone();
+    }
+    for loss in &losses {
+        inner.events.record(Event::now(
+            &spec.id,
+            EventKind::InstanceLost,
+            Some(&loss.id),
+            loss.why.clone(),
+        ));
+    }
+    if destroying {
+        return None;
+    }
+    let new = !losses.is_empty();
+    memory.losses.extend(losses);
+    let limit = spec.properties.health.crash_loop_limit as usize;
+    if limit > 0 && memory.losses.len() >= limit {
+        let last = memory.losses.last().expect("at least one");
+        let ids: Vec<&str> = memory.losses.iter().map(|l| l.id.as_str()).collect();
+        return Some(Plan {
+            steps: Vec::new(),
+            phase: Phase::Paused,
+            messages: vec![format!(
+                "crash loop: {} instances of this configuration were lost soon after \
+                 provisioning ({}; the last one {}); paused until the spec changes: check what \
+                 the instance plugin and the instances say, fix the configuration and commit it \
+                 again",
+                ids.len(),
+                ids.join(", "),
+                last.why
+            )],
+            current: 0,
+            size: desired.size(),
+        });
+    }
+    if new {
+        let wait = backoff(
+            memory.losses.len() as u32,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            random_unit(),
+        );
+        memory.hold_until = Some(Instant::now() + wait);
+    }
+    None
 }
 
 /// Carries out a plan's steps through the plugins: flavor `prepare` before `provision`, flavor
@@ -767,6 +926,8 @@ struct Executor<'a> {
     instance: &'a Plugin,
     flavor: &'a Plugin,
     observed: &'a HashMap<String, Description>,
+    /// What was provisioned and destroyed, for the expectations.
+    done: Mutex<Vec<Done>>,
 }
 
 impl Executor<'_> {
@@ -938,10 +1099,25 @@ impl Executor<'_> {
         // The identity tags are the controller's: a flavor may add tags, never change these.
         prepared.tags.extend(identity);
         prepared.logical_id = logical_id.map(str::to_string);
-        self.instance
+        let id = self
+            .instance
             .provision(&prepared)
             .await
-            .map_err(|e| self.fail(None, "provisioning", e))
+            .map_err(|e| self.fail(None, "provisioning", e))?;
+        let expected = Description {
+            id: id.clone(),
+            logical_id: logical_id.map(str::to_string),
+            tags: prepared.tags,
+            properties: None,
+        };
+        self.done
+            .lock()
+            .expect("done lock")
+            .push(Done::Provisioned(Member::from_description(
+                &expected,
+                Health::Unknown,
+            )));
+        Ok(id)
     }
 
     /// Drains with the spec's timeout; a failed or slow drain is reported and the destroy goes
@@ -978,11 +1154,16 @@ impl Executor<'_> {
 
     async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
         match self.instance.destroy(id, context).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             // Already gone is what we wanted.
-            Err(e) if matches!(e.guest_error(), Some(plugin::GuestError::NotFound(_))) => Ok(()),
-            Err(e) => Err(self.fail(Some(id), "destroying", e)),
+            Err(e) if matches!(e.guest_error(), Some(plugin::GuestError::NotFound(_))) => {}
+            Err(e) => return Err(self.fail(Some(id), "destroying", e)),
         }
+        self.done
+            .lock()
+            .expect("done lock")
+            .push(Done::Destroyed(id.to_string()));
+        Ok(())
     }
 }
 

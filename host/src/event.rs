@@ -37,6 +37,8 @@ pub enum EventKind {
     Converged,
     /// A plugin was loaded, replaced or failed to load.
     PluginChanged,
+    /// An instance the controller provisioned was lost soon after, or never appeared.
+    InstanceLost,
 }
 
 impl fmt::Display for EventKind {

@@ -23,6 +23,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod event;
+pub mod expectations;
 pub mod grants;
 pub mod metrics;
 pub mod plan;

@@ -60,7 +60,8 @@ impl Desired {
         }
     }
 
-    fn size(&self) -> usize {
+    /// How many members the allocation wants.
+    pub fn size(&self) -> usize {
         match &self.allocation {
             Allocation::Size(n) => *n as usize,
             Allocation::LogicalIds(ids) => ids.len(),

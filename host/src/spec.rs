@@ -256,6 +256,14 @@ pub struct HealthSpec {
     /// Above this many unhealthy instances at once, remediation pauses: a broken network must
     /// not trigger a cascade of replacements.
     pub max_unhealthy: Threshold,
+    /// How long a provisioned instance may take to appear in the instance plugin's listing
+    /// (cloud listings lag their create calls). Until then it counts as there; after that, as
+    /// lost.
+    pub provision_timeout: HumanDuration,
+    /// Instances of one configuration lost within their grace period, or never listed within
+    /// `ProvisionTimeout`, before the group pauses (a crash loop). Each loss first delays the
+    /// next provisions with growing back-off. 0: never pause.
+    pub crash_loop_limit: u32,
 }
 
 impl Default for HealthSpec {
@@ -264,6 +272,8 @@ impl Default for HealthSpec {
             check_interval: HumanDuration(Duration::from_secs(10)),
             grace_period: HumanDuration(Duration::from_secs(60)),
             max_unhealthy: Threshold::Percent(Percent(40)),
+            provision_timeout: HumanDuration(Duration::from_secs(60)),
+            crash_loop_limit: 5,
         }
     }
 }

@@ -1,0 +1,193 @@
+//! What the controller expects to see, as Kubernetes' ReplicaSet controller keeps it: an instance
+//! it provisioned counts as there until a listing shows it or `ProvisionTimeout` passes, and one
+//! it destroyed counts as gone until a listing stops showing it or the timeout passes. Cloud
+//! listings lag their create and delete calls; without this, a lagging `describe` would make
+//! the planner provision again (past `Size + MaxSurge`) or see a destroyed instance twice.
+//!
+//! It also notices a crash loop: instances of the current configuration that were lost within
+//! their grace period of being provisioned, or never listed at all. Pure: the clock is an
+//! argument, and the state lives in one group task (a restarted controller starts empty, which
+//! is safe: it then trusts the listing, as before).
+
+use std::collections::BTreeMap;
+
+use crate::plan::Member;
+
+/// One instance lost soon after it was provisioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// The instance.
+    pub id: String,
+    /// What happened, for people.
+    pub why: String,
+}
+
+/// The expectations of one group.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    /// Provisioned, not yet listed: the member as it will be, and when (Unix ms).
+    adds: BTreeMap<String, (Member, u64)>,
+    /// Destroyed, still listed: when (Unix ms).
+    dels: BTreeMap<String, u64>,
+    /// Listed before, with when it was created (Unix ms; 0 when unknown).
+    seen: BTreeMap<String, u64>,
+}
+
+impl Expectations {
+    /// The controller provisioned `member` at `now`. A plugin that answers with an id it gave
+    /// before does not restart that id's clock.
+    pub fn provisioned(&mut self, member: Member, now: u64) {
+        self.adds.entry(member.id.clone()).or_insert((member, now));
+    }
+
+    /// The controller destroyed `id` at `now`.
+    pub fn destroyed(&mut self, id: &str, now: u64) {
+        self.adds.remove(id);
+        self.seen.remove(id);
+        self.dels.insert(id.to_string(), now);
+    }
+
+    /// How many provisions are still unlisted.
+    pub fn pending(&self) -> usize {
+        self.adds.len()
+    }
+
+    /// Adjusts a fresh listing by what is expected, and returns the instances lost since the
+    /// last one: provisioned and never listed within `timeout_ms`, or listed and then gone
+    /// (not destroyed by us) within `grace_ms` of being created.
+    pub fn apply(
+        &mut self,
+        observed: &mut Vec<Member>,
+        now: u64,
+        timeout_ms: u64,
+        grace_ms: u64,
+    ) -> Vec<Loss> {
+        let listed: BTreeMap<String, u64> = observed
+            .iter()
+            .map(|m| (m.id.clone(), m.created_ms))
+            .collect();
+        let mut losses = Vec::new();
+
+        // Gone from the listing since last time, and not by our hand.
+        let vanished: Vec<(String, u64)> = self
+            .seen
+            .iter()
+            .filter(|(id, _)| !listed.contains_key(*id))
+            .map(|(id, c)| (id.clone(), *c))
+            .collect();
+        for (id, created) in vanished {
+            self.seen.remove(&id);
+            let age = now.saturating_sub(created);
+            if created > 0 && age < grace_ms {
+                losses.push(Loss {
+                    why: format!(
+                        "lost {} after it was provisioned, within its grace period",
+                        secs(age)
+                    ),
+                    id,
+                });
+            }
+        }
+        self.seen
+            .extend(listed.iter().map(|(id, c)| (id.clone(), *c)));
+
+        // Provisioned: listed now (done), overdue (lost), or still expected (counted as there).
+        let adds = std::mem::take(&mut self.adds);
+        for (id, (member, at)) in adds {
+            if listed.contains_key(&id) {
+                continue;
+            }
+            if now.saturating_sub(at) > timeout_ms {
+                losses.push(Loss {
+                    why: format!(
+                        "provisioned {} ago and never listed by the instance plugin",
+                        secs(now.saturating_sub(at))
+                    ),
+                    id,
+                });
+            } else {
+                observed.push(member.clone());
+                self.adds.insert(id, (member, at));
+            }
+        }
+
+        // Destroyed: still listed within the timeout counts as gone.
+        self.dels
+            .retain(|id, at| listed.contains_key(id) && now.saturating_sub(*at) <= timeout_ms);
+        observed.retain(|m| !self.dels.contains_key(&m.id));
+        losses
+    }
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::Health;
+
+    fn member(id: &str, created: u64) -> Member {
+        Member {
+            id: id.into(),
+            group: "g".into(),
+            logical_id: None,
+            config_sha: "c".into(),
+            created_ms: created,
+            index: Some(0),
+            health: Health::Healthy,
+        }
+    }
+
+    const T: u64 = 10_000;
+    const GRACE: u64 = 60_000;
+
+    #[test]
+    fn a_provisioned_instance_counts_as_there_until_listed_or_overdue() {
+        let mut e = Expectations::default();
+        e.provisioned(member("a", 1_000), 1_000);
+        let mut seen = vec![];
+        assert!(e.apply(&mut seen, 2_000, T, GRACE).is_empty());
+        assert_eq!(seen.len(), 1, "expected, so counted");
+        let mut listed = vec![member("a", 1_000)];
+        assert!(e.apply(&mut listed, 3_000, T, GRACE).is_empty());
+        assert_eq!(listed.len(), 1, "listed once, not twice");
+        assert_eq!(e.pending(), 0);
+
+        e.provisioned(member("b", 4_000), 4_000);
+        let mut none = vec![member("a", 1_000)];
+        let lost = e.apply(&mut none, 4_000 + T + 1, T, GRACE);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].id, "b");
+        assert!(lost[0].why.contains("never listed"), "{}", lost[0].why);
+        assert_eq!(none.len(), 1, "an overdue one no longer counts");
+    }
+
+    #[test]
+    fn a_destroyed_instance_counts_as_gone_while_still_listed() {
+        let mut e = Expectations::default();
+        let mut listed = vec![member("a", 0), member("b", 0)];
+        e.apply(&mut listed, 1_000, T, GRACE);
+        e.destroyed("a", 1_000);
+        let mut lagging = vec![member("a", 0), member("b", 0)];
+        assert!(e.apply(&mut lagging, 2_000, T, GRACE).is_empty());
+        assert_eq!(lagging.len(), 1);
+        assert_eq!(lagging[0].id, "b");
+        // Our own destroy is not a loss when it finally disappears.
+        let mut gone = vec![member("b", 0)];
+        assert!(e.apply(&mut gone, 3_000, T, GRACE).is_empty());
+    }
+
+    #[test]
+    fn an_instance_lost_within_its_grace_period_is_a_loss_an_old_one_is_not() {
+        let mut e = Expectations::default();
+        let mut listed = vec![member("young", 50_000), member("old", 1)];
+        e.apply(&mut listed, 60_000, T, GRACE);
+        let mut after = vec![];
+        let lost = e.apply(&mut after, 70_000, T, GRACE);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].id, "young");
+        assert!(lost[0].why.contains("20.0s"), "{}", lost[0].why);
+    }
+}
