@@ -1015,3 +1015,33 @@ fn a_commit_goes_through_while_the_instance_plugin_cannot_list() {
         describe(&env, "down")["status"]["phase"] == "failing"
     });
 }
+
+#[test]
+fn serve_is_ready_at_once_and_a_plugin_with_slow_metadata_is_listed_as_loading() {
+    let env = Env::new();
+    env.install_plugin(
+        "fixture-misbehave",
+        Some("[config]\nslow_metadata_ms = \"8000\"\n[limits]\nwall = \"20s\"\n"),
+    );
+    let started = std::time::Instant::now();
+    let _daemon = Daemon::start_serving(&env, &[]);
+    let ready = started.elapsed();
+    assert!(
+        ready < Duration::from_secs(6),
+        "ready after {ready:?}: it waited for the 8 s metadata"
+    );
+    let row = env.plugin_row(&[], "fixture-misbehave");
+    assert_eq!(row["status"], "loading", "{row}");
+    // Groups on other plugins are served meanwhile.
+    let spec = env.data_dir().join("meanwhile.json");
+    write_spec(&spec, "meanwhile", json!({"Size": 2}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert_eq!(
+        env.plugin_row(&[], "fixture-misbehave")["status"],
+        "loading",
+        "the group converged while the slow plugin was still loading"
+    );
+    wait_until("the slow plugin to load", || {
+        env.plugin_row(&[], "fixture-misbehave")["status"] == "ok"
+    });
+}

@@ -78,6 +78,13 @@ impl Error {
         }
     }
 
+    /// A plugin the group needs is still being loaded (right after start): retried, not news.
+    fn is_loading(&self) -> bool {
+        match self {
+            Error::Plugin { source, .. } => matches!(**source, plugin::Error::Loading { .. }),
+        }
+    }
+
     fn event_kind(&self) -> EventKind {
         match self {
             Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. }) => {
@@ -257,7 +264,7 @@ impl Controller {
     /// Checks a spec against its plugins: both exist, are of the right kind, and accept their
     /// properties.
     pub async fn validate(&self, spec: &GroupSpec) -> Result<(), Error> {
-        let (instance, flavor) = self.plugins_of(spec)?;
+        let (instance, flavor) = self.loaded_plugins_of(spec).await?;
         let fail = |action: &str, source| Error::Plugin {
             group: spec.id.clone(),
             instance: None,
@@ -273,6 +280,23 @@ impl Controller {
             .await
             .map_err(|e| fail("validating Properties.Flavor.Properties", e))?;
         Ok(())
+    }
+
+    /// The spec's plugins, waiting (up to a minute) for one that is still being loaded: right
+    /// after the daemon starts, a commit should wait for the plugin, not be refused.
+    async fn loaded_plugins_of(
+        &self,
+        spec: &GroupSpec,
+    ) -> Result<(Arc<Plugin>, Arc<Plugin>), Error> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.plugins_of(spec) {
+                Err(e) if e.is_loading() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     fn plugins_of(&self, spec: &GroupSpec) -> Result<(Arc<Plugin>, Arc<Plugin>), Error> {
@@ -317,7 +341,7 @@ impl Controller {
 
     /// What committing `spec` would do now, without doing it.
     pub async fn plan(&self, spec: &GroupSpec) -> Result<Plan, Error> {
-        let (instance, flavor) = self.plugins_of(spec)?;
+        let (instance, flavor) = self.loaded_plugins_of(spec).await?;
         let mut cache = HealthCache::default();
         let observed = observe(spec, &instance, &flavor, &mut cache, None).await?;
         Ok(plan::plan(
@@ -672,7 +696,7 @@ async fn run_group(
             Err(e) => {
                 let message = crate::error_chain(&e);
                 // Recorded once per distinct failure, not at every retry.
-                let new = next.last_error.as_deref() != Some(message.as_str());
+                let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_loading();
                 if new {
                     inner.events.record(Event::now(
                         &spec.id,

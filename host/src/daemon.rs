@@ -118,14 +118,25 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open(&data_dir.join("state.redb")).context("opening the store")?);
+    // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
+    // whole limit): the daemon serves at once, lists them as loading, and groups that need
+    // one retry until it is there.
     let registry = Arc::new(
-        Registry::load(options.registry.clone())
-            .await
+        Registry::empty(options.registry.clone())
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("starting the WebAssembly engine")?,
     );
-    for f in registry.failures() {
-        tracing::warn!(plugin = %f.name, path = %f.path.display(), error = %f.message, "plugin not loaded");
+    let (loaded_tx, loaded_rx) = tokio::sync::watch::channel(false);
+    {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            registry.load_all().await;
+            for f in registry.failures() {
+                tracing::warn!(plugin = %f.name, path = %f.path.display(), error = %f.message, "plugin not loaded");
+            }
+            tracing::info!(plugins = registry.plugins().len(), "plugins loaded");
+            loaded_tx.send_replace(true);
+        });
     }
     let (live, _) = broadcast::channel(4096);
     let events = Arc::new(StoredEvents {
@@ -228,7 +239,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let events = events.clone();
         let every = options.plugin_scan_interval;
         let mut stop = stop_rx.clone();
+        let mut loaded = loaded_rx;
         tokio::spawn(async move {
+            // Changes are what happens after the first load.
+            tokio::select! {
+                _ = loaded.wait_for(|l| *l) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}

@@ -16,7 +16,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a daemon and waits until it serves and has loaded its plugins.
     pub fn start(env: &Env, extra: &[&str]) -> Daemon {
+        let mut d = Daemon::start_serving(env, extra);
+        d.wait_for_log("plugins loaded");
+        d
+    }
+
+    /// Starts a daemon and waits only until it serves (plugins may still be loading).
+    pub fn start_serving(env: &Env, extra: &[&str]) -> Daemon {
         let n = std::fs::read_dir(env.data_dir())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -39,6 +47,20 @@ impl Daemon {
         };
         d.wait_ready();
         d
+    }
+
+    fn wait_for_log(&mut self, needle: &str) {
+        let start = Instant::now();
+        while !self.output().contains(needle) {
+            self.process
+                .assert_running(&format!("waiting for {needle:?}"));
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "no {needle:?} in the daemon's log:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn wait_ready(&mut self) {

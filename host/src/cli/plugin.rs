@@ -71,6 +71,25 @@ pub fn plugin_rows(registry: &Registry) -> Value {
             error: None,
         })
         .collect();
+    let loaded: Vec<String> = rows.iter().map(|r| r.name.clone()).collect();
+    rows.extend(
+        registry
+            .loading()
+            .into_iter()
+            .filter(|n| !loaded.contains(n))
+            .map(|name| Row {
+                name,
+                status: "loading",
+                kind: None,
+                version: None,
+                source: String::new(),
+                sha256: None,
+                description: None,
+                capabilities: None,
+                not_granted: None,
+                error: None,
+            }),
+    );
     rows.extend(registry.failures().iter().map(|f| Row {
         name: f.name.clone(),
         status: "error",

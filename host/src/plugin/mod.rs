@@ -131,6 +131,12 @@ pub enum Error {
         /// The names that exist.
         known: String,
     },
+    /// The plugin is still being loaded (compiled, or answering `metadata`); try again soon.
+    #[error("plugin {name:?} is still loading")]
+    Loading {
+        /// The name asked for.
+        name: String,
+    },
     /// The plugin exists but implements the other SPI.
     #[error("plugin {name} is a {actual} plugin, not a {expected} plugin")]
     WrongKind {

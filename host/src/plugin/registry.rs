@@ -111,6 +111,8 @@ pub struct Registry {
     pooling: bool,
     plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     failures: RwLock<BTreeMap<PathBuf, LoadFailure>>,
+    /// Plugins being loaded for the first time (compiling, or answering `metadata`).
+    loading: RwLock<std::collections::BTreeSet<String>>,
     dir: tokio::sync::Mutex<DirState>,
 }
 
@@ -149,10 +151,34 @@ impl Registry {
     /// Creates the engine and loads every plugin. Only an engine that cannot be created is an
     /// error; plugins that fail are listed in [`Registry::failures`].
     pub async fn load(config: RegistryConfig) -> wasmtime::Result<Registry> {
+        let registry = Registry::empty(config)?;
+        registry.load_all().await;
+        Ok(registry)
+    }
+
+    /// Creates the engine with no plugin loaded yet: every plugin there is to load is listed
+    /// as loading until [`Registry::load_all`] gets to it. The daemon serves at once this way
+    /// and loads in the background.
+    pub fn empty(config: RegistryConfig) -> wasmtime::Result<Registry> {
         let (engine, pooling) = engine::new_engine()?;
         let linker = sandbox::linker(&engine)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir.clone());
-        let registry = Registry {
+        let mut loading: std::collections::BTreeSet<String> = builtin::BUILTINS
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if let Some(dir) = &config.plugins_dir
+            && let Ok(entries) = std::fs::read_dir(dir)
+        {
+            loading.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                    .map(|p| name_of(&p)),
+            );
+        }
+        Ok(Registry {
             engine,
             linker,
             cache,
@@ -160,8 +186,14 @@ impl Registry {
             pooling,
             plugins: RwLock::new(BTreeMap::new()),
             failures: RwLock::new(BTreeMap::new()),
+            loading: RwLock::new(loading),
             dir: tokio::sync::Mutex::new(DirState::default()),
-        };
+        })
+    }
+
+    /// Loads the built-ins and every plugin in the plugin directory.
+    pub async fn load_all(&self) {
+        let registry = self;
         for (name, bytes) in builtin::BUILTINS {
             let grants = registry
                 .config
@@ -194,9 +226,16 @@ impl Registry {
                     );
                 }
             }
+            registry.loading.write().expect("lock").remove(*name);
         }
         registry.scan(false).await;
-        Ok(registry)
+        // Whatever was listed as loading and is not in the directory any more.
+        registry.loading.write().expect("lock").clear();
+    }
+
+    /// The plugins not loaded yet (listed by `plugin ls` as loading).
+    pub fn loading(&self) -> Vec<String> {
+        self.loading.read().expect("lock").iter().cloned().collect()
     }
 
     /// Looks at the plugin directory again and applies what changed: new files are loaded,
@@ -260,7 +299,9 @@ impl Registry {
             state.loaded.insert(path.clone(), now);
             let name = name_of(&path);
             let previous = self.plugins.read().expect("lock").get(&name).cloned();
-            match self.load_file(&name, &path, previous.as_deref()).await {
+            let loaded = self.load_file(&name, &path, previous.as_deref()).await;
+            self.loading.write().expect("lock").remove(&name);
+            match loaded {
                 Ok(Some(plugin)) => {
                     self.failures.write().expect("lock").remove(&path);
                     self.plugins
@@ -409,6 +450,11 @@ impl Registry {
     /// A plugin by name.
     pub fn get(&self, name: &str) -> Result<Arc<Plugin>, Error> {
         let plugins = self.plugins.read().expect("lock");
+        if !plugins.contains_key(name) && self.loading.read().expect("lock").contains(name) {
+            return Err(Error::Loading {
+                name: name.to_string(),
+            });
+        }
         plugins.get(name).cloned().ok_or_else(|| Error::Unknown {
             name: name.to_string(),
             known: plugins.keys().cloned().collect::<Vec<_>>().join(", "),
