@@ -1045,3 +1045,42 @@ fn serve_is_ready_at_once_and_a_plugin_with_slow_metadata_is_listed_as_loading()
         env.plugin_row(&[], "fixture-misbehave")["status"] == "ok"
     });
 }
+
+#[test]
+fn concurrent_commits_of_one_group_leave_the_controller_on_the_stored_revision() {
+    let env = Env::new();
+    let daemon = std::sync::Arc::new(Daemon::start(&env, &[]));
+    let body = |size: u32| {
+        json!({"ID": "race", "Properties": {
+            "Allocation": {"Size": size},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "race"}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}}
+        }})
+        .to_string()
+    };
+    for round in 0..8u32 {
+        let commits: Vec<_> = (0..6u32)
+            .map(|i| {
+                let daemon = daemon.clone();
+                let text = body((round + i) % 5);
+                std::thread::spawn(move || daemon.http("POST", "/v1/groups", text.as_bytes()))
+            })
+            .collect();
+        for c in commits {
+            let (status, answer) = c.join().unwrap();
+            assert_eq!(status, 200, "{answer}");
+        }
+        let stored = describe(&env, "race");
+        let (revision, size) = (
+            stored["revision"].as_u64().unwrap(),
+            stored["spec"]["Properties"]["Allocation"]["Size"].clone(),
+        );
+        wait_until(
+            &format!("round {round}: the controller on revision {revision}"),
+            || {
+                let g = describe(&env, "race");
+                g["status"]["revision"] == revision && g["status"]["size"] == size
+            },
+        );
+    }
+}

@@ -370,13 +370,28 @@ impl Controller {
         });
     }
 
-    /// Hands a group's task its new intent, starting the task if it is not running.
+    /// Hands a group's task its new intent, starting the task if it is not running. Intents
+    /// never go backwards: the API stores a revision and then hands it over, so two concurrent
+    /// commits may hand theirs over in the other order; the older one is ignored (and so is a
+    /// manage of the revision a destroy was requested at).
     fn direct(&self, intent: Intent) {
         let spec = intent.spec.clone();
         let mut groups = self.inner.groups.lock().expect("groups lock");
         if let Some(h) = groups.get(&spec.id)
             && !h.task.is_finished()
         {
+            let stale = {
+                let current = h.intent.borrow();
+                intent.revision < current.revision
+                    || (intent.revision == current.revision
+                        && current.destroying
+                        && !intent.destroying
+                        && intent.revision > 0)
+            };
+            if stale {
+                tracing::debug!(group = %spec.id, revision = intent.revision, "ignoring an older intent");
+                return;
+            }
             h.intent.send_replace(intent);
             return;
         }
@@ -1209,6 +1224,48 @@ mod tests {
             max / 2,
             "no overflow far out"
         );
+    }
+
+    struct NoPlugins;
+    impl PluginSource for NoPlugins {
+        fn plugin(&self, name: &str) -> Result<Arc<Plugin>, plugin::Error> {
+            Err(plugin::Error::Unknown {
+                name: name.into(),
+                known: String::new(),
+            })
+        }
+    }
+    struct NoEvents;
+    impl EventSink for NoEvents {
+        fn record(&self, _: Event) {}
+    }
+
+    fn spec(size: u32) -> GroupSpec {
+        GroupSpec::parse(
+            &serde_json::json!({"ID": "g", "Properties": {"Allocation": {"Size": size},
+                "Instance": {"Plugin": "i"}, "Flavor": {"Plugin": "f"}}})
+            .to_string(),
+            "test",
+            false,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_older_revision_handed_over_late_is_ignored() {
+        let c = Controller::new(Arc::new(NoPlugins), Arc::new(NoEvents), Options::default());
+        // Two commits stored as revisions 1 and 2, handed over in the other order.
+        c.commit(spec(2), 2);
+        c.commit(spec(1), 1);
+        let mut status = c.watch("g").unwrap();
+        let s = status.wait_for(|s| s.passes >= 2).await.unwrap().clone();
+        assert_eq!((s.revision, s.size), (2, 2));
+        // A destroy requested at the current revision is not undone by a late manage of it.
+        c.destroy(spec(2), 2);
+        c.commit(spec(2), 2);
+        let intent = c.inner.groups.lock().unwrap()["g"].intent.borrow().clone();
+        assert!(intent.destroying);
+        c.shutdown().await;
     }
 
     #[test]
