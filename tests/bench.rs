@@ -1112,6 +1112,36 @@ async fn main() {
     );
     controller.shutdown().await;
 
+    // --- 6. The controller and the API under real plugin latency and load (issue 9).
+    eprintln!("controller and API under load");
+    {
+        let mut spec = group_spec("slowcloud", 1000 / scale as u32, "1h");
+        spec.properties.instance.properties = json!({"Image": "debian-13", "LatencyMs": 100});
+        let controller = Controller::new(registry.clone(), events.clone(), Options::default());
+        let t = Instant::now();
+        controller.commit(spec.clone(), 1);
+        loop {
+            let s = controller.status(&spec.id).unwrap();
+            if s.phase == plan::Phase::Converged && s.current == spec.size() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        report.add(
+            "controller",
+            format!(
+                "{} instances converged, 100 ms per provision (Parallelism {})",
+                spec.size(),
+                spec.properties.parallelism
+            ),
+            t.elapsed().as_secs_f64(),
+            "s",
+            (!quick).then_some(("<=", 3.0)),
+        );
+        controller.shutdown().await;
+    }
+    api_under_load(&mut report, work.path(), quick).await;
+
     report.add(
         "run",
         "benchmark wall time",
@@ -1124,4 +1154,163 @@ async fn main() {
         std::fs::write(&path, serde_json::to_string_pretty(&report.json()).unwrap()).unwrap();
         println!("wrote {path}");
     }
+}
+
+/// One HTTP/1.1 request on the daemon's unix socket; its status and how long it took.
+fn http_unix(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Duration) {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: infrakit\r\nconnection: close\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let took = t.elapsed();
+    let status = String::from_utf8_lossy(&raw)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, took)
+}
+
+fn median_ms(socket: &Path, n: usize, method: &str, path: &str, body: &str) -> f64 {
+    let samples: Vec<Duration> = (0..n)
+        .map(|_| {
+            let (status, took) = http_unix(socket, method, path, body);
+            assert_eq!(status, 200, "{method} {path}");
+            took
+        })
+        .collect();
+    stats(samples).0 / 1e3
+}
+
+/// The real daemon: `status` idle, with 200 groups × 5 converged, and next to 4 plugins that
+/// loop until their CPU limit; commit latency with the 200 groups.
+async fn api_under_load(report: &mut Report, work: &Path, quick: bool) {
+    let dir = work.join("api-load");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        Path::new(GUEST).join("fixture_misbehave.wasm"),
+        plugins.join("fixture-misbehave.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("fixture-misbehave.toml"),
+        "[limits]\ncpu = \"2s\"\n",
+    )
+    .unwrap();
+    let socket = dir.join("infrakit.sock");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "serve",
+            "--poll-interval",
+            "1s",
+        ])
+        .env("INFRAKIT_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = |id: &str, size: u32, instance: Value| {
+        json!({"ID": id, "Properties": {"Allocation": {"Size": size},
+            "Instance": instance,
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}},
+            "Health": {"CheckInterval": "10s"}}})
+        .to_string()
+    };
+    let file = |id: &str| group(id, 5, json!({"Plugin": "instance-file", "Properties": {}}));
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "daemon not ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first commit waits for the built-ins to load.
+    assert_eq!(http_unix(&socket, "POST", "/v1/groups", &file("g0")).0, 200);
+    let runs = if quick { 10 } else { 50 };
+    let idle = median_ms(&socket, runs, "GET", "/v1/status", "");
+    report.add("api", "status, idle, median", idle, "ms", None);
+
+    let n = if quick { 20 } else { 200 };
+    for i in 1..n {
+        let (status, _) = http_unix(&socket, "POST", "/v1/groups", &file(&format!("g{i}")));
+        assert_eq!(status, 200);
+    }
+    let t = Instant::now();
+    loop {
+        let (_, _) = http_unix(&socket, "GET", "/v1/status", "");
+        let text = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+            .args([
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "group",
+                "ls",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let groups: Value = serde_json::from_slice(&text.stdout).unwrap_or(Value::Null);
+        let converged = groups
+            .as_array()
+            .is_some_and(|a| a.len() == n && a.iter().all(|g| g["status"]["phase"] == "converged"));
+        if converged {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "{n} groups did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = median_ms(&socket, runs, "GET", "/v1/status", "");
+    report.add(
+        "api",
+        format!("status with {n} groups × 5 converged, median"),
+        status,
+        "ms",
+        Some(("<=", 10.0)),
+    );
+    let commit = median_ms(&socket, runs / 2, "POST", "/v1/groups", &file("g1"));
+    report.add(
+        "api",
+        format!("commit (unchanged spec) with {n} groups × 5, median"),
+        commit,
+        "ms",
+        Some(("<=", 50.0)),
+    );
+
+    for i in 0..4 {
+        let looping = group(
+            &format!("spin{i}"),
+            1,
+            json!({"Plugin": "fixture-misbehave", "Properties": {"Do": "loop"}}),
+        );
+        assert_eq!(http_unix(&socket, "POST", "/v1/groups", &looping).0, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = median_ms(&socket, runs, "GET", "/v1/status", "");
+    report.add(
+        "api",
+        "status while 4 plugins loop until their CPU limit, median",
+        busy,
+        "ms",
+        None,
+    );
+    report.add(
+        "api",
+        "status: next to 4 looping plugins ÷ without them",
+        busy / status,
+        "x",
+        Some(("<=", 2.0)),
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }
