@@ -458,12 +458,19 @@ fn access_control_socket_mode_and_a_single_daemon_per_data_dir() {
         )
     };
     let addr = daemon.tcp_address().expect("the TCP address in the log");
-    let mode = std::fs::metadata(&daemon.socket)
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mode = mode_of(&daemon.socket);
     assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    assert_eq!(mode_of(&env.data_dir().join("state.redb")), 0o600);
+    assert_eq!(mode_of(&env.scratch("instance-file")), 0o700);
+    // The token file was written with the default mode: readable by others, and said so.
+    assert!(
+        daemon
+            .output()
+            .contains("the token file is readable by others"),
+        "{}",
+        daemon.output()
+    );
 
     let (status, body) = http_tcp(&addr, "GET", "/v1/status", b"", &[]);
     assert_eq!(status, 401, "{body}");

@@ -631,3 +631,36 @@ async fn a_response_larger_than_granted_is_cut_off() {
     let msg = denied(attempt(&registry, json!({"Do": "http", "Url": server.url("/big")})).await);
     assert!(msg.contains("over the limit of 1024 bytes"), "{msg}");
 }
+
+#[test]
+fn control_characters_from_a_plugin_never_reach_the_terminal_raw() {
+    let env = Env::new();
+    env.install_plugin(PLUGIN, None);
+    let mut cmd = env.command();
+    cmd.env("INFRAKIT_LOG", "info")
+        .args(["instance", "provision", "--plugin", PLUGIN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"Properties": {"Do": "forge"}}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+    assert!(!all.contains(&0x1b), "a raw escape reached the terminal");
+    let text = String::from_utf8_lossy(&all);
+    // The forged text is there, escaped, on the plugin's own lines; never a line of its own.
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR infrakit: FORGED")),
+        "a forged log line: {text}"
+    );
+}

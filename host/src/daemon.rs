@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,7 +48,11 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Takes the lock or says who holds it.
     pub fn acquire(data_dir: &Path) -> anyhow::Result<DataDirLock> {
-        std::fs::create_dir_all(data_dir)
+        // Private: it holds the store, the socket and every plugin's scratch directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
         let path = data_dir.join("infrakit.lock");
         let mut file = std::fs::OpenOptions::new()
@@ -116,8 +120,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
+    let store_path = data_dir.join("state.redb");
     let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&data_dir.join("state.redb")).context("opening the store")?);
+        Arc::new(EmbeddedStore::open(&store_path).context("opening the store")?);
+    std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", store_path.display()))?;
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
     // whole limit): the daemon serves at once, lists them as loading, and groups that need
     // one retry until it is there.

@@ -486,7 +486,8 @@ impl GroupSpec {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
+    // `.` and `..` would name directories, not groups, in paths and URLs.
+    !matches!(id, "" | "." | "..")
         && id.len() <= 63
         && id
             .chars()

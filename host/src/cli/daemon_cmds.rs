@@ -51,6 +51,18 @@ pub struct EventsArgs {
 pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let file = cli.file_config()?.serve;
     let token_file = args.token_file.as_ref().or(file.token_file.as_ref());
+    if let Some(f) = token_file {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(f)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                file = %f.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the token file is readable by others: anyone who reads it controls the daemon; chmod 600 it"
+            );
+        }
+    }
     let token = match (token_file, &cli.token) {
         (Some(f), _) => Some(
             std::fs::read_to_string(f)

@@ -145,11 +145,13 @@ pub(crate) fn destroy_context_to_wit(c: DestroyContext) -> wit::DestroyContext {
 }
 
 pub(crate) fn error_from_wit(e: wit::Error) -> GuestError {
+    // A plugin's message ends up in terminals, logs and the event log: no control characters.
+    let p = |m: String| super::printable(&m).into_owned();
     match e {
-        wit::Error::Invalid(m) => GuestError::Invalid(m),
-        wit::Error::NotFound(m) => GuestError::NotFound(m),
-        wit::Error::Transient(m) => GuestError::Transient(m),
-        wit::Error::Other(m) => GuestError::Other(m),
+        wit::Error::Invalid(m) => GuestError::Invalid(p(m)),
+        wit::Error::NotFound(m) => GuestError::NotFound(p(m)),
+        wit::Error::Transient(m) => GuestError::Transient(p(m)),
+        wit::Error::Other(m) => GuestError::Other(p(m)),
     }
 }
 

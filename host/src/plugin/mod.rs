@@ -561,6 +561,26 @@ fn granted(grants: &crate::grants::Grants, capability: &Capability) -> bool {
     }
 }
 
+/// Text from a plugin made safe for terminals and logs: control characters (newlines that would
+/// forge log lines, ANSI escapes that would rewrite a terminal) are shown escaped, as `\n` or
+/// `\u{1b}`.
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Collapses a multi-line message (wasmtime prints some byte dumps over many lines).
 pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")

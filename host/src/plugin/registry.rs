@@ -413,13 +413,18 @@ impl Registry {
             })?;
         tracing::debug!(plugin = name, cached, elapsed = ?started.elapsed(), "component ready");
         let scratch = self.config.data_dir.join("scratch").join(name);
-        std::fs::create_dir_all(&scratch).map_err(|e| Error::Metadata {
-            origin: source.clone(),
-            reason: format!(
-                "cannot create its scratch directory {}: {e}",
-                scratch.display()
-            ),
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&scratch)
+            .map_err(|e| Error::Metadata {
+                origin: source.clone(),
+                reason: format!(
+                    "cannot create its scratch directory {}: {e}",
+                    scratch.display()
+                ),
+            })?;
         let sandbox = Sandbox {
             plugin: Arc::from(name),
             scratch,

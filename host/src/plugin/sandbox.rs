@@ -145,7 +145,7 @@ impl bindings::host::Host for State {
             }
             return Ok(());
         }
-        let message = truncate(&message, LOG_MESSAGE_BYTES);
+        let message = super::printable(truncate(&message, LOG_MESSAGE_BYTES));
         use bindings::host::Level;
         let plugin = &*self.plugin;
         match level {
@@ -185,6 +185,7 @@ pub(super) fn flush_output(plugin: &str, stdout: &MemoryOutputPipe, stderr: &Mem
             .lines()
             .filter(|l| !l.is_empty())
         {
+            let line = super::printable(line);
             if stream == "stderr" {
                 tracing::warn!(target: "plugin", plugin = %plugin, stream, "{line}");
             } else {
