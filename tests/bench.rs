@@ -547,7 +547,7 @@ async fn main() {
     let cold = startup(&sdir);
     report.add(
         "start-up",
-        "daemon start to ready, cold (compiles built-ins)",
+        "daemon start to serving, empty data dir (plugins load in the background)",
         cold.as_secs_f64() * 1e3,
         "ms",
         None,
@@ -556,7 +556,7 @@ async fn main() {
     let (warm_med, _) = stats(warm);
     report.add(
         "start-up",
-        "daemon start to ready, warm (compiled cache)",
+        "daemon start to serving, warm (compiled cache)",
         warm_med / 1e3,
         "ms",
         Some(("<=", 100.0)),
