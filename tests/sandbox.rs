@@ -411,6 +411,34 @@ async fn a_plugin_with_too_many_calls_stuck_in_the_kernel_is_refused_until_they_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cpu_limit_counts_guest_execution_and_the_wall_limit_counts_waiting() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\ncpu = \"300ms\"\nwall = \"3s\"\n").await;
+    // Idle for three times its CPU limit: no CPU spent, within the wall clock.
+    assert_eq!(
+        attempt(&registry, json!({"Do": "sleep", "Ms": 900}))
+            .await
+            .unwrap(),
+        "ok:slept"
+    );
+    // Busy: stopped by the CPU limit, and the error says which limit.
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "loop"})).await);
+    assert_eq!(
+        cause,
+        Fault::CpuDeadline(std::time::Duration::from_millis(300)),
+        "{msg}"
+    );
+    assert!(msg.contains("CPU time limit"), "{msg}");
+    // Idle past the wall clock: stopped by the wall-clock limit.
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "sleep", "Ms": 5000})).await);
+    assert_eq!(
+        cause,
+        Fault::WallClock(std::time::Duration::from_secs(3)),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_flood_is_stopped_at_the_limit() {
     let env = Env::new();
     let registry = registry(&env, "[limits]\nmemory = \"32 MiB\"\n").await;

@@ -542,9 +542,15 @@ async fn observe(
     }
     // Verdicts still fresh are reused; the rest are asked for concurrently, `Parallelism` at a
     // time (a probe of a real service takes milliseconds to seconds).
+    // Read once: a verdict fresh now must not expire (and read as unknown) while the checks
+    // below run; that once made healthy instances unavailable mid-update.
+    let fresh: HashMap<String, Health> = found
+        .iter()
+        .filter_map(|d| Some((d.id.clone(), cache.fresh(&d.id, check_interval)?)))
+        .collect();
     let due: Vec<&Description> = found
         .iter()
-        .filter(|d| cache.fresh(&d.id, check_interval).is_none())
+        .filter(|d| !fresh.contains_key(&d.id))
         .collect();
     let parallelism = spec.properties.parallelism.max(1) as usize;
     // Indexes, not references, go through the stream: a closure taking a reference trips the
@@ -578,9 +584,10 @@ async fn observe(
                 cache.verdicts.insert(d.id.clone(), (h, Instant::now()));
                 h
             }
-            None => cache
-                .fresh(&d.id, check_interval)
-                .unwrap_or(Health::Unknown),
+            None => fresh
+                .get(&d.id)
+                .copied()
+                .expect("every instance is either fresh or checked"),
         };
         members.push(Member::from_description(&d, health));
         descriptions.insert(d.id.clone(), d);

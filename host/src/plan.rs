@@ -483,13 +483,26 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
                 .filter(|v| v.available(d))
                 .count();
             let mut budget = available.saturating_sub(min_available);
-            // Unavailable old members cost no availability: they go first.
-            for v in old.iter().filter(|v| !v.available(d)) {
+            // Old members judged unhealthy cost no availability: they go first. Undecided ones
+            // (the flavor could not tell: a probe that timed out) may well be serving, so they
+            // wait for the budget like healthy ones; otherwise one flaky round of health checks
+            // could take a whole group down at once.
+            for v in old.iter().filter(|v| v.state == State::Unhealthy) {
                 old_removed.push(v);
             }
-            let mut healthy_old: Vec<&View> =
-                old.iter().filter(|v| v.available(d)).copied().collect();
-            healthy_old.sort_by(|a, b| (a.m.created_ms, &a.m.id).cmp(&(b.m.created_ms, &b.m.id)));
+            let mut healthy_old: Vec<&View> = old
+                .iter()
+                .filter(|v| v.state != State::Unhealthy)
+                .copied()
+                .collect();
+            // Undecided before healthy, then the oldest first.
+            healthy_old.sort_by(|a, b| {
+                (a.available(d), a.m.created_ms, &a.m.id).cmp(&(
+                    b.available(d),
+                    b.m.created_ms,
+                    &b.m.id,
+                ))
+            });
             // Once the new configuration is fully there, the rest of the old ones are excess.
             for v in healthy_old {
                 if budget == 0 {
@@ -695,8 +708,9 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
             let mut budget = (d.max_unavailable.max(1) as usize).saturating_sub(unavailable);
             let mut done = 0;
             for v in &outdated {
-                // An unavailable pet costs no availability to replace.
-                if v.available(d) {
+                // A pet judged unhealthy costs no availability to replace; an undecided one may
+                // be serving, so it waits for the budget like a healthy one.
+                if v.state != State::Unhealthy {
                     if budget == 0 {
                         continue;
                     }

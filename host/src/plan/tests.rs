@@ -246,6 +246,23 @@ fn issue_19_an_update_without_wait_for_healthy_pauses_on_a_broken_new_instance()
 }
 
 #[test]
+fn an_update_never_takes_away_old_instances_the_flavor_could_not_judge() {
+    // A round of health checks that timed out (unknown) must not read as "already down".
+    let d = desired(Allocation::Size(3)); // surge 1, unavailable 0
+    let ms: Vec<Member> = (0..3)
+        .map(|i| member(&format!("o{i}"), "old", Health::Unknown, OLD_AGE))
+        .collect();
+    let p = plan(&d, &ms, NOW);
+    assert!(destroyed(&p).is_empty(), "{:?}", p.steps);
+    assert_eq!(p.counts(), (1, 0, 0), "only the surge: {:?}", p.steps);
+    // Judged unhealthy, they go first.
+    let sick: Vec<Member> = (0..3)
+        .map(|i| member(&format!("o{i}"), "old", Health::Unhealthy, OLD_AGE))
+        .collect();
+    assert_eq!(destroyed(&plan(&d, &sick, NOW)).len(), 3);
+}
+
+#[test]
 fn pets_roll_one_at_a_time() {
     let d = desired(Allocation::LogicalIds(vec![
         "a".into(),
