@@ -542,27 +542,31 @@ fn a_grant_file_with_a_typo_is_rejected_with_file_key_and_accepted_form() {
     );
 }
 
+/// `infrakit instance provision` of the misbehaving plugin with `action`, logging at info: its
+/// stdout and stderr kept apart.
+fn provision_with_logs(env: &Env, action: serde_json::Value) -> std::process::Output {
+    let mut cmd = env.command();
+    cmd.env("INFRAKIT_LOG", "info")
+        .args(["instance", "provision", "--plugin", PLUGIN])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json!({ "Properties": action }).to_string().as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn plugin_stdout_never_reaches_the_command_output_and_becomes_log_lines() {
     let env = Env::new();
     env.install_plugin(PLUGIN, None);
-    let run = {
-        let mut cmd = env.command();
-        cmd.env("INFRAKIT_LOG", "info")
-            .args(["instance", "provision", "--plugin", PLUGIN])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(br#"{"Properties": {"Do": "log"}}"#)
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let run = provision_with_logs(&env, json!({"Do": "log"}));
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
@@ -664,21 +668,7 @@ async fn a_response_larger_than_granted_is_cut_off() {
 fn control_characters_from_a_plugin_never_reach_the_terminal_raw() {
     let env = Env::new();
     env.install_plugin(PLUGIN, None);
-    let mut cmd = env.command();
-    cmd.env("INFRAKIT_LOG", "info")
-        .args(["instance", "provision", "--plugin", PLUGIN])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"Properties": {"Do": "forge"}}"#)
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = provision_with_logs(&env, json!({"Do": "forge"}));
     assert!(!out.status.success());
     let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
     assert!(!all.contains(&0x1b), "a raw escape reached the terminal");
