@@ -11,7 +11,11 @@
 //!   host's own file (grants of built-ins among other settings).
 //! - [`spec`] parses group specs; [`plan`] is the pure planner, `plan(desired, observed, now)`,
 //!   property-tested without wasm; [`controller`] runs one task per group that observes through
-//!   the plugins, plans, executes and records [`event`]s.
+//!   the plugins, plans, executes (`Parallelism` calls at a time) and records [`event`]s;
+//!   [`expectations`] (pure) keeps what a group just provisioned and destroyed until a listing
+//!   shows it, and notices a crash loop.
+//! - Guest code never runs on the threads that serve the API and run the controller: each call
+//!   gets a thread of its own (see `plugin::run_isolated`).
 //! - [`daemon`] is `infrakit serve`: [`store`] (redb) keeps committed specs, history and the
 //!   event log; [`api`] serves the control API on a unix socket (and TCP with a token);
 //!   [`metrics`] renders Prometheus metrics.
