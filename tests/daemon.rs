@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::{Daemon, http_tcp};
 use crate::support::group::{instances, tag, write_spec};
-use crate::support::{Env, guest};
+use crate::support::{Env, guest, make_fifo, release_fifo};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -680,15 +680,8 @@ fn a_freed_group_keeps_its_instances_and_a_new_commit_adopts_them() {
 fn a_blocked_plugin_and_four_looping_ones_stall_neither_the_api_nor_other_groups() {
     let env = Env::new();
     let pipes = env.data_dir().join("pipes");
-    std::fs::create_dir_all(&pipes).unwrap();
     let fifo = pipes.join("pipe");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    make_fifo(&fifo);
     env.install_plugin(
         "fixture-misbehave",
         Some(&format!(
@@ -755,11 +748,7 @@ fn a_blocked_plugin_and_four_looping_ones_stall_neither_the_api_nor_other_groups
         lost.elapsed()
     );
     // Let the blocked reads go.
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(0o4000)
-        .open(&fifo);
+    release_fifo(&fifo);
 }
 
 fn follower(env: &Env) -> std::process::Child {

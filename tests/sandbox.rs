@@ -7,7 +7,7 @@ use infrakit::plugin::{Error, Fault, InstanceSpec, Registry, RegistryConfig};
 use serde_json::json;
 
 use crate::support::http::{Behavior, TestServer};
-use crate::support::{Env, shared_cache_dir};
+use crate::support::{Env, make_fifo, release_fifo, shared_cache_dir};
 
 const PLUGIN: &str = "fixture-misbehave";
 
@@ -306,12 +306,7 @@ async fn a_call_blocked_on_a_silent_server_is_stopped_by_the_wall_clock() {
 /// comes, as a hung network filesystem would.
 fn fifo(env: &Env) -> (std::path::PathBuf, String) {
     let dir = env.data_dir().join("pipes");
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(dir.join("pipe"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "mkfifo failed");
+    make_fifo(&dir.join("pipe"));
     let grants = format!(
         "{}[limits]\nwall = \"1s\"\n",
         grant_dir(&dir, "/pipes", "read-only")
@@ -319,14 +314,13 @@ fn fifo(env: &Env) -> (std::path::PathBuf, String) {
     (dir.join("pipe"), grants)
 }
 
-/// Lets every reader blocked on `pipe` go: a writer opens it (without blocking if none is
-/// there; O_NONBLOCK on Linux) and closes it at once, so the readers see end-of-file.
-fn release(pipe: &Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(0o4000)
-        .open(pipe);
+/// One call of the misbehaving plugin in a task of its own, as the controller makes them.
+fn spawn_attempt(
+    registry: &std::sync::Arc<Registry>,
+    action: serde_json::Value,
+) -> tokio::task::JoinHandle<Result<String, Error>> {
+    let registry = registry.clone();
+    tokio::spawn(async move { attempt(&registry, action).await })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,11 +332,7 @@ async fn a_call_blocked_in_the_kernel_is_stopped_by_the_wall_clock_and_holds_no_
     // As many blocked calls as the runtime has workers, and one more.
     let started = std::time::Instant::now();
     let blocked: Vec<_> = (0..3)
-        .map(|_| {
-            let registry = registry.clone();
-            let read = read.clone();
-            tokio::spawn(async move { attempt(&registry, read).await })
-        })
+        .map(|_| spawn_attempt(&registry, read.clone()))
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(300));
     let t = std::time::Instant::now();
@@ -365,7 +355,7 @@ async fn a_call_blocked_in_the_kernel_is_stopped_by_the_wall_clock_and_holds_no_
         took < std::time::Duration::from_secs(3),
         "the wall-clock fault came after {took:?}, though the calls stayed blocked"
     );
-    release(&pipe);
+    release_fifo(&pipe);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,11 +365,7 @@ async fn a_plugin_with_too_many_calls_stuck_in_the_kernel_is_refused_until_they_
     let registry = std::sync::Arc::new(registry(&env, &grants).await);
     let read = json!({"Do": "read", "Path": "/pipes/pipe"});
     let calls: Vec<_> = (0..4)
-        .map(|_| {
-            let registry = registry.clone();
-            let read = read.clone();
-            tokio::spawn(async move { attempt(&registry, read).await })
-        })
+        .map(|_| spawn_attempt(&registry, read.clone()))
         .collect();
     for c in calls {
         assert!(matches!(fault_of(c.await.unwrap()).0, Fault::WallClock(_)));
@@ -392,7 +378,7 @@ async fn a_plugin_with_too_many_calls_stuck_in_the_kernel_is_refused_until_they_
         "{msg}"
     );
     // Once they return, the plugin is called again.
-    release(&pipe);
+    release_fifo(&pipe);
     let start = std::time::Instant::now();
     loop {
         match attempt(&registry, json!({"Do": "ok"})).await {

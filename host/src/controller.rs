@@ -485,8 +485,17 @@ struct Memory {
 struct Pass {
     plan: Plan,
     members: Vec<Member>,
-    /// Sooner or later than the usual requeue: `Duration::MAX` waits for a new spec.
-    wake: Option<Duration>,
+    /// Other than the usual requeue, when the pass says so.
+    requeue: Option<Requeue>,
+}
+
+/// When a group's next pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requeue {
+    /// After this long (or at once on a new spec or a stop).
+    After(Duration),
+    /// Only on a new spec or a stop: the same spec would meet the same refusal.
+    WhenSpecChanges,
 }
 
 /// What the executor did, for the expectations.
@@ -540,10 +549,10 @@ async fn observe(
     if found.len() < listed {
         tracing::warn!(group = %spec.id, plugin = %instance.name(), duplicates = listed - found.len(), "describe listed instances more than once; counting each once");
     }
-    // Verdicts still fresh are reused; the rest are asked for concurrently, `Parallelism` at a
-    // time (a probe of a real service takes milliseconds to seconds).
-    // Read once: a verdict fresh now must not expire (and read as unknown) while the checks
-    // below run; that once made healthy instances unavailable mid-update.
+    // Verdicts still fresh are reused, read once: one must not expire (and read as unknown)
+    // while the checks below run, which once made healthy instances unavailable mid-update.
+    // The rest are asked for concurrently, `Parallelism` at a time (a probe of a real service
+    // takes milliseconds to seconds).
     let fresh: HashMap<String, Health> = found
         .iter()
         .filter_map(|d| Some((d.id.clone(), cache.fresh(&d.id, check_interval)?)))
@@ -636,7 +645,7 @@ async fn run_group(
         };
         let pass_ms = pass_started.elapsed().as_millis() as u64;
 
-        let mut delay = inner.options.poll_interval;
+        let mut requeue = Requeue::After(inner.options.poll_interval);
         let mut next = status.borrow().clone();
         next.passes += 1;
         next.updated_ms = now_ms();
@@ -648,7 +657,7 @@ async fn run_group(
             Ok(Pass {
                 plan,
                 members,
-                wake,
+                requeue: wanted,
             }) => {
                 attempts = 0;
                 next.phase = plan.phase;
@@ -695,15 +704,14 @@ async fn run_group(
                 last_messages = plan.messages.clone();
                 if plan.has_work() {
                     // Re-observe promptly to see what the steps did.
-                    delay = inner.options.poll_interval.min(Duration::from_millis(50));
+                    requeue =
+                        Requeue::After(inner.options.poll_interval.min(Duration::from_millis(50)));
                 }
-                if let Some(wake) = wake {
-                    delay = if wake == Duration::MAX {
-                        wake
-                    } else {
-                        delay.min(wake)
-                    };
-                }
+                requeue = match (wanted, requeue) {
+                    (Some(Requeue::After(a)), Requeue::After(b)) => Requeue::After(a.min(b)),
+                    (Some(w), _) => w,
+                    (None, r) => r,
+                };
                 if destroying && members.is_empty() && !plan.has_work() {
                     inner.events.record(Event::now(
                         &spec.id,
@@ -746,17 +754,18 @@ async fn run_group(
                     }
                     last_phase = Some(Phase::Paused);
                     last_messages = next.messages.clone();
-                    delay = Duration::MAX;
+                    requeue = Requeue::WhenSpecChanges;
                 } else {
                     attempts = attempts.saturating_add(1);
                     next.phase = Phase::Failing;
-                    delay = backoff(
+                    let delay = backoff(
                         attempts,
                         Duration::from_millis(100),
                         inner.options.max_backoff,
                         random_unit(),
                     );
                     tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
+                    requeue = Requeue::After(delay);
                 }
             }
         }
@@ -765,12 +774,10 @@ async fn run_group(
         tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
         status.send_replace(next);
 
-        // `Duration::MAX`: no timer, only a new intent or a stop wakes the group.
         let timer = async {
-            if delay == Duration::MAX {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep(delay).await
+            match requeue {
+                Requeue::After(delay) => tokio::time::sleep(delay).await,
+                Requeue::WhenSpecChanges => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
@@ -838,11 +845,11 @@ async fn reconcile(
         return Ok(Pass {
             plan: braked,
             members: observed.members,
-            wake: Some(Duration::MAX),
+            requeue: Some(Requeue::WhenSpecChanges),
         });
     }
     let mut plan = plan::plan(&desired, &observed.members, now);
-    let mut wake = None;
+    let mut requeue = None;
     if let Some(until) = memory.hold_until
         && !destroying
     {
@@ -860,7 +867,7 @@ async fn reconcile(
                 memory.losses.len(),
                 left.as_secs_f64()
             ));
-            wake = Some(left);
+            requeue = Some(Requeue::After(left));
         }
     }
     if plan.has_work() {
@@ -897,7 +904,7 @@ async fn reconcile(
     Ok(Pass {
         plan,
         members: observed.members,
-        wake,
+        requeue,
     })
 }
 

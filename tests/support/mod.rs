@@ -24,6 +24,24 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Makes a FIFO at `path`: opening it for reading blocks in the kernel until a writer comes,
+/// as a hung network filesystem would.
+pub fn make_fifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {} failed", path.display());
+}
+
+/// Lets every reader blocked on the FIFO at `path` go: a writer opens it (without blocking if
+/// none is there; O_NONBLOCK on Linux) and closes it at once, so the readers see end-of-file.
+pub fn release_fifo(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(0o4000)
+        .open(path);
+}
+
 /// One compiled-artifact cache for every test process: compiling a component in a debug host
 /// takes seconds, loading it from the cache well under one.
 pub fn shared_cache_dir() -> PathBuf {

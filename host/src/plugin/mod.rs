@@ -752,7 +752,7 @@ async fn run_isolated<R: Send + 'static>(
         })
     };
     match tokio::time::timeout(wall + WALL_GRACE, task).await {
-        Ok(Ok(outcome)) => outcome.map(|(value, _)| value),
+        Ok(Ok(outcome)) => outcome,
         Ok(Err(join)) => Err(core.fault(
             export,
             Fault::Trap(format!("the host's thread for the call failed: {join}")),
@@ -778,8 +778,7 @@ async fn run_isolated<R: Send + 'static>(
 }
 
 /// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
-/// Returns the result and how long instantiation took (for the benchmarks).
-async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<(R, Duration), Error> {
+async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, Error> {
     let sandbox = &core.sandbox;
     let plugin = &*sandbox.plugin;
     let limits = sandbox.grants.limits;
@@ -793,14 +792,11 @@ async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<(R,
     store.limiter(|s| &mut s.limiter);
     meter_cpu(&mut store, limits.cpu);
 
-    let mut instantiated = Duration::ZERO;
     let run = async {
-        let started = std::time::Instant::now();
         let bound = match &core.pre {
             Pre::Instance(p) => Bound::Instance(p.instantiate_async(&mut store).await?),
             Pre::Flavor(p) => Bound::Flavor(p.instantiate_async(&mut store).await?),
         };
-        instantiated = started.elapsed();
         body(&mut store, &bound).await
     };
     let outcome = tokio::time::timeout(limits.wall, run).await;
@@ -824,7 +820,7 @@ async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<(R,
             export,
             error: bindings::error_from_wit(guest),
         }),
-        Ok(Ok(Ok(value))) => Ok((value, instantiated)),
+        Ok(Ok(Ok(value))) => Ok(value),
     }
 }
 

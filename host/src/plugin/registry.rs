@@ -167,16 +167,8 @@ impl Registry {
             .iter()
             .map(|(n, _)| n.to_string())
             .collect();
-        if let Some(dir) = &config.plugins_dir
-            && let Ok(entries) = std::fs::read_dir(dir)
-        {
-            loading.extend(
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-                    .map(|p| name_of(&p)),
-            );
+        if let Some(dir) = &config.plugins_dir {
+            loading.extend(wasm_files(dir).iter().map(|p| name_of(p)));
         }
         Ok(Registry {
             engine,
@@ -251,16 +243,10 @@ impl Registry {
             return Vec::new();
         };
         let mut state = self.dir.lock().await;
-        let mut present: BTreeMap<PathBuf, Stamp> = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for path in entries.flatten().map(|e| e.path()) {
-                if path.extension().is_some_and(|e| e == "wasm")
-                    && let Some(s) = stamp(&path)
-                {
-                    present.insert(path, s);
-                }
-            }
-        }
+        let present: BTreeMap<PathBuf, Stamp> = wasm_files(&dir)
+            .into_iter()
+            .filter_map(|path| Some((path.clone(), stamp(&path)?)))
+            .collect();
         let mut changes = Vec::new();
         // Removed files.
         let gone: Vec<PathBuf> = state
@@ -495,6 +481,18 @@ impl Registry {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The `*.wasm` files in the plugin directory (none when it cannot be read).
+fn wasm_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect()
 }
 
 fn name_of(path: &Path) -> String {
