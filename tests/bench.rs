@@ -16,6 +16,7 @@ use infrakit::event::{Event, EventKind, now_ms};
 use infrakit::plan::{self, Desired, Member};
 use infrakit::plugin::{Health, InstanceSpec, Plugin, Registry, RegistryConfig, Tags};
 use infrakit::spec::{GroupSpec, tags};
+use infrakit::store::{EmbeddedStore, Store};
 use infrakit_sdk::InstancePlugin;
 use instance_bench::BenchPlugin;
 use serde_json::{Value, json};
@@ -391,6 +392,33 @@ impl EventSink for Events {
     fn record(&self, event: Event) {
         let _ = self.tx.send(event);
     }
+
+    fn stored(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+}
+
+/// A started controller over an in-memory store, as `group run` has.
+fn managed(
+    registry: Arc<Registry>,
+    events: Arc<Events>,
+    options: Options,
+) -> (Controller, Arc<EmbeddedStore>) {
+    let store = Arc::new(EmbeddedStore::in_memory().unwrap());
+    let controller = Controller::new(registry, store.clone(), events, options);
+    controller.start();
+    (controller, store)
+}
+
+/// Commits a spec to the store and waits until the controller follows it.
+async fn commit(controller: &Controller, store: &EmbeddedStore, spec: &GroupSpec) {
+    store
+        .commit(
+            spec,
+            Event::now(&spec.id, EventKind::GroupCommitted, None, "bench"),
+        )
+        .unwrap();
+    controller.applied(*store.watch().borrow()).await;
 }
 
 /// The process's resident set size; panics when it cannot be read, so that a missing reading
@@ -467,7 +495,7 @@ async fn steady_pass(controller: &Controller, specs: &[GroupSpec]) -> Duration {
         .collect();
     let t = Instant::now();
     for s in specs {
-        controller.commit(s.clone(), 1); // same spec: wakes the group for one pass
+        controller.wake(&s.id);
     }
     wait_passes(controller, &ids, &before).await;
     t.elapsed()
@@ -916,7 +944,7 @@ async fn main() {
 
     let (tx, _) = tokio::sync::broadcast::channel(100_000);
     let events = Arc::new(Events { tx: tx.clone() });
-    let controller = Controller::new(
+    let (controller, store) = managed(
         registry.clone(),
         events.clone(),
         Options {
@@ -939,8 +967,14 @@ async fn main() {
     let t = Instant::now();
     let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
     for s in &specs {
-        controller.commit(s.clone(), 1);
+        store
+            .commit(
+                s,
+                Event::now(&s.id, EventKind::GroupCommitted, None, "bench"),
+            )
+            .unwrap();
     }
+    controller.applied(*store.watch().borrow()).await;
     wait_passes(&controller, &ids, &BTreeMap::new()).await;
     report.add(
         "scale",
@@ -968,7 +1002,7 @@ async fn main() {
     let big = group_spec("big", 10_000 / scale as u32, "1h");
     populate(&scratch, &big, 10_000 / scale);
     let t = Instant::now();
-    controller.commit(big.clone(), 1);
+    commit(&controller, &store, &big).await;
     wait_passes(&controller, std::slice::from_ref(&big.id), &BTreeMap::new()).await;
     report.add(
         "scale",
@@ -1014,7 +1048,7 @@ async fn main() {
         ("default poll interval (1s)", Duration::from_secs(1)),
         ("poll interval 100ms", Duration::from_millis(100)),
     ] {
-        let controller = Controller::new(
+        let (controller, store) = managed(
             registry.clone(),
             events.clone(),
             Options {
@@ -1024,7 +1058,7 @@ async fn main() {
         );
         let spec = group_spec(&format!("lat{}", poll.as_millis()), 5, "10s");
         let mut rx = tx.subscribe();
-        controller.commit(spec.clone(), 1);
+        commit(&controller, &store, &spec).await;
         wait_passes(
             &controller,
             std::slice::from_ref(&spec.id),
@@ -1086,10 +1120,10 @@ async fn main() {
         );
         controller.shutdown().await;
     }
-    let controller = Controller::new(registry.clone(), events.clone(), Options::default());
+    let (controller, store) = managed(registry.clone(), events.clone(), Options::default());
     let spec = group_spec("hundred", 100, "10s");
     let t = Instant::now();
-    controller.commit(spec.clone(), 1);
+    commit(&controller, &store, &spec).await;
     wait_passes(
         &controller,
         std::slice::from_ref(&spec.id),
@@ -1117,9 +1151,9 @@ async fn main() {
     {
         let mut spec = group_spec("slowcloud", 1000 / scale as u32, "1h");
         spec.properties.instance.properties = json!({"Image": "debian-13", "LatencyMs": 100});
-        let controller = Controller::new(registry.clone(), events.clone(), Options::default());
+        let (controller, store) = managed(registry.clone(), events.clone(), Options::default());
         let t = Instant::now();
-        controller.commit(spec.clone(), 1);
+        commit(&controller, &store, &spec).await;
         loop {
             let s = controller.status(&spec.id).unwrap();
             if s.phase == plan::Phase::Converged && s.current == spec.size() {

@@ -623,3 +623,63 @@ fn instances_lost_soon_after_provisioning_back_off_then_pause_the_group() {
     assert_eq!(out.matches("instance-provisioned").count(), 3, "{out}");
     assert!(instances(&env).is_empty());
 }
+
+/// A listing that leaves out a third of the instances at random (as an eventually consistent
+/// cloud API does) never makes the group replace one: it never goes above Size + MaxSurge and
+/// never destroys a healthy instance, over hundreds of passes. With `LostAfter: 0s` the same
+/// listing does cause replacements, which shows that the omissions are real.
+#[test]
+fn a_listing_that_randomly_omits_a_third_never_causes_a_replacement() {
+    let env = Env::new();
+    env.install_plugin("instance-bench", Some("[config]\nomit_percent = \"33\"\n"));
+    let spec = env.data_dir().join("flaky.json");
+    let write = |lost_after: &str| {
+        write_spec(
+            &spec,
+            "flaky",
+            json!({"Size": 5}),
+            json!({
+                "Instance": {"Plugin": "instance-bench", "Properties": {"Image": "debian-13"}},
+                "Health": {"CheckInterval": "1h", "GracePeriod": "0s", "LostAfter": lost_after},
+                "Updating": {"MaxSurge": 1}
+            }),
+        )
+    };
+    write("200ms");
+    let file = env.scratch("instance-bench").join("flaky.jsonl");
+    let count = || {
+        std::fs::read_to_string(&file)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut run = GroupRun::start_polling(&env, &spec, "10ms");
+    run.wait_for("5 instances", LONG, || count() == 5);
+    let first = std::fs::read_to_string(&file).unwrap();
+    // Hundreds of passes, sampling the real instance count all along.
+    let mut most = 0;
+    run.wait_for("300 passes", LONG, || {
+        most = most.max(count());
+        run_log(&env).matches("pass finished").count() >= 300
+    });
+    let out = run.output();
+    assert!(most <= 6, "{most} instances against Size 5 + MaxSurge 1");
+    assert_eq!(out.matches("instance-provisioned").count(), 5, "{out}");
+    assert_eq!(out.matches("instance-destroyed").count(), 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), first);
+
+    // The control: without the window, the same listing makes the group replace instances.
+    write("0s");
+    run.wait_for("a needless replacement", LONG, || {
+        run_log(&env).matches("instance-provisioned").count() > 5
+    });
+}
+
+/// What the `group run` processes of `env` printed.
+fn run_log(env: &Env) -> String {
+    std::fs::read_dir(env.data_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect()
+}

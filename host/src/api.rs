@@ -89,7 +89,9 @@ impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         let status = match e {
             store::Error::UnknownGroup(_) => StatusCode::NOT_FOUND,
-            store::Error::NoEarlierRevision(_) => StatusCode::CONFLICT,
+            store::Error::NoEarlierRevision(_) | store::Error::BeingDestroyed(_) => {
+                StatusCode::CONFLICT
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, crate::error_chain(&e))
@@ -201,6 +203,14 @@ fn group_view(d: &Daemon, g: store::StoredGroup) -> GroupView {
     }
 }
 
+/// After a write of desired state: tells subscribers, and waits until the controller follows
+/// it, so that what the writer reads next (`group ls`, `--wait`) is about its revision.
+async fn announce(d: &Daemon, event: Event) {
+    let _ = d.events.send(event);
+    let generation = *d.store.watch().borrow();
+    d.controller.applied(generation).await;
+}
+
 /// Daemon status.
 #[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusResponse)))]
 async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
@@ -296,17 +306,6 @@ async fn commit_group(
         Ok(p) => (serde_json::to_value(p).unwrap_or_default(), None),
         Err(e) => (serde_json::Value::Null, Some(crate::error_chain(&e))),
     };
-    if let Some(existing) = d.store.group(&spec.id)?
-        && existing.lifecycle == Lifecycle::Destroying
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "group {:?} is being destroyed; commit it again once it is gone",
-                spec.id
-            ),
-        ));
-    }
     let (stored, event) = d.store.commit(
         &spec,
         Event::now(
@@ -316,8 +315,7 @@ async fn commit_group(
             format!("committed (config {config_sha}, {} instances)", spec.size()),
         ),
     )?;
-    let _ = d.events.send(event);
-    d.controller.commit(spec, stored.revision);
+    announce(&d, event).await;
     Ok(Json(CommitResponse {
         committed: true,
         revision: Some(stored.revision),
@@ -369,7 +367,7 @@ async fn rollback(
     Path(id): Path<String>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let (stored, event) = d.store.rollback(&id)?;
-    let _ = d.events.send(event);
+    announce(&d, event).await;
     let plan = d
         .controller
         .plan(&stored.spec)
@@ -377,7 +375,6 @@ async fn rollback(
         .map(|p| serde_json::to_value(p).unwrap_or_default())
         .unwrap_or_default();
     let config_sha = stored.spec.config_sha();
-    d.controller.commit(stored.spec.clone(), stored.revision);
     Ok(Json(CommitResponse {
         committed: true,
         revision: Some(stored.revision),
@@ -404,8 +401,9 @@ async fn free(
             "no longer managed; instances left as they are",
         ),
     )?;
-    let _ = d.events.send(event);
-    d.controller.free(&id).await;
+    announce(&d, event).await;
+    // Nothing more happens to the group once this answers.
+    d.controller.stopped(&id).await;
     Ok(Json(serde_json::json!({ "freed": id })))
 }
 
@@ -417,7 +415,7 @@ async fn destroy(
     State(d): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (stored, event) = d.store.mark_destroying(
+    let (_, event) = d.store.mark_destroying(
         &id,
         Event::now(
             &id,
@@ -426,8 +424,7 @@ async fn destroy(
             "destroy requested: draining and destroying every instance",
         ),
     )?;
-    let _ = d.events.send(event);
-    d.controller.destroy(stored.spec, stored.revision);
+    announce(&d, event).await;
     Ok(Json(serde_json::json!({ "destroying": id })))
 }
 

@@ -23,12 +23,13 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::event::{Event, EventKind, now_ms};
-use crate::expectations::{Expectations, Loss};
+use crate::expectations::{Expectations, Loss, Windows};
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
 use crate::plugin::{
     self, Allocation, Description, DestroyContext, Health, Index, InstanceSpec, Plugin, Tags,
 };
 use crate::spec::{GroupSpec, tags};
+use crate::store::{self, Lifecycle, Store, StoredGroup};
 
 /// Where the controller finds plugins by name (the registry, or a live view of it).
 pub trait PluginSource: Send + Sync + 'static {
@@ -46,6 +47,9 @@ impl PluginSource for plugin::Registry {
 pub trait EventSink: Send + Sync + 'static {
     /// Records one event.
     fn record(&self, event: Event);
+    /// Announces an event already stored with the state change it describes (a destroyed
+    /// group's end is written with its removal, in one transaction).
+    fn stored(&self, event: Event);
 }
 
 /// A failed reconcile step: which group, which instance, what went wrong.
@@ -227,6 +231,10 @@ struct Handle {
     status: watch::Receiver<GroupStatus>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// Wakes the task for a pass now.
+    wake: Arc<tokio::sync::Notify>,
+    /// The group left the store: the task was told to stop and ends after its current step.
+    retired: bool,
 }
 
 /// Keeps groups reconciled. Cheap to clone (shared inside).
@@ -237,28 +245,143 @@ pub struct Controller {
 
 struct Inner {
     plugins: Arc<dyn PluginSource>,
+    store: Arc<dyn Store>,
     events: Arc<dyn EventSink>,
     options: Options,
     permits: Semaphore,
     groups: Mutex<BTreeMap<String, Handle>>,
+    /// The store generation the group tasks were last brought in line with.
+    applied: watch::Sender<u64>,
+    /// Stops the reflector (at shutdown).
+    stop_reflector: watch::Sender<bool>,
+    reflector: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Controller {
-    /// A controller using `plugins`, reporting to `events`.
+    /// A controller that keeps the groups of `store` reconciled, with `plugins`, reporting to
+    /// `events`. Nothing runs until [`Controller::start`].
     pub fn new(
         plugins: Arc<dyn PluginSource>,
+        store: Arc<dyn Store>,
         events: Arc<dyn EventSink>,
         options: Options,
     ) -> Self {
         Controller {
             inner: Arc::new(Inner {
                 plugins,
+                store,
                 events,
                 permits: Semaphore::new(options.max_concurrent.max(1)),
                 options,
                 groups: Mutex::new(BTreeMap::new()),
+                applied: watch::Sender::new(0),
+                stop_reflector: watch::Sender::new(false),
+                reflector: Mutex::new(None),
             }),
         }
+    }
+
+    /// Starts following the store: one task per stored group, started, switched to a new
+    /// revision, turned to destroying, or stopped (freed) as the store says. The store is the
+    /// only input: whoever writes it (the API, `group run`) never hands the controller a spec.
+    pub fn start(&self) {
+        let mut reflector = self.inner.reflector.lock().expect("reflector lock");
+        if reflector.is_none() {
+            let this = self.clone();
+            *reflector = Some(tokio::spawn(async move { this.reflect().await }));
+        }
+    }
+
+    async fn reflect(&self) {
+        let mut changes = self.inner.store.watch();
+        let mut stop = self.inner.stop_reflector.subscribe();
+        let mut failures = 0;
+        loop {
+            let generation = *changes.borrow_and_update();
+            let retry = match self.inner.store.groups() {
+                Ok(groups) => {
+                    failures = 0;
+                    self.sync(groups);
+                    self.inner.applied.send_replace(generation);
+                    None
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %crate::error_chain(&e), "cannot read the groups from the store; retrying");
+                    Some(backoff(
+                        failures,
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                        random_unit(),
+                    ))
+                }
+            };
+            let retry = async {
+                match retry {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = retry => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Brings the group tasks in line with what the store holds.
+    fn sync(&self, stored: Vec<StoredGroup>) {
+        let ids: std::collections::HashSet<String> =
+            stored.iter().map(|g| g.spec.id.clone()).collect();
+        for g in stored {
+            self.direct(Intent {
+                destroying: g.lifecycle == Lifecycle::Destroying,
+                spec: Arc::new(g.spec),
+                revision: g.revision,
+            });
+        }
+        let mut groups = self.inner.groups.lock().expect("groups lock");
+        groups.retain(|_, h| !h.task.is_finished());
+        for (id, h) in groups.iter_mut() {
+            if !ids.contains(id) && !h.retired {
+                // Freed (or destroyed and forgotten): stop after the current step, instances
+                // left as they are.
+                h.retired = true;
+                h.stop.send_replace(true);
+            }
+        }
+    }
+
+    /// Waits until the group tasks follow the store at `generation` (a writer's own write, so
+    /// that what it reads next reflects it), or 10 s: the write is durable either way.
+    pub async fn applied(&self, generation: u64) {
+        let mut applied = self.inner.applied.subscribe();
+        let wait = applied.wait_for(|g| *g >= generation);
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                generation,
+                "the controller has not caught up with the store after 10 s"
+            );
+        }
+    }
+
+    /// Waits until a group that left the store has no task running any more (its current
+    /// step, if any, finished).
+    pub async fn stopped(&self, id: &str) {
+        let status = {
+            let groups = self.inner.groups.lock().expect("groups lock");
+            match groups.get(id) {
+                Some(h) if h.retired => h.status.clone(),
+                _ => return,
+            }
+        };
+        let mut status = status;
+        // The sender goes with the task.
+        while status.changed().await.is_ok() {}
     }
 
     /// Checks a spec against its plugins: both exist, are of the right kind, and accept their
@@ -351,65 +474,39 @@ impl Controller {
         ))
     }
 
-    /// Starts managing a group, or switches it to a new spec (its revision `revision`; the
-    /// group's status says which revision it last reconciled). The group's next pass uses it.
-    pub fn commit(&self, spec: GroupSpec, revision: u64) {
-        self.direct(Intent {
-            spec: Arc::new(spec),
-            revision,
-            destroying: false,
-        });
-    }
-
-    /// Drains and destroys every instance of a group, then forgets it.
-    pub fn destroy(&self, spec: GroupSpec, revision: u64) {
-        self.direct(Intent {
-            spec: Arc::new(spec),
-            revision,
-            destroying: true,
-        });
-    }
-
-    /// Hands a group's task its new intent, starting the task if it is not running. Intents
-    /// never go backwards: the API stores a revision and then hands it over, so two concurrent
-    /// commits may hand theirs over in the other order; the older one is ignored (and so is a
-    /// manage of the revision a destroy was requested at).
+    /// Hands a group's task its intent, starting the task if none runs. An unchanged intent is
+    /// not handed over (it would cancel the pass in progress); one that would go backwards is
+    /// ignored (the store's revisions only grow, so that is a stale read).
     fn direct(&self, intent: Intent) {
         let spec = intent.spec.clone();
         let mut groups = self.inner.groups.lock().expect("groups lock");
-        if let Some(h) = groups.get(&spec.id)
-            && !h.task.is_finished()
-        {
-            let stale = {
-                let current = h.intent.borrow();
-                intent.revision < current.revision
-                    || (intent.revision == current.revision
-                        && current.destroying
-                        && !intent.destroying
-                        && intent.revision > 0)
-            };
-            if stale {
-                tracing::debug!(group = %spec.id, revision = intent.revision, "ignoring an older intent");
+        let previous = match groups.remove(&spec.id) {
+            Some(h) if !h.task.is_finished() && !h.retired => {
+                let current = h.intent.borrow().clone();
+                let same =
+                    intent.revision == current.revision && intent.destroying == current.destroying;
+                if same || intent.revision < current.revision {
+                    groups.insert(spec.id.clone(), h);
+                    return;
+                }
+                h.intent.send_replace(intent);
+                groups.insert(spec.id.clone(), h);
                 return;
             }
-            h.intent.send_replace(intent);
-            return;
-        }
-        let handle = self.spawn(intent, &spec);
+            // A freed group committed again while its old task finishes its step: the new
+            // task starts once the old one is gone, so that two never act on one group.
+            Some(h) if !h.task.is_finished() => Some(h.task),
+            _ => None,
+        };
+        let handle = self.spawn(intent, &spec, previous);
         groups.insert(spec.id.clone(), handle);
     }
 
-    /// Stops managing a group; its instances are left as they are. Returns whether it was
-    /// managed. (The caller records the event, with the state change that caused it.)
-    pub async fn free(&self, id: &str) -> bool {
-        let handle = self.inner.groups.lock().expect("groups lock").remove(id);
-        match handle {
-            Some(h) => {
-                h.stop.send_replace(true);
-                let _ = h.task.await;
-                true
-            }
-            None => false,
+    /// Runs a group's next pass now rather than when it is due (a no-op for an unknown group).
+    pub fn wake(&self, id: &str) {
+        let groups = self.inner.groups.lock().expect("groups lock");
+        if let Some(h) = groups.get(id) {
+            h.wake.notify_one();
         }
     }
 
@@ -429,11 +526,21 @@ impl Controller {
     pub fn groups(&self) -> Vec<String> {
         let mut groups = self.inner.groups.lock().expect("groups lock");
         groups.retain(|_, h| !h.task.is_finished());
-        groups.keys().cloned().collect()
+        groups
+            .iter()
+            .filter(|(_, h)| !h.retired)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
-    /// Stops every group task after its current pass; instances are left as they are.
+    /// Stops following the store and every group task after its current step; instances are
+    /// left as they are.
     pub async fn shutdown(&self) {
+        self.inner.stop_reflector.send_replace(true);
+        let reflector = self.inner.reflector.lock().expect("reflector lock").take();
+        if let Some(r) = reflector {
+            let _ = r.await;
+        }
         let handles: Vec<Handle> = {
             let mut groups = self.inner.groups.lock().expect("groups lock");
             std::mem::take(&mut *groups).into_values().collect()
@@ -446,17 +553,31 @@ impl Controller {
         }
     }
 
-    fn spawn(&self, intent: Intent, spec: &GroupSpec) -> Handle {
+    fn spawn(
+        &self,
+        intent: Intent,
+        spec: &GroupSpec,
+        previous: Option<tokio::task::JoinHandle<()>>,
+    ) -> Handle {
         let (intent_tx, intent_rx) = watch::channel(intent);
         let (status_tx, status_rx) = watch::channel(GroupStatus::initial(spec));
         let (stop_tx, stop_rx) = watch::channel(false);
         let inner = self.inner.clone();
-        let task = tokio::spawn(run_group(inner, intent_rx, status_tx, stop_rx));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
+        let task = tokio::spawn(async move {
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            run_group(inner, intent_rx, status_tx, stop_rx, woken).await
+        });
         Handle {
             intent: intent_tx,
             status: status_rx,
             stop: stop_tx,
             task,
+            wake,
+            retired: false,
         }
     }
 }
@@ -614,6 +735,7 @@ async fn run_group(
     mut intent: watch::Receiver<Intent>,
     status: watch::Sender<GroupStatus>,
     mut stop: watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     let mut memory = Memory::default();
     let mut attempts: u32 = 0;
@@ -712,13 +834,11 @@ async fn run_group(
                     (Some(w), _) => w,
                     (None, r) => r,
                 };
-                if destroying && members.is_empty() && !plan.has_work() {
-                    inner.events.record(Event::now(
-                        &spec.id,
-                        EventKind::GroupDestroyed,
-                        None,
-                        "all instances destroyed; group forgotten",
-                    ));
+                if destroying
+                    && members.is_empty()
+                    && !plan.has_work()
+                    && finalize(&inner, &spec.id)
+                {
                     status.send_replace(next);
                     return;
                 }
@@ -784,6 +904,31 @@ async fn run_group(
             _ = timer => {}
             changed = intent.changed() => { if changed.is_err() { return; } }
             _ = stop.changed() => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+/// The destroy's finalizer: once a destroying group has no instance left, it is removed from
+/// the store with its last event, in one transaction. Returns whether the task is done (false:
+/// the store could not be written, and the next pass tries again).
+fn finalize(inner: &Inner, id: &str) -> bool {
+    let event = Event::now(
+        id,
+        EventKind::GroupDestroyed,
+        None,
+        "all instances destroyed; group forgotten",
+    );
+    match inner.store.forget(id, event) {
+        Ok(stored) => {
+            inner.events.stored(stored);
+            true
+        }
+        // Freed meanwhile: nothing left to finalize.
+        Err(store::Error::UnknownGroup(_)) => true,
+        Err(e) => {
+            tracing::error!(group = %id, error = %crate::error_chain(&e), "cannot forget a destroyed group; retrying");
+            false
         }
     }
 }
@@ -835,13 +980,20 @@ async fn reconcile(
     }
     let now = now_ms();
     let health = &spec.properties.health;
-    let losses = memory.expected.apply(
+    let applied = memory.expected.apply(
         &mut observed.members,
         now,
-        health.provision_timeout.0.as_millis() as u64,
-        health.grace_period.0.as_millis() as u64,
+        Windows {
+            provision_timeout_ms: health.provision_timeout.0.as_millis() as u64,
+            grace_ms: health.grace_period.0.as_millis() as u64,
+            lost_after_ms: health.lost_after.0.as_millis() as u64,
+        },
     );
-    if let Some(braked) = crash_loop(inner, spec, &desired, destroying, memory, losses) {
+    // An instance missing from this listing is confirmed lost only after `LostAfter`, over
+    // twenty re-listings.
+    let relist =
+        (applied.unconfirmed > 0).then(|| (health.lost_after.0 / 20).max(Duration::from_millis(5)));
+    if let Some(braked) = crash_loop(inner, spec, &desired, destroying, memory, applied.losses) {
         return Ok(Pass {
             plan: braked,
             members: observed.members,
@@ -849,7 +1001,7 @@ async fn reconcile(
         });
     }
     let mut plan = plan::plan(&desired, &observed.members, now);
-    let mut requeue = None;
+    let mut requeue = relist.map(Requeue::After);
     if let Some(until) = memory.hold_until
         && !destroying
     {
@@ -867,7 +1019,7 @@ async fn reconcile(
                 memory.losses.len(),
                 left.as_secs_f64()
             ));
-            requeue = Some(Requeue::After(left));
+            requeue = Some(Requeue::After(relist.map_or(left, |r| r.min(left))));
         }
     }
     if plan.has_work() {
@@ -1252,6 +1404,7 @@ mod tests {
     struct NoEvents;
     impl EventSink for NoEvents {
         fn record(&self, _: Event) {}
+        fn stored(&self, _: Event) {}
     }
 
     fn spec(size: u32) -> GroupSpec {
@@ -1265,20 +1418,53 @@ mod tests {
         .unwrap()
     }
 
+    fn committed(id: &str) -> Event {
+        Event::now(id, EventKind::GroupCommitted, None, "test")
+    }
+
     #[tokio::test]
-    async fn an_older_revision_handed_over_late_is_ignored() {
-        let c = Controller::new(Arc::new(NoPlugins), Arc::new(NoEvents), Options::default());
-        // Two commits stored as revisions 1 and 2, handed over in the other order.
-        c.commit(spec(2), 2);
-        c.commit(spec(1), 1);
+    async fn the_controller_follows_the_store_and_nothing_else() {
+        let store = Arc::new(store::EmbeddedStore::in_memory().unwrap());
+        let c = Controller::new(
+            Arc::new(NoPlugins),
+            store.clone(),
+            Arc::new(NoEvents),
+            Options::default(),
+        );
+        // Written before the controller starts: picked up at start.
+        store.commit(&spec(1), committed("g")).unwrap();
+        c.start();
+        store.commit(&spec(2), committed("g")).unwrap();
+        c.applied(*store.watch().borrow()).await;
         let mut status = c.watch("g").unwrap();
-        let s = status.wait_for(|s| s.passes >= 2).await.unwrap().clone();
-        assert_eq!((s.revision, s.size), (2, 2));
-        // A destroy requested at the current revision is not undone by a late manage of it.
-        c.destroy(spec(2), 2);
-        c.commit(spec(2), 2);
-        let intent = c.inner.groups.lock().unwrap()["g"].intent.borrow().clone();
-        assert!(intent.destroying);
+        let s = status.wait_for(|s| s.revision == 2).await.unwrap().clone();
+        assert_eq!(s.size, 2);
+        // A stale revision never replaces a newer one.
+        c.direct(Intent {
+            spec: Arc::new(spec(1)),
+            revision: 1,
+            destroying: false,
+        });
+        assert_eq!(
+            c.inner.groups.lock().unwrap()["g"].intent.borrow().revision,
+            2
+        );
+        // Marked destroying in the store: the task is told so.
+        store.mark_destroying("g", committed("g")).unwrap();
+        c.applied(*store.watch().borrow()).await;
+        assert!(
+            c.inner.groups.lock().unwrap()["g"]
+                .intent
+                .borrow()
+                .destroying
+        );
+        // Gone from the store: the task stops.
+        store.forget("g", committed("g")).unwrap();
+        c.applied(*store.watch().borrow()).await;
+        tokio::time::timeout(Duration::from_secs(5), c.stopped("g"))
+            .await
+            .expect("the freed group's task stops");
+        assert!(c.groups().is_empty());
         c.shutdown().await;
     }
 

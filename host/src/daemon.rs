@@ -21,7 +21,7 @@ use crate::api::{self, Daemon};
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::{Event, EventKind};
 use crate::plugin::{Change, Registry, RegistryConfig};
-use crate::store::{EmbeddedStore, Lifecycle, Store};
+use crate::store::{EmbeddedStore, Store};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -94,19 +94,17 @@ impl EventSink for StoredEvents {
             kind = %event.kind,
             "{}", event.message
         );
-        // The end of a destroy is the moment the group is forgotten: one transaction.
-        let stored = if event.kind == EventKind::GroupDestroyed {
-            let group = event.group.clone();
-            self.store.forget(&group, event)
-        } else {
-            self.store.append(event)
-        };
-        match stored {
+        match self.store.append(event) {
             Ok(e) => {
                 let _ = self.live.send(e);
             }
             Err(e) => tracing::error!(error = %crate::error_chain(&e), "cannot record event"),
         }
+    }
+
+    fn stored(&self, event: Event) {
+        tracing::info!(group = %event.group, kind = %event.kind, "{}", event.message);
+        let _ = self.live.send(event);
     }
 }
 
@@ -152,6 +150,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     });
     let controller = Controller::new(
         registry.clone(),
+        store.clone(),
         events.clone(),
         Options {
             poll_interval: options.poll_interval,
@@ -160,14 +159,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     );
 
     // Resume every stored group where it was: identity lives in instance tags, so the first
-    // pass of each sees exactly what exists.
+    // pass of each sees exactly what exists. From here on the controller follows the store.
     let groups = store.groups().context("reading stored groups")?;
-    for g in &groups {
-        match g.lifecycle {
-            Lifecycle::Managed => controller.commit(g.spec.clone(), g.revision),
-            Lifecycle::Destroying => controller.destroy(g.spec.clone(), g.revision),
-        }
-    }
+    controller.start();
     tracing::info!(
         groups = groups.len(),
         plugins = registry.plugins().len(),

@@ -4,6 +4,11 @@
 //! listings lag their create and delete calls; without this, a lagging `describe` would make
 //! the planner provision again (past `Size + MaxSurge`) or see a destroyed instance twice.
 //!
+//! An instance that was listed and is missing from one listing is not lost yet: it counts as
+//! there for `LostAfter`, while the group re-lists, because listings page, lag and drop entries
+//! for a moment. Without this a flaky listing would cause a replacement, then a surplus, then
+//! the destroy of a healthy instance.
+//!
 //! It also notices a crash loop: instances of the current configuration that were lost within
 //! their grace period of being provisioned, or never listed at all. Pure: the clock is an
 //! argument, and the state lives in one group task (a restarted controller starts empty, which
@@ -29,8 +34,28 @@ pub struct Expectations {
     adds: BTreeMap<String, (Member, u64)>,
     /// Destroyed, still listed: when (Unix ms).
     dels: BTreeMap<String, u64>,
-    /// Listed before, with when it was created (Unix ms; 0 when unknown).
-    seen: BTreeMap<String, u64>,
+    /// Listed before: as last listed, and since when it has been missing (Unix ms).
+    seen: BTreeMap<String, (Member, Option<u64>)>,
+}
+
+/// The time windows of [`Expectations::apply`], in ms (from the group's `Health`).
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    /// How long a provisioned instance may stay unlisted (`ProvisionTimeout`).
+    pub provision_timeout_ms: u64,
+    /// A loss this soon after creation counts towards a crash loop (`GracePeriod`).
+    pub grace_ms: u64,
+    /// How long a listed instance may be missing before it is lost (`LostAfter`).
+    pub lost_after_ms: u64,
+}
+
+/// What [`Expectations::apply`] found.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Instances lost soon after they were provisioned.
+    pub losses: Vec<Loss>,
+    /// Instances missing from this listing that still count as there: re-list soon.
+    pub unconfirmed: usize,
 }
 
 impl Expectations {
@@ -53,33 +78,31 @@ impl Expectations {
     }
 
     /// Adjusts a fresh listing by what is expected, and returns the instances lost since the
-    /// last one: provisioned and never listed within `timeout_ms`, or listed and then gone
-    /// (not destroyed by us) within `grace_ms` of being created.
-    pub fn apply(
-        &mut self,
-        observed: &mut Vec<Member>,
-        now: u64,
-        timeout_ms: u64,
-        grace_ms: u64,
-    ) -> Vec<Loss> {
+    /// last one: provisioned and never listed within the provision timeout, or listed and then
+    /// gone (not destroyed by us) within the grace period of being created.
+    pub fn apply(&mut self, observed: &mut Vec<Member>, now: u64, w: Windows) -> Applied {
         let listed: BTreeMap<String, u64> = observed
             .iter()
             .map(|m| (m.id.clone(), m.created_ms))
             .collect();
-        let mut losses = Vec::new();
+        let mut out = Applied::default();
 
-        // Gone from the listing since last time, and not by our hand.
-        let vanished: Vec<(String, u64)> = self
-            .seen
-            .iter()
-            .filter(|(id, _)| !listed.contains_key(*id))
-            .map(|(id, c)| (id.clone(), *c))
-            .collect();
-        for (id, created) in vanished {
-            self.seen.remove(&id);
-            let age = now.saturating_sub(created);
-            if created > 0 && age < grace_ms {
-                losses.push(Loss {
+        // Missing from the listing, and not by our hand: there until `LostAfter`, then lost.
+        let seen = std::mem::take(&mut self.seen);
+        for (id, (member, missing_since)) in seen {
+            if listed.contains_key(&id) {
+                continue;
+            }
+            let since = missing_since.unwrap_or(now);
+            if now.saturating_sub(since) < w.lost_after_ms {
+                observed.push(member.clone());
+                self.seen.insert(id, (member, Some(since)));
+                out.unconfirmed += 1;
+                continue;
+            }
+            let age = now.saturating_sub(member.created_ms);
+            if member.created_ms > 0 && age < w.grace_ms {
+                out.losses.push(Loss {
                     why: format!(
                         "lost {} after it was provisioned, within its grace period",
                         secs(age)
@@ -88,8 +111,11 @@ impl Expectations {
                 });
             }
         }
-        self.seen
-            .extend(listed.iter().map(|(id, c)| (id.clone(), *c)));
+        for m in observed.iter() {
+            if listed.contains_key(&m.id) {
+                self.seen.insert(m.id.clone(), (m.clone(), None));
+            }
+        }
 
         // Provisioned: listed now (done), overdue (lost), or still expected (counted as there).
         let adds = std::mem::take(&mut self.adds);
@@ -97,8 +123,8 @@ impl Expectations {
             if listed.contains_key(&id) {
                 continue;
             }
-            if now.saturating_sub(at) > timeout_ms {
-                losses.push(Loss {
+            if now.saturating_sub(at) > w.provision_timeout_ms {
+                out.losses.push(Loss {
                     why: format!(
                         "provisioned {} ago and never listed by the instance plugin",
                         secs(now.saturating_sub(at))
@@ -112,10 +138,11 @@ impl Expectations {
         }
 
         // Destroyed: still listed within the timeout counts as gone.
-        self.dels
-            .retain(|id, at| listed.contains_key(id) && now.saturating_sub(*at) <= timeout_ms);
+        self.dels.retain(|id, at| {
+            listed.contains_key(id) && now.saturating_sub(*at) <= w.provision_timeout_ms
+        });
         observed.retain(|m| !self.dels.contains_key(&m.id));
-        losses
+        out
     }
 }
 
@@ -142,22 +169,27 @@ mod tests {
 
     const T: u64 = 10_000;
     const GRACE: u64 = 60_000;
+    const W: Windows = Windows {
+        provision_timeout_ms: T,
+        grace_ms: GRACE,
+        lost_after_ms: 0,
+    };
 
     #[test]
     fn a_provisioned_instance_counts_as_there_until_listed_or_overdue() {
         let mut e = Expectations::default();
         e.provisioned(member("a", 1_000), 1_000);
         let mut seen = vec![];
-        assert!(e.apply(&mut seen, 2_000, T, GRACE).is_empty());
+        assert!(e.apply(&mut seen, 2_000, W).losses.is_empty());
         assert_eq!(seen.len(), 1, "expected, so counted");
         let mut listed = vec![member("a", 1_000)];
-        assert!(e.apply(&mut listed, 3_000, T, GRACE).is_empty());
+        assert!(e.apply(&mut listed, 3_000, W).losses.is_empty());
         assert_eq!(listed.len(), 1, "listed once, not twice");
         assert_eq!(e.pending(), 0);
 
         e.provisioned(member("b", 4_000), 4_000);
         let mut none = vec![member("a", 1_000)];
-        let lost = e.apply(&mut none, 4_000 + T + 1, T, GRACE);
+        let lost = e.apply(&mut none, 4_000 + T + 1, W).losses;
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].id, "b");
         assert!(lost[0].why.contains("never listed"), "{}", lost[0].why);
@@ -168,26 +200,60 @@ mod tests {
     fn a_destroyed_instance_counts_as_gone_while_still_listed() {
         let mut e = Expectations::default();
         let mut listed = vec![member("a", 0), member("b", 0)];
-        e.apply(&mut listed, 1_000, T, GRACE);
+        e.apply(&mut listed, 1_000, W);
         e.destroyed("a", 1_000);
         let mut lagging = vec![member("a", 0), member("b", 0)];
-        assert!(e.apply(&mut lagging, 2_000, T, GRACE).is_empty());
+        assert!(e.apply(&mut lagging, 2_000, W).losses.is_empty());
         assert_eq!(lagging.len(), 1);
         assert_eq!(lagging[0].id, "b");
         // Our own destroy is not a loss when it finally disappears.
         let mut gone = vec![member("b", 0)];
-        assert!(e.apply(&mut gone, 3_000, T, GRACE).is_empty());
+        assert!(e.apply(&mut gone, 3_000, W).losses.is_empty());
     }
 
     #[test]
     fn an_instance_lost_within_its_grace_period_is_a_loss_an_old_one_is_not() {
         let mut e = Expectations::default();
         let mut listed = vec![member("young", 50_000), member("old", 1)];
-        e.apply(&mut listed, 60_000, T, GRACE);
+        e.apply(&mut listed, 60_000, W);
         let mut after = vec![];
-        let lost = e.apply(&mut after, 70_000, T, GRACE);
+        let lost = e.apply(&mut after, 70_000, W).losses;
         assert_eq!(lost.len(), 1, "{lost:?}");
         assert_eq!(lost[0].id, "young");
         assert!(lost[0].why.contains("20.0s"), "{}", lost[0].why);
+    }
+
+    #[test]
+    fn a_listed_instance_missing_for_less_than_lost_after_still_counts() {
+        let w = Windows {
+            lost_after_ms: 200,
+            ..W
+        };
+        let mut e = Expectations::default();
+        let mut listed = vec![member("a", 1), member("b", 1)];
+        e.apply(&mut listed, 1_000, w);
+        // Left out of two listings within the window: still there, re-list soon.
+        for now in [1_050, 1_150] {
+            let mut flaky = vec![member("b", 1)];
+            let got = e.apply(&mut flaky, now, w);
+            assert!(got.losses.is_empty());
+            assert_eq!(got.unconfirmed, 1);
+            assert_eq!(flaky.len(), 2, "a counts as there at {now}");
+        }
+        // Listed again: the window starts over at the next miss.
+        let mut back = vec![member("a", 1), member("b", 1)];
+        assert_eq!(e.apply(&mut back, 1_190, w).unconfirmed, 0);
+        let mut flaky = vec![member("b", 1)];
+        assert_eq!(e.apply(&mut flaky, 1_300, w).unconfirmed, 1);
+        assert_eq!(e.apply(&mut vec![member("b", 1)], 1_450, w).unconfirmed, 1);
+        // Missing for the whole window: gone.
+        let mut gone = vec![member("b", 1)];
+        let got = e.apply(&mut gone, 1_500, w);
+        assert_eq!((got.unconfirmed, gone.len()), (0, 1));
+        // Our own destroy is never presumed present.
+        e.destroyed("b", 1_500);
+        let mut none = vec![];
+        assert_eq!(e.apply(&mut none, 1_510, w).unconfirmed, 0);
+        assert!(none.is_empty());
     }
 }

@@ -260,6 +260,11 @@ pub struct HealthSpec {
     /// (cloud listings lag their create calls). Until then it counts as there; after that, as
     /// lost.
     pub provision_timeout: HumanDuration,
+    /// How long an instance that was listed may be missing from the listing before it counts
+    /// as lost. Listings page, lag and drop entries for a moment (EC2's is eventually
+    /// consistent); during this window the group re-lists twenty times and the instance
+    /// counts as there, so a flaky listing never causes a replacement and then a surplus.
+    pub lost_after: HumanDuration,
     /// Instances of one configuration lost within their grace period, or never listed within
     /// `ProvisionTimeout`, before the group pauses (a crash loop). Each loss first delays the
     /// next provisions with growing back-off. 0: never pause.
@@ -273,6 +278,7 @@ impl Default for HealthSpec {
             grace_period: HumanDuration(Duration::from_secs(60)),
             max_unhealthy: Threshold::Percent(Percent(40)),
             provision_timeout: HumanDuration(Duration::from_secs(60)),
+            lost_after: HumanDuration(Duration::from_millis(200)),
             crash_loop_limit: 5,
         }
     }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use tokio::sync::watch;
+
 use crate::event::{Event, EventKind, now_ms};
 use crate::spec::GroupSpec;
 
@@ -44,6 +46,9 @@ pub enum Error {
     /// Rollback asked for with nothing to roll back to.
     #[error("group {0:?} has no earlier revision to roll back to")]
     NoEarlierRevision(String),
+    /// A commit of a group whose destroy has not finished.
+    #[error("group {0:?} is being destroyed; commit it again once it is gone")]
+    BeingDestroyed(String),
 }
 
 /// Whether a group is being kept or taken down.
@@ -81,6 +86,10 @@ pub struct Revision {
 }
 
 /// The durable state the daemon needs. Every method is one transaction.
+///
+/// The store is the only owner of desired state: writers (the API, `group run`) change it
+/// here, and the controller follows [`Store::watch`] (as Kubernetes' reflectors follow the API
+/// server), so that no write can leave the controller on another revision than the store's.
 pub trait Store: Send + Sync + 'static {
     /// Records a new revision of a group and makes it current (managed), with its event.
     /// Returns the stored group and the event as logged (with its sequence number).
@@ -103,6 +112,10 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Result<Vec<Event>, Error>;
     /// The sequence number of the newest event (0 when there is none).
     fn last_event(&self) -> Result<u64, Error>;
+    /// The generation of the desired state: it grows at every change of a group (commit,
+    /// rollback, destroy, forget). Level-triggered: on a change, read [`Store::groups`]. A
+    /// distributed backend maps its own watch (etcd's revision) onto it.
+    fn watch(&self) -> watch::Receiver<u64>;
 }
 
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
@@ -116,6 +129,7 @@ const EVENTS_KEPT: u64 = 100_000;
 pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
+    changes: watch::Sender<u64>,
 }
 
 impl EmbeddedStore {
@@ -126,9 +140,28 @@ impl EmbeddedStore {
             operation: "open",
             source: Box::new(e.into()),
         })?;
+        EmbeddedStore::init(db, path.to_path_buf())
+    }
+
+    /// A store that lives in memory only: `group run` keeps its desired state there, so that
+    /// it drives the controller exactly as the daemon does.
+    pub fn in_memory() -> Result<EmbeddedStore, Error> {
+        let path = PathBuf::from("(memory)");
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| Error::Database {
+                path: path.clone(),
+                operation: "open",
+                source: Box::new(e.into()),
+            })?;
+        EmbeddedStore::init(db, path)
+    }
+
+    fn init(db: Database, path: PathBuf) -> Result<EmbeddedStore, Error> {
         let store = EmbeddedStore {
             db,
-            path: path.to_path_buf(),
+            path,
+            changes: watch::Sender::new(0),
         };
         // Create the tables so that readers never meet a missing one.
         store.write("create tables", |txn| {
@@ -164,6 +197,37 @@ impl EmbeddedStore {
         };
         txn.commit().map_err(|e| self.db_error(operation, e))?;
         Ok(out)
+    }
+
+    /// A write of desired state: watchers see it once it is durable.
+    fn write_desired<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, StoreFail>,
+    ) -> Result<T, Error> {
+        let out = self.write(operation, f)?;
+        self.changes.send_modify(|g| *g += 1);
+        Ok(out)
+    }
+
+    fn stored_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        id: &str,
+    ) -> Result<Option<StoredGroup>, StoreFail> {
+        let groups = txn.open_table(GROUPS)?;
+        let Some(v) = groups.get(id)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|source| {
+                StoreFail::Store(Error::Corrupt {
+                    path: self.path.clone(),
+                    key: id.to_string(),
+                    source,
+                })
+            })
     }
 
     fn decode<T: for<'de> Deserialize<'de>>(
@@ -220,7 +284,13 @@ fn next_revision(txn: &redb::WriteTransaction, id: &str) -> Result<u64, StoreFai
 
 impl Store for EmbeddedStore {
     fn commit(&self, spec: &GroupSpec, event: Event) -> Result<(StoredGroup, Event), Error> {
-        self.write("commit", |txn| {
+        self.write_desired("commit", |txn| {
+            if self
+                .stored_in(txn, &spec.id)?
+                .is_some_and(|g| g.lifecycle == Lifecycle::Destroying)
+            {
+                return Err(StoreFail::Store(Error::BeingDestroyed(spec.id.clone())));
+            }
             let revision = next_revision(txn, &spec.id)?;
             let stored = StoredGroup {
                 spec: spec.clone(),
@@ -243,19 +313,35 @@ impl Store for EmbeddedStore {
     }
 
     fn rollback(&self, id: &str) -> Result<(StoredGroup, Event), Error> {
-        let history = self.history(id)?;
-        let current = self
-            .group(id)?
-            .ok_or_else(|| Error::UnknownGroup(id.into()))?;
-        // The newest revision whose configuration differs from the current one: rolling back
-        // twice returns to where one started, like `kubectl rollout undo`.
-        let target = history
-            .iter()
-            .rev()
-            .find(|r| r.revision < current.revision && r.spec != current.spec)
-            .cloned()
-            .ok_or_else(|| Error::NoEarlierRevision(id.into()))?;
-        self.write("rollback", |txn| {
+        self.write_desired("rollback", |txn| {
+            let current = self
+                .stored_in(txn, id)?
+                .ok_or_else(|| StoreFail::Store(Error::UnknownGroup(id.into())))?;
+            if current.lifecycle == Lifecycle::Destroying {
+                return Err(StoreFail::Store(Error::BeingDestroyed(id.into())));
+            }
+            // The newest revision whose configuration differs from the current one: rolling
+            // back twice returns to where one started, like `kubectl rollout undo`.
+            let mut target = None;
+            {
+                let history = txn.open_table(HISTORY)?;
+                for entry in history.range((id, 0)..(id, current.revision))?.rev() {
+                    let (k, v) = entry?;
+                    let rev: Revision = serde_json::from_slice(v.value()).map_err(|source| {
+                        StoreFail::Store(Error::Corrupt {
+                            path: self.path.clone(),
+                            key: format!("{id}@{}", k.value().1),
+                            source,
+                        })
+                    })?;
+                    if rev.spec != current.spec {
+                        target = Some(rev);
+                        break;
+                    }
+                }
+            }
+            let target =
+                target.ok_or_else(|| StoreFail::Store(Error::NoEarlierRevision(id.into())))?;
             let revision = next_revision(txn, id)?;
             let stored = StoredGroup {
                 spec: target.spec.clone(),
@@ -290,20 +376,20 @@ impl Store for EmbeddedStore {
     }
 
     fn mark_destroying(&self, id: &str, event: Event) -> Result<(StoredGroup, Event), Error> {
-        let mut stored = self
-            .group(id)?
-            .ok_or_else(|| Error::UnknownGroup(id.into()))?;
-        stored.lifecycle = Lifecycle::Destroying;
-        self.write("mark destroying", |txn| {
+        self.write_desired("mark destroying", |txn| {
+            let mut stored = self
+                .stored_in(txn, id)?
+                .ok_or_else(|| StoreFail::Store(Error::UnknownGroup(id.into())))?;
+            stored.lifecycle = Lifecycle::Destroying;
             txn.open_table(GROUPS)?
                 .insert(id, encode(&stored).as_slice())?;
             let event = append_in(txn, event)?;
-            Ok((stored.clone(), event))
+            Ok((stored, event))
         })
     }
 
     fn forget(&self, id: &str, event: Event) -> Result<Event, Error> {
-        self.write("forget", |txn| {
+        self.write_desired("forget", |txn| {
             let removed = txn.open_table(GROUPS)?.remove(id)?.is_some();
             if !removed {
                 return Err(StoreFail::Store(Error::UnknownGroup(id.into())));
@@ -363,6 +449,10 @@ impl Store for EmbeddedStore {
             .map_err(|e| self.db_error("read", e))?;
         let last = table.last().map_err(|e| self.db_error("read", e))?;
         Ok(last.map(|(k, _)| k.value()).unwrap_or(0))
+    }
+
+    fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     fn events(&self, after: u64, group: Option<&str>, limit: usize) -> Result<Vec<Event>, Error> {

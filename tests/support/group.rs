@@ -16,6 +16,11 @@ pub struct GroupRun {
 
 impl GroupRun {
     pub fn start(env: &Env, spec: &Path) -> GroupRun {
+        GroupRun::start_polling(env, spec, "100ms")
+    }
+
+    /// `group run` with this `--poll-interval`.
+    pub fn start_polling(env: &Env, spec: &Path, poll: &str) -> GroupRun {
         let n = std::fs::read_dir(env.data_dir())
             .map(|d| d.count())
             .unwrap_or(0);
@@ -28,7 +33,7 @@ impl GroupRun {
                 "run",
                 spec.to_str().unwrap(),
                 "--poll-interval",
-                "100ms",
+                poll,
             ]);
         GroupRun {
             process: Process::spawn(cmd, log, "group run"),

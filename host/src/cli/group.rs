@@ -12,9 +12,10 @@ use clap::Subcommand;
 use super::Cli;
 use super::output::{self, Format};
 use crate::controller::{Controller, EventSink, Options};
-use crate::event::Event;
+use crate::event::{Event, EventKind};
 use crate::plan::{Phase, Plan};
 use crate::spec::GroupSpec;
+use crate::store::{EmbeddedStore, Store};
 
 /// Group commands. `commit`, `ls`, `describe`, `history`, `rollback` and `free` talk to the
 /// daemon; `plan` and `destroy` do too when one is running, and work in the foreground
@@ -125,6 +126,46 @@ impl EventSink for Printer {
     fn record(&self, event: Event) {
         println!("{event}");
     }
+
+    fn stored(&self, event: Event) {
+        println!("{event}");
+    }
+}
+
+/// A controller in the foreground: its desired state lives in memory, written through the same
+/// store interface the daemon's API writes through.
+fn foreground(
+    registry: Arc<crate::plugin::Registry>,
+    options: Options,
+) -> anyhow::Result<(Controller, Arc<EmbeddedStore>)> {
+    let store = Arc::new(EmbeddedStore::in_memory()?);
+    let controller = Controller::new(registry, store.clone(), Arc::new(Printer), options);
+    Ok((controller, store))
+}
+
+/// Stores a spec as the next revision, prints its event, and waits until the controller
+/// follows it.
+async fn commit_foreground(
+    controller: &Controller,
+    store: &EmbeddedStore,
+    spec: &GroupSpec,
+) -> anyhow::Result<()> {
+    let (_, event) = store.commit(
+        spec,
+        Event::now(
+            &spec.id,
+            EventKind::GroupCommitted,
+            None,
+            format!(
+                "committed (config {}, {} instances)",
+                spec.config_sha(),
+                spec.size()
+            ),
+        ),
+    )?;
+    println!("{event}");
+    controller.applied(*store.watch().borrow()).await;
+    Ok(())
 }
 
 async fn load_spec(path: &Path) -> anyhow::Result<GroupSpec> {
@@ -365,7 +406,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
         GroupCommand::Validate { spec } => {
             let spec = load_spec(spec).await?;
             let registry = Arc::new(cli.registry().await?);
-            let controller = Controller::new(registry, Arc::new(Printer), Options::default());
+            let (controller, _) = foreground(registry, Options::default())?;
             controller.validate(&spec).await?;
             println!(
                 "valid: group {} ({} instances, config {})",
@@ -384,8 +425,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 None => {
                     let spec = load_spec(spec).await?;
                     let registry = Arc::new(cli.registry().await?);
-                    let controller =
-                        Controller::new(registry, Arc::new(Printer), Options::default());
+                    let (controller, _) = foreground(registry, Options::default())?;
                     controller.validate(&spec).await?;
                     serde_json::to_value(controller.plan(&spec).await?)?
                 }
@@ -567,9 +607,18 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 poll_interval: Duration::from_millis(200),
                 ..Options::default()
             };
-            let controller = Controller::new(registry, Arc::new(Printer), options);
+            let (controller, store) = foreground(registry, options)?;
             let id = spec.id.clone();
-            controller.destroy(spec, 1);
+            store.commit(
+                &spec,
+                Event::now(&id, EventKind::GroupCommitted, None, "destroy"),
+            )?;
+            store.mark_destroying(
+                &id,
+                Event::now(&id, EventKind::Planned, None, "destroy requested"),
+            )?;
+            controller.start();
+            controller.applied(*store.watch().borrow()).await;
             let mut status = controller.watch(&id).context("group task")?;
             // The task ends once every instance is gone.
             while status.changed().await.is_ok() {}
@@ -586,14 +635,14 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 poll_interval: *poll_interval,
                 ..Options::default()
             };
-            let controller = Controller::new(registry, Arc::new(Printer), options);
+            let (controller, store) = foreground(registry, options)?;
             controller.validate(&spec).await?;
             print_plan(&controller.plan(&spec).await?);
             let mut current_text = std::fs::read_to_string(path).unwrap_or_default();
             let id = spec.id.clone();
-            // Each edit of the file is a new revision, counted from 1.
-            let mut revision = 1;
-            controller.commit(spec, revision);
+            // Each edit of the file is a new revision.
+            controller.start();
+            commit_foreground(&controller, &store, &spec).await?;
 
             let mut last_phase = Phase::Converging;
             let mut ticker = tokio::time::interval(*poll_interval);
@@ -618,8 +667,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                         Ok(new) => match controller.validate(&new).await {
                             Ok(()) => {
                                 print_plan(&controller.plan(&new).await?);
-                                revision += 1;
-                                controller.commit(new, revision);
+                                commit_foreground(&controller, &store, &new).await?;
                             }
                             Err(e) => eprintln!("error: {e:#}; keeping the previous spec"),
                         },
