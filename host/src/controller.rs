@@ -226,6 +226,17 @@ struct Intent {
     destroying: bool,
 }
 
+/// The members a group's last successful pass planned from, with the spec it observed them
+/// for: a commit's preview plans from them instead of listing and health-checking inside the
+/// request.
+struct LastObserved {
+    spec: Arc<GroupSpec>,
+    members: Arc<Vec<Member>>,
+    at: Instant,
+}
+
+type ObservedSlot = Arc<Mutex<Option<LastObserved>>>;
+
 struct Handle {
     intent: watch::Sender<Intent>,
     status: watch::Receiver<GroupStatus>,
@@ -233,6 +244,8 @@ struct Handle {
     task: tokio::task::JoinHandle<()>,
     /// Wakes the task for a pass now.
     wake: Arc<tokio::sync::Notify>,
+    /// What its last successful pass planned from.
+    observed: ObservedSlot,
     /// The group left the store: the task was told to stop and ends after its current step.
     retired: bool,
 }
@@ -463,7 +476,22 @@ impl Controller {
     }
 
     /// What committing `spec` would do now, without doing it.
+    /// It plans from the group's last observation when that is recent and was made by the same
+    /// instance plugin and flavor (same properties); otherwise it observes now.
     pub async fn plan(&self, spec: &GroupSpec) -> Result<Plan, Error> {
+        let recent = self.inner.options.poll_interval * 2 + Duration::from_secs(1);
+        let last = {
+            let groups = self.inner.groups.lock().expect("groups lock");
+            groups.get(&spec.id).and_then(|h| {
+                let slot = h.observed.lock().expect("observed lock");
+                slot.as_ref()
+                    .filter(|o| o.at.elapsed() < recent && same_observers(&o.spec, spec))
+                    .map(|o| o.members.clone())
+            })
+        };
+        if let Some(members) = last {
+            return Ok(plan::plan(&Desired::from_spec(spec), &members, now_ms()));
+        }
         let (instance, flavor) = self.loaded_plugins_of(spec).await?;
         let mut cache = HealthCache::default();
         let observed = observe(spec, &instance, &flavor, &mut cache, None).await?;
@@ -564,12 +592,19 @@ impl Controller {
         let (stop_tx, stop_rx) = watch::channel(false);
         let inner = self.inner.clone();
         let wake = Arc::new(tokio::sync::Notify::new());
-        let woken = wake.clone();
+        let observed = ObservedSlot::default();
+        let channels = TaskChannels {
+            intent: intent_rx,
+            status: status_tx,
+            stop: stop_rx,
+            wake: wake.clone(),
+            observed: observed.clone(),
+        };
         let task = tokio::spawn(async move {
             if let Some(previous) = previous {
                 let _ = previous.await;
             }
-            run_group(inner, intent_rx, status_tx, stop_rx, woken).await
+            run_group(inner, channels).await
         });
         Handle {
             intent: intent_tx,
@@ -577,6 +612,7 @@ impl Controller {
             stop: stop_tx,
             task,
             wake,
+            observed,
             retired: false,
         }
     }
@@ -730,13 +766,30 @@ async fn observe(
     })
 }
 
-async fn run_group(
-    inner: Arc<Inner>,
-    mut intent: watch::Receiver<Intent>,
+/// Whether two specs observe their instances the same way: same instance plugin, same flavor
+/// with the same properties (health verdicts depend on them).
+fn same_observers(a: &GroupSpec, b: &GroupSpec) -> bool {
+    a.properties.instance.plugin == b.properties.instance.plugin
+        && a.properties.flavor == b.properties.flavor
+}
+
+/// What a group task is handed: its intent and stop, its wake-up, where it reports.
+struct TaskChannels {
+    intent: watch::Receiver<Intent>,
     status: watch::Sender<GroupStatus>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     wake: Arc<tokio::sync::Notify>,
-) {
+    observed: ObservedSlot,
+}
+
+async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
+    let TaskChannels {
+        mut intent,
+        status,
+        mut stop,
+        wake,
+        observed,
+    } = channels;
     let mut memory = Memory::default();
     let mut attempts: u32 = 0;
     let mut last_phase: Option<Phase> = None;
@@ -788,6 +841,7 @@ async fn run_group(
                 next.current = plan.current;
                 next.config_sha = spec.config_sha();
                 next.last_error = None;
+                let members = Arc::new(members);
                 next.instances = members
                     .iter()
                     .map(|m| InstanceStatus {
@@ -842,6 +896,11 @@ async fn run_group(
                     status.send_replace(next);
                     return;
                 }
+                *observed.lock().expect("observed lock") = Some(LastObserved {
+                    spec: spec.clone(),
+                    members,
+                    at: Instant::now(),
+                });
             }
             Err(e) => {
                 let message = crate::error_chain(&e);
