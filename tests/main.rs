@@ -4,6 +4,7 @@
 
 mod support;
 
+mod api;
 mod daemon;
 mod groups;
 mod plugin_cli;

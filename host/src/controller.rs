@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
@@ -144,7 +144,7 @@ impl Default for Options {
 }
 
 /// One member as the controller last saw it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceStatus {
     /// Instance id.
     pub id: String,
@@ -162,7 +162,7 @@ pub struct InstanceStatus {
 }
 
 /// Where a group stands, as of its last pass.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupStatus {
     /// The group id.
     pub group: String,

@@ -291,7 +291,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         })
     };
 
-    crate::cli::shutdown_signal().await;
+    shutdown_signal().await;
     tracing::info!("shutting down");
     stop_tx.send_replace(true);
     controller.shutdown().await;
@@ -301,4 +301,19 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&options.socket);
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plugin::{Allocation, Description, DestroyContext, Health};
 use crate::spec::{GroupSpec, tags};
@@ -105,7 +105,7 @@ impl Member {
 }
 
 /// One thing to do, with why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "step", rename_all = "lowercase")]
 pub enum Step {
     /// Provision a new instance with the current configuration.
@@ -173,7 +173,7 @@ impl fmt::Display for Step {
 }
 
 /// Where the group stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Every member is there, current and healthy; nothing to do.
@@ -202,7 +202,7 @@ impl fmt::Display for Phase {
 }
 
 /// The plan: steps in execution order, and the group's status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Plan {
     /// What to do, in order.
     pub steps: Vec<Step>,

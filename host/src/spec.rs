@@ -69,7 +69,7 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        humantime::parse_duration(text.trim())
             .map(HumanDuration)
             .map_err(|e| {
                 serde::de::Error::custom(format!(
@@ -85,13 +85,41 @@ impl JsonSchema for HumanDuration {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // Exactly what the parser takes (up to four terms of at most nine digits, which cannot
+        // overflow), so that a request valid by the schema is never refused as unparsable.
+        let term = format!(" *[0-9]{{1,9}} *({})", DURATION_UNITS.join("|"));
         schemars::json_schema!({
             "type": "string",
             "description": "A duration such as \"500ms\", \"30s\", \"5m\" or \"1h 30m\".",
-            "pattern": "^\\s*[0-9]+\\s*[a-zµ]+(\\s*[0-9]+\\s*[a-zµ]+)*\\s*$"
+            "pattern": format!("^{term}({term}){{0,3}} *$")
         })
     }
 }
+
+/// In the OpenAPI document a spec is its JSON Schema (from schemars, the one source): this
+/// names it there, and the API puts the schema in place when it builds the document.
+impl utoipa::PartialSchema for GroupSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::Object::new().into()
+    }
+}
+
+impl utoipa::ToSchema for GroupSpec {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "GroupSpec".into()
+    }
+}
+
+/// Group and logical ids (what [`valid_id`] accepts).
+const ID_PATTERN: &str = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,63}$";
+
+/// The units humantime reads, longest first.
+const DURATION_UNITS: &[&str] = &[
+    "nanos", "nsec", "ns", "usec", "us", "µs", "millis", "msec", "ms", "seconds", "second", "secs",
+    "sec", "s", "minutes", "minute", "mins", "min", "m", "hours", "hour", "hrs", "hr", "h", "days",
+    "day", "d", "weeks", "week", "wks", "wk", "w", "months", "month", "M", "years", "year", "yrs",
+    "yr", "y",
+];
 
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -103,8 +131,9 @@ impl fmt::Display for HumanDuration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GroupSpec {
-    /// The group's id: letters, digits, `-`, `_`, `.`.
+    /// The group's id: 1-63 letters, digits, `-`, `_`, `.` (not `.` or `..`).
     #[serde(rename = "ID")]
+    #[schemars(extend("pattern" = ID_PATTERN))]
     pub id: String,
     /// What the group is made of.
     #[serde(rename = "Properties")]
@@ -208,9 +237,22 @@ pub enum Threshold {
 }
 
 /// `"N%"`, N in 0..=100.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
-#[schemars(with = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Percent(pub u8);
+
+impl JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`\"N%\"`, N in 0..=100.",
+            "pattern": "^ *(100|[1-9]?[0-9]) *% *$"
+        })
+    }
+}
 
 impl Serialize for Percent {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -347,6 +389,11 @@ impl GroupSpec {
                 }
             })?
         } else {
+            // JSON Schema counts `3.0` as an integer; serde does not. Integral numbers written
+            // with a fraction are rewritten as integers (rarely: the original text, with its
+            // error positions, is parsed whenever there are none).
+            let normalized = integral_floats_as_integers(text);
+            let text = normalized.as_deref().unwrap_or(text);
             let de = &mut serde_json::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
@@ -487,7 +534,72 @@ impl GroupSpec {
 
     /// The JSON Schema of a group spec.
     pub fn schema() -> serde_json::Value {
-        serde_json::to_value(schemars::schema_for!(GroupSpec)).expect("schema serialises")
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(GroupSpec)).expect("schema serialises");
+        bound_uint32(&mut schema);
+        schema
+    }
+}
+
+/// `text` with integral floats (`3.0`, `1e2`) written as integers, when it is JSON that has
+/// any; `None` otherwise.
+fn integral_floats_as_integers(text: &str) -> Option<String> {
+    fn fix(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = if f < 0.0 {
+                        (f as i64).into()
+                    } else {
+                        (f as u64).into()
+                    };
+                    true
+                } else {
+                    false
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |c, i| fix(i) | c),
+            serde_json::Value::Object(map) => map.values_mut().fold(false, |c, i| fix(i) | c),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
+    // The plugins' own properties are theirs, and part of the configuration hash: untouched.
+    let mut kept = Vec::new();
+    for section in ["Instance", "Flavor"] {
+        if let Some(p) = value
+            .pointer_mut(&format!("/Properties/{section}"))
+            .and_then(|s| s.as_object_mut())
+            .and_then(|s| s.remove("Properties"))
+        {
+            kept.push((section, p));
+        }
+    }
+    let changed = fix(&mut value);
+    for (section, p) in kept {
+        if let Some(s) = value
+            .pointer_mut(&format!("/Properties/{section}"))
+            .and_then(|s| s.as_object_mut())
+        {
+            s.insert("Properties".into(), p);
+        }
+    }
+    changed.then(|| value.to_string())
+}
+
+/// schemars marks `u32` fields with `format: uint32`, which validators and generators ignore;
+/// the bound makes a larger number invalid by the schema, as it is to the parser.
+fn bound_uint32(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if map.get("format").and_then(|f| f.as_str()) == Some("uint32") {
+                map.entry("maximum").or_insert(u32::MAX.into());
+            }
+            map.values_mut().for_each(bound_uint32);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(bound_uint32),
+        _ => {}
     }
 }
 
@@ -581,6 +693,49 @@ mod tests {
             GroupSpec::schema(),
             "regenerate: infrakit group schema > examples/group.schema.json"
         );
+    }
+
+    #[test]
+    fn integral_floats_count_as_integers_outside_plugin_properties() {
+        let text = r#"{"ID": "g", "Properties": {"Allocation": {"Size": 3.0},
+            "Instance": {"Plugin": "i", "Properties": {"Weight": 1.0}},
+            "Flavor": {"Plugin": "f"}, "Parallelism": 4e0}}"#;
+        let spec = GroupSpec::parse(text, "t", false).unwrap();
+        assert_eq!(spec.size(), 3);
+        assert_eq!(spec.properties.parallelism, 4);
+        assert!(spec.properties.instance.properties["Weight"].is_f64());
+        let half = text.replace("3.0", "3.5");
+        let e = GroupSpec::parse(&half, "t", false).unwrap_err().to_string();
+        assert!(e.contains("Allocation.Size") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn every_duration_the_schema_admits_parses() {
+        let pattern = GroupSpec::schema()["$defs"]["Duration"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for unit in DURATION_UNITS {
+            for text in [format!("999999999{unit}"), format!(" 1 {unit} 2{unit}\n")] {
+                assert!(
+                    [
+                        format!("|{unit}|"),
+                        format!("({unit}|"),
+                        format!("|{unit})")
+                    ]
+                    .iter()
+                    .any(|t| pattern.contains(t.as_str())),
+                    "{unit} in {pattern}"
+                );
+                let json = format!("{{\"t\": {text:?}}}");
+                let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+                let d: Result<HumanDuration, _> = serde_json::from_value(parsed["t"].clone());
+                assert!(d.is_ok(), "{text:?}: {d:?}");
+            }
+        }
+        // Four terms of the largest value do not overflow.
+        let most = format!("{0} {0} {0} {0}", "999999999y");
+        assert!(humantime::parse_duration(&most).is_ok());
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub struct StoredGroup {
 }
 
 /// One entry of a group's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Revision {
     /// Revision number.
     pub revision: u64,

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+
+use crate::api::ErrorBody;
 
 /// Exit code when the daemon cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 5;
@@ -16,6 +18,23 @@ pub const EXIT_UNREACHABLE: u8 = 5;
 pub struct Unreachable {
     target: String,
     reason: String,
+}
+
+/// The daemon answered with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} (HTTP {status})")]
+pub struct Refused {
+    /// The HTTP status.
+    pub status: u16,
+    /// What it said was wrong.
+    pub message: String,
+}
+
+impl Refused {
+    /// Whether `e` is the daemon saying that what was asked for does not exist.
+    pub fn is_not_found(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404)
+    }
 }
 
 impl Client {
@@ -77,29 +96,42 @@ impl Client {
         if resp.status().is_success() {
             return Ok(resp);
         }
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
             .unwrap_or(text);
-        anyhow::bail!("{message} (HTTP {})", status.as_u16())
+        Err(Refused { status, message }.into())
     }
 
-    /// GET, JSON answer.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        resp: reqwest::Response,
+    ) -> anyhow::Result<T> {
+        let bytes = resp.bytes().await.map_err(|e| self.gone(e))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("the daemon's answer to {path} is not what this CLI expects"))
+    }
+
+    /// GET, a typed JSON answer.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self.send(self.request(reqwest::Method::GET, path)).await?;
-        Ok(resp.json().await?)
+        self.answer(path, resp).await
     }
 
-    /// POST with an optional text body, JSON answer.
-    pub async fn post(&self, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+    /// POST with an optional text body, a typed JSON answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<T> {
         let mut req = self.request(reqwest::Method::POST, path);
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
         let resp = self.send(req).await?;
-        Ok(resp.json().await?)
+        self.answer(path, resp).await
     }
 
     /// GET, streamed response (events).

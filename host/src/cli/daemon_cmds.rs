@@ -139,21 +139,14 @@ pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn status(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
-    let s = cli.daemon()?.get("/v1/status").await?;
+    let s: crate::api::StatusResponse = cli.daemon()?.get("/v1/status").await?;
     match format {
         Format::Table => {
-            println!(
-                "infrakit {} (pid {})",
-                s["version"].as_str().unwrap_or("?"),
-                s["pid"]
-            );
-            println!("data dir: {}", s["data_dir"].as_str().unwrap_or(""));
-            println!("uptime:   {}s", s["uptime_seconds"]);
-            println!("groups:   {}", s["groups"]);
-            println!(
-                "plugins:  {} ({} not loaded)",
-                s["plugins"], s["plugin_failures"]
-            );
+            println!("infrakit {} (pid {})", s.version, s.pid);
+            println!("data dir: {}", s.data_dir);
+            println!("uptime:   {}s", s.uptime_seconds);
+            println!("groups:   {}", s.groups);
+            println!("plugins:  {} ({} not loaded)", s.plugins, s.plugin_failures);
         }
         other => output::value(other, &s)?,
     }

@@ -10,12 +10,16 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::Cli;
+use super::client::Refused;
 use super::output::{self, Format};
+use crate::api::{CommitResponse, Destroying, Freed, GroupView, StatusResponse};
+use crate::controller::GroupStatus;
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::{Event, EventKind};
-use crate::plan::{Phase, Plan};
+use crate::plan::{Phase, Plan, Step};
 use crate::spec::GroupSpec;
 use crate::store::{EmbeddedStore, Store};
+use crate::store::{Lifecycle, Revision};
 
 /// Group commands. `commit`, `ls`, `describe`, `history`, `rollback` and `free` talk to the
 /// daemon; `plan` and `destroy` do too when one is running, and work in the foreground
@@ -172,90 +176,71 @@ async fn load_spec(path: &Path) -> anyhow::Result<GroupSpec> {
     Ok(GroupSpec::load(path)?)
 }
 
-/// Prints a plan received as JSON.
-fn print_plan_value(plan: &serde_json::Value) {
-    match serde_json::from_value::<PlanView>(plan.clone()) {
-        Ok(p) => {
-            println!(
-                "Plan: {} to provision, {} to destroy, {} to replace ({}, {} of {} current)",
-                p.steps.iter().filter(|s| s["step"] == "provision").count(),
-                p.steps.iter().filter(|s| s["step"] == "destroy").count(),
-                p.steps.iter().filter(|s| s["step"] == "replace").count(),
-                p.phase,
-                p.current,
-                p.size
-            );
-            for step in &p.steps {
-                let kind = step["step"].as_str().unwrap_or("");
-                let sign = match kind {
-                    "provision" => "+",
-                    "destroy" => "-",
-                    "replace" => "~",
-                    "wait" => ".",
-                    _ => " ",
-                };
-                let what = step["id"].as_str().or(step["logical_id"].as_str());
-                let what = what.map(|w| format!(" {w}")).unwrap_or_default();
-                println!(
-                    "  {sign} {kind}{what}: {}",
-                    step["reason"].as_str().unwrap_or("")
-                );
-            }
-            for m in &p.messages {
-                println!("  ! {m}");
-            }
-        }
-        Err(_) => println!("{plan}"),
+/// Prints a plan as a readable diff.
+pub fn print_plan(p: &Plan) {
+    let (provisions, destroys, replaces) = p.counts();
+    println!(
+        "Plan: {provisions} to provision, {destroys} to destroy, {replaces} to replace ({}, {} of {} current)",
+        p.phase, p.current, p.size
+    );
+    for step in &p.steps {
+        let (sign, kind, what, reason) = match step {
+            Step::Provision {
+                logical_id, reason, ..
+            } => ("+", "provision", logical_id.as_deref(), reason),
+            Step::Drain { id, reason } => (" ", "drain", Some(id.as_str()), reason),
+            Step::Destroy { id, reason, .. } => ("-", "destroy", Some(id.as_str()), reason),
+            Step::Replace { id, reason, .. } => ("~", "replace", Some(id.as_str()), reason),
+            Step::Wait { reason } => (".", "wait", None, reason),
+        };
+        let what = what.map(|w| format!(" {w}")).unwrap_or_default();
+        println!("  {sign} {kind}{what}: {reason}");
+    }
+    for m in &p.messages {
+        println!("  ! {m}");
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PlanView {
-    steps: Vec<serde_json::Value>,
-    phase: String,
-    messages: Vec<String>,
-    current: usize,
-    size: usize,
+/// The phase to show: a group being destroyed says so, whatever its last pass found.
+fn shown_phase(g: &GroupView) -> String {
+    match (&g.lifecycle, &g.status) {
+        (Lifecycle::Destroying, _) => "destroying".into(),
+        (_, Some(st)) => st.phase.to_string(),
+        (_, None) => "-".into(),
+    }
 }
 
-fn print_describe(g: &serde_json::Value) {
-    let st = &g["status"];
-    let id = g["id"].as_str().unwrap_or("");
-    println!("Group:     {id} (revision {})", g["revision"]);
-    let phase = if g["lifecycle"] == "destroying" {
-        "destroying"
-    } else {
-        st["phase"].as_str().unwrap_or("-")
+fn print_describe(g: &GroupView) {
+    println!("Group:     {} (revision {})", g.id, g.revision);
+    println!("Phase:     {}", shown_phase(g));
+    let Some(st) = &g.status else {
+        println!("Progress:  not yet reconciled");
+        return;
     };
-    println!("Phase:     {phase}");
     println!(
         "Progress:  {} of {} on config {}",
-        st["current"],
-        st["size"],
-        st["config_sha"].as_str().unwrap_or("")
+        st.current, st.size, st.config_sha
     );
-    if let Some(e) = st["last_error"].as_str() {
+    if let Some(e) = &st.last_error {
         println!("Error:     {e}");
     }
-    for m in st["messages"].as_array().into_iter().flatten() {
-        println!("Note:      {}", m.as_str().unwrap_or(""));
+    for m in &st.messages {
+        println!("Note:      {m}");
     }
     let now = crate::event::now_ms();
     let mut t = output::table(&["instance", "logical id", "health", "config", "age"]);
-    for i in st["instances"].as_array().into_iter().flatten() {
-        let created = i["created_ms"].as_u64().unwrap_or(0);
-        let age = if created == 0 {
+    for i in &st.instances {
+        let age = if i.created_ms == 0 {
             "-".to_string()
         } else {
-            humantime::format_duration(Duration::from_secs(now.saturating_sub(created) / 1000))
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(i.created_ms) / 1000))
                 .to_string()
         };
-        let sha = i["config_sha"].as_str().unwrap_or("");
         t.add_row(vec![
-            i["id"].as_str().unwrap_or("").to_string(),
-            i["logical_id"].as_str().unwrap_or("-").to_string(),
-            i["health"].as_str().unwrap_or("").to_string(),
-            format!("{sha}{}", if i["current"] == true { "" } else { " (old)" }),
+            i.id.clone(),
+            i.logical_id.clone().unwrap_or_else(|| "-".into()),
+            i.health.to_string(),
+            format!("{}{}", i.config_sha, if i.current { "" } else { " (old)" }),
             age,
         ]);
     }
@@ -277,41 +262,36 @@ async fn wait_converged(
     let mut last = String::new();
     loop {
         seen = print_steps(client, id, seen).await;
-        let g = client.get(&format!("/v1/groups/{id}")).await?;
-        let st = &g["status"];
-        let reached = st["revision"].as_u64().is_some_and(|r| r >= revision);
-        let phase = st["phase"].as_str().unwrap_or("");
-        let why = if phase == "failing" {
-            st["last_error"].as_str()
+        let g: GroupView = client.get(&format!("/v1/groups/{id}")).await?;
+        let Some(st) = g.status else {
+            if let Some(code) = next_poll(deadline, wait).await {
+                return Ok(code);
+            }
+            continue;
+        };
+        let reached = st.revision >= revision;
+        let why = if st.phase == Phase::Failing {
+            st.last_error.clone()
         } else {
-            st["messages"][0].as_str()
+            st.messages.first().cloned()
         };
         let line = format!(
-            "[{}/{}] {phase}{}",
-            st["current"],
-            st["size"],
+            "[{}/{}] {}{}",
+            st.current,
+            st.size,
+            st.phase,
             why.map(|m| format!(": {m}")).unwrap_or_default()
         );
         if line != last {
             println!("{line}");
             last = line;
         }
-        if reached && phase == "converged" {
+        if reached && st.phase == Phase::Converged {
             println!("group {id} converged");
             return Ok(ExitCode::SUCCESS);
         }
-        if reached && phase == "paused" {
-            eprintln!(
-                "group {id} paused: {}",
-                st["messages"]
-                    .as_array()
-                    .map(|m| m
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "))
-                    .unwrap_or_default()
-            );
+        if reached && st.phase == Phase::Paused {
+            eprintln!("group {id} paused: {}", st.messages.join("; "));
             return Ok(ExitCode::from(EXIT_PAUSED));
         }
         if let Some(code) = next_poll(deadline, wait).await {
@@ -322,8 +302,8 @@ async fn wait_converged(
 
 /// The sequence number of the newest event.
 async fn latest_seq(client: &super::Client) -> u64 {
-    match client.get("/v1/status").await {
-        Ok(status) => status["last_event"].as_u64().unwrap_or(0),
+    match client.get::<StatusResponse>("/v1/status").await {
+        Ok(status) => status.last_event,
         Err(_) => 0,
     }
 }
@@ -371,16 +351,16 @@ async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow:
     let deadline = std::time::Instant::now() + wait.timeout;
     let mut last = String::new();
     loop {
-        match client.get(&format!("/v1/groups/{id}")).await {
+        match client.get::<GroupView>(&format!("/v1/groups/{id}")).await {
             Ok(g) => {
-                let n = g["status"]["instances"].as_array().map_or(0, |a| a.len());
+                let n = g.status.map_or(0, |s| s.instances.len());
                 let line = format!("[{n} left] destroying");
                 if line != last {
                     println!("{line}");
                     last = line;
                 }
             }
-            Err(e) if format!("{e:#}").contains("HTTP 404") => {
+            Err(e) if Refused::is_not_found(&e) => {
                 println!("group {id} destroyed");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -390,11 +370,6 @@ async fn wait_gone(client: &super::Client, id: &str, wait: &WaitArgs) -> anyhow:
             return Ok(code);
         }
     }
-}
-
-/// Prints a plan as a readable diff.
-pub fn print_plan(plan: &Plan) {
-    print_plan_value(&serde_json::to_value(plan).unwrap_or_default());
 }
 
 pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
@@ -420,18 +395,18 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             let plan = match cli.daemon_if_running()? {
                 Some(client) => {
                     let (_, text) = super::input::read_text(Some(spec))?;
-                    client.post("/v1/plan", Some(text)).await?
+                    client.post::<Plan>("/v1/plan", Some(text)).await?
                 }
                 None => {
                     let spec = load_spec(spec).await?;
                     let registry = Arc::new(cli.registry().await?);
                     let (controller, _) = foreground(registry, Options::default())?;
                     controller.validate(&spec).await?;
-                    serde_json::to_value(controller.plan(&spec).await?)?
+                    controller.plan(&spec).await?
                 }
             };
             match output {
-                Format::Table => print_plan_value(&plan),
+                Format::Table => print_plan(&plan),
                 other => output::value(*other, &plan)?,
             }
             Ok(ExitCode::SUCCESS)
@@ -453,14 +428,15 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             // Steps are shown as they happen, from the event log, starting before the commit.
             let from = latest_seq(&client).await;
             let path = format!("/v1/groups?dry_run={dry_run}");
-            let answer = client.post(&path, Some(text)).await?;
+            let answer: CommitResponse = client.post(&path, Some(text)).await?;
             match output {
                 Format::Table => {
-                    match answer["plan_error"].as_str() {
-                        Some(e) => println!(
+                    match (&answer.plan, &answer.plan_error) {
+                        (_, Some(e)) => println!(
                             "no plan preview (committed all the same; the controller retries): {e}"
                         ),
-                        None => print_plan_value(&answer["plan"]),
+                        (Some(p), None) => print_plan(p),
+                        (None, None) => {}
                     }
                     if *dry_run {
                         println!("dry run: nothing committed");
@@ -468,21 +444,21 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                         println!(
                             "committed group {} revision {} (config {})",
                             parsed.id,
-                            answer["revision"],
-                            answer["config_sha"].as_str().unwrap_or("")
+                            answer.revision.unwrap_or(0),
+                            answer.config_sha
                         );
                     }
                 }
                 other => output::value(*other, &answer)?,
             }
             if wait.wait && !dry_run {
-                let revision = answer["revision"].as_u64().unwrap_or(0);
+                let revision = answer.revision.unwrap_or(0);
                 return wait_converged(&client, &parsed.id, revision, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Ls { output } => {
-            let groups = cli.daemon()?.get("/v1/groups").await?;
+            let groups: Vec<GroupView> = cli.daemon()?.get("/v1/groups").await?;
             match output {
                 Format::Table => {
                     let mut t = output::table(&[
@@ -494,27 +470,22 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                         "instances",
                         "message",
                     ]);
-                    for g in groups.as_array().into_iter().flatten() {
-                        let st = &g["status"];
+                    for g in &groups {
+                        let st = g.status.as_ref();
+                        let num = |f: fn(&GroupStatus) -> usize| {
+                            st.map(|s| f(s).to_string()).unwrap_or_else(|| "-".into())
+                        };
                         t.add_row(vec![
-                            g["id"].as_str().unwrap_or("").to_string(),
-                            g["revision"].to_string(),
-                            if g["lifecycle"] == "destroying" {
-                                "destroying".to_string()
-                            } else {
-                                st["phase"].as_str().unwrap_or("-").to_string()
-                            },
-                            st["current"].to_string(),
-                            st["size"].to_string(),
-                            st["instances"]
-                                .as_array()
-                                .map_or(0, |a| a.len())
-                                .to_string(),
-                            st["last_error"]
-                                .as_str()
-                                .map(str::to_string)
-                                .or_else(|| st["messages"][0].as_str().map(str::to_string))
-                                .unwrap_or_default(),
+                            g.id.clone(),
+                            g.revision.to_string(),
+                            shown_phase(g),
+                            num(|s| s.current),
+                            num(|s| s.size),
+                            num(|s| s.instances.len()),
+                            st.and_then(|s| {
+                                s.last_error.clone().or_else(|| s.messages.first().cloned())
+                            })
+                            .unwrap_or_default(),
                         ]);
                     }
                     output::print_table(&t);
@@ -524,7 +495,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Describe { id, output } => {
-            let g = cli.daemon()?.get(&format!("/v1/groups/{id}")).await?;
+            let g: GroupView = cli.daemon()?.get(&format!("/v1/groups/{id}")).await?;
             match output {
                 Format::Table => print_describe(&g),
                 other => output::value(*other, &g)?,
@@ -532,7 +503,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::History { id, output } => {
-            let h = cli
+            let h: Vec<Revision> = cli
                 .daemon()?
                 .get(&format!("/v1/groups/{id}/history"))
                 .await?;
@@ -540,17 +511,13 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                 Format::Table => {
                     let mut t =
                         output::table(&["revision", "committed", "cause", "config", "size"]);
-                    for r in h.as_array().into_iter().flatten() {
-                        let spec: Option<GroupSpec> =
-                            serde_json::from_value(r["spec"].clone()).ok();
+                    for r in &h {
                         t.add_row(vec![
-                            r["revision"].to_string(),
-                            crate::event::format_time(r["time_ms"].as_u64().unwrap_or(0)),
-                            r["cause"].as_str().unwrap_or("").to_string(),
-                            spec.as_ref().map(|s| s.config_sha()).unwrap_or_default(),
-                            spec.as_ref()
-                                .map(|s| s.size().to_string())
-                                .unwrap_or_default(),
+                            r.revision.to_string(),
+                            crate::event::format_time(r.time_ms),
+                            r.cause.clone(),
+                            r.spec.config_sha(),
+                            r.spec.size().to_string(),
                         ]);
                     }
                     output::print_table(&t);
@@ -562,23 +529,22 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
         GroupCommand::Rollback { id, wait } => {
             let client = cli.daemon()?;
             let from = latest_seq(&client).await;
-            let answer = client
+            let answer: CommitResponse = client
                 .post(&format!("/v1/groups/{id}/rollback"), None)
                 .await?;
+            let revision = answer.revision.unwrap_or(0);
             println!(
-                "group {id} rolled back: revision {} (config {})",
-                answer["revision"],
-                answer["config_sha"].as_str().unwrap_or("")
+                "group {id} rolled back: revision {revision} (config {})",
+                answer.config_sha
             );
             if wait.wait {
-                let revision = answer["revision"].as_u64().unwrap_or(0);
                 return wait_converged(&client, id, revision, wait, from).await;
             }
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Free { id } => {
             cli.daemon()?
-                .post(&format!("/v1/groups/{id}/free"), None)
+                .post::<Freed>(&format!("/v1/groups/{id}/free"), None)
                 .await?;
             println!("group {id} is no longer managed; its instances were left as they are");
             Ok(ExitCode::SUCCESS)
@@ -586,7 +552,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
         GroupCommand::Destroy { id, wait } => {
             if let Some(client) = cli.daemon_if_running()? {
                 client
-                    .post(&format!("/v1/groups/{id}/destroy"), None)
+                    .post::<Destroying>(&format!("/v1/groups/{id}/destroy"), None)
                     .await?;
                 println!("group {id}: draining and destroying every instance");
                 if wait.wait {
@@ -646,7 +612,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
 
             let mut last_phase = Phase::Converging;
             let mut ticker = tokio::time::interval(*poll_interval);
-            let shutdown = shutdown_signal();
+            let shutdown = crate::daemon::shutdown_signal();
             tokio::pin!(shutdown);
             loop {
                 tokio::select! {
@@ -685,20 +651,5 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             println!("stopped; instances left as they are");
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -17,9 +17,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 pub use client::{Client, EXIT_UNREACHABLE, Unreachable};
-pub use group::shutdown_signal;
 pub use output::Format;
-pub use plugin::{plugin_inspect, plugin_rows};
 
 use crate::config::Config;
 use crate::plugin::{Registry, RegistryConfig};

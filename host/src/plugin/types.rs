@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub type Tags = BTreeMap<String, String>;
 
 /// Which SPI a plugin implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     /// Provisions and tracks instances.
@@ -30,7 +30,7 @@ impl fmt::Display for PluginKind {
 }
 
 /// A capability a plugin asks for in its metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     /// A directory mapped at a guest path.
@@ -150,7 +150,7 @@ pub struct Index {
 }
 
 /// Health as judged by a flavor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Doing its job.
@@ -172,7 +172,7 @@ impl fmt::Display for Health {
 }
 
 /// Why an instance is destroyed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DestroyContext {
     /// For good.

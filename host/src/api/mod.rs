@@ -1,7 +1,15 @@
 //! The control API: HTTP + JSON, served on a unix socket (permissions 0600, no token) and
 //! optionally on TCP (a bearer token required, compared in constant time). Every CLI command
-//! that talks to the daemon is one of these endpoints; the OpenAPI document is generated from
-//! the handlers and served at `/openapi.json`.
+//! that talks to the daemon is one of these endpoints, with the types of [`types`]; the OpenAPI
+//! document is generated from the handlers and served at `/openapi.json`.
+//!
+//! Status codes: 400 for a request that is not what the document describes (syntax, types,
+//! query strings), 422 for a well-formed spec that is refused (a rule across fields, an unknown
+//! plugin, properties the plugin rejects), 404 for an unknown group or plugin, 409 for a state
+//! conflict, 502 when a plan cannot be made because observing the group failed.
+
+mod openapi;
+pub mod types;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,23 +17,24 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::controller::Controller;
-use crate::event::Event;
+use crate::event::{Event, EventKind};
+use crate::plan::Plan;
 use crate::plugin::Registry;
-use crate::spec::GroupSpec;
-use crate::store::{self, Lifecycle, Store};
+use crate::spec::{self, GroupSpec};
+use crate::store::{self, Revision, Store};
+pub use types::*;
 
 /// Largest request body accepted (a group spec is a few KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -56,12 +65,6 @@ type AppState = Arc<Daemon>;
 pub struct ApiError {
     status: StatusCode,
     message: String,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong, and where.
-    pub error: String,
 }
 
 impl ApiError {
@@ -98,6 +101,33 @@ impl From<store::Error> for ApiError {
     }
 }
 
+impl From<spec::Error> for ApiError {
+    fn from(e: spec::Error) -> Self {
+        // Not what the schema describes: 400. Well-formed but breaking a rule the schema cannot
+        // express (exactly one of Size and LogicalIDs, say): 422.
+        let status = match e {
+            spec::Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, crate::error_chain(&e))
+    }
+}
+
+/// Query-string and path errors answer in the JSON error shape, not axum's plain text.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query string: {}", e.body_text()),
+        )
+    })
+}
+
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(p)| p)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("path: {}", e.body_text())))
+}
+
 fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
     let bytes = body.map_err(|e| {
         let status = e.status();
@@ -112,97 +142,6 @@ fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "request body is not UTF-8"))
 }
 
-/// Daemon status.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct StatusResponse {
-    /// infrakit's version.
-    pub version: String,
-    /// The daemon's process id.
-    pub pid: u32,
-    /// Seconds since start.
-    pub uptime_seconds: u64,
-    /// The data directory.
-    pub data_dir: String,
-    /// Managed groups.
-    pub groups: usize,
-    /// Loaded plugins.
-    pub plugins: usize,
-    /// Plugin files that failed to load.
-    pub plugin_failures: usize,
-    /// The sequence number of the newest event (follow from here with `/v1/events?after=`).
-    pub last_event: u64,
-}
-
-/// A group as the API shows it.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct GroupView {
-    /// The group id.
-    pub id: String,
-    /// The revision of its current spec.
-    pub revision: u64,
-    /// Managed or being destroyed.
-    pub lifecycle: Lifecycle,
-    /// The current spec.
-    #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
-    /// Where it stands as of its last pass.
-    #[schema(value_type = Object)]
-    pub status: Option<serde_json::Value>,
-}
-
-/// The answer to a commit.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct CommitResponse {
-    /// Whether the spec was stored and is being applied (false for a dry run).
-    pub committed: bool,
-    /// The new revision, when committed.
-    pub revision: Option<u64>,
-    /// The configuration hash of the spec.
-    pub config_sha: String,
-    /// What reconciling it does next, as of now (a preview; null when it could not be made).
-    #[schema(value_type = Object)]
-    pub plan: serde_json::Value,
-    /// Why there is no preview (observing the group failed, e.g. its plugin's API is down).
-    /// The commit went through all the same: the controller retries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan_error: Option<String>,
-}
-
-#[derive(Deserialize, IntoParams)]
-struct CommitQuery {
-    /// Only show the plan; store nothing, change nothing.
-    #[serde(default)]
-    dry_run: bool,
-}
-
-#[derive(Deserialize, IntoParams)]
-struct EventsQuery {
-    /// Only events with a sequence number above this.
-    #[serde(default)]
-    after: u64,
-    /// Only events of this group.
-    group: Option<String>,
-    /// Keep the response open and stream new events as they happen.
-    #[serde(default)]
-    follow: bool,
-    /// At most this many past events (default 1000).
-    limit: Option<usize>,
-}
-
-fn group_view(d: &Daemon, g: store::StoredGroup) -> GroupView {
-    let status = d
-        .controller
-        .status(&g.spec.id)
-        .and_then(|s| serde_json::to_value(s).ok());
-    GroupView {
-        id: g.spec.id.clone(),
-        revision: g.revision,
-        lifecycle: g.lifecycle,
-        spec: serde_json::to_value(&g.spec).unwrap_or_default(),
-        status,
-    }
-}
-
 /// After a write of desired state: tells subscribers, and waits until the controller follows
 /// it, so that what the writer reads next (`group ls`, `--wait`) is about its revision.
 async fn announce(d: &Daemon, event: Event) {
@@ -211,8 +150,23 @@ async fn announce(d: &Daemon, event: Event) {
     d.controller.applied(generation).await;
 }
 
+fn group_view(d: &Daemon, g: store::StoredGroup) -> GroupView {
+    GroupView {
+        id: g.spec.id.clone(),
+        revision: g.revision,
+        lifecycle: g.lifecycle,
+        status: d.controller.status(&g.spec.id),
+        spec: g.spec,
+    }
+}
+
+fn no_group(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no group {id:?}"))
+}
+
 /// Daemon status.
-#[utoipa::path(get, path = "/v1/status", responses((status = 200, body = StatusResponse)))]
+#[utoipa::path(get, path = "/v1/status", operation_id = "status",
+    responses((status = 200, body = StatusResponse)))]
 async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
     Ok(Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -227,7 +181,8 @@ async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiEr
 }
 
 /// Every committed group with its status.
-#[utoipa::path(get, path = "/v1/groups", responses((status = 200, body = Vec<GroupView>)))]
+#[utoipa::path(get, path = "/v1/groups", operation_id = "list_groups",
+    responses((status = 200, body = Vec<GroupView>)))]
 async fn list_groups(State(d): State<AppState>) -> Result<Json<Vec<GroupView>>, ApiError> {
     let groups = d.store.groups()?;
     Ok(Json(
@@ -236,23 +191,21 @@ async fn list_groups(State(d): State<AppState>) -> Result<Json<Vec<GroupView>>, 
 }
 
 /// One group: spec, revision and status with its instances.
-#[utoipa::path(get, path = "/v1/groups/{id}",
+#[utoipa::path(get, path = "/v1/groups/{id}", operation_id = "get_group",
     params(("id" = String, Path, description = "The group id")),
-    responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn get_group(
     State(d): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let g = d
-        .store
-        .group(&id)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no group {id:?}")))?;
+    let id = path(id)?;
+    let g = d.store.group(&id)?.ok_or_else(|| no_group(&id))?;
     Ok(Json(group_view(&d, g)))
 }
 
 async fn parse_and_validate(d: &Daemon, text: &str) -> Result<GroupSpec, ApiError> {
-    let spec = GroupSpec::parse(text, "request body", false)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, crate::error_chain(&e)))?;
+    let spec = GroupSpec::parse(text, "request body", false)?;
     d.controller
         .validate(&spec)
         .await
@@ -260,31 +213,20 @@ async fn parse_and_validate(d: &Daemon, text: &str) -> Result<GroupSpec, ApiErro
     Ok(spec)
 }
 
-async fn parse_and_plan(
-    d: &Daemon,
-    text: &str,
-) -> Result<(GroupSpec, serde_json::Value), ApiError> {
-    let spec = parse_and_validate(d, text).await?;
-    let plan = d
-        .controller
-        .plan(&spec)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, crate::error_chain(&e)))?;
-    Ok((spec, serde_json::to_value(plan).unwrap_or_default()))
-}
-
-/// Commit a group spec (JSON or YAML): validate it, store it as a new revision and reconcile
-/// towards it. With `dry_run=true`, only answer with the plan.
-#[utoipa::path(post, path = "/v1/groups", params(CommitQuery),
-    request_body(content = Object, description = "A group spec (see `infrakit group schema`)"),
+/// Commit a group spec (JSON, or YAML): validate it, store it as a new revision and reconcile
+/// towards it. With `dry_run=true`, only answer with the plan. The plan is a preview: when it
+/// cannot be made (the instance plugin cannot list), the commit goes through all the same.
+#[utoipa::path(post, path = "/v1/groups", operation_id = "commit_group", params(CommitQuery),
+    request_body(content = GroupSpec, description = "A group spec (also accepted as YAML)"),
     responses((status = 200, body = CommitResponse), (status = 400, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+              (status = 422, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn commit_group(
     State(d): State<AppState>,
-    Query(q): Query<CommitQuery>,
+    q: Result<Query<CommitQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
+    let q = query(q)?;
     let text = body_text(body)?;
     let spec = parse_and_validate(&d, &text).await?;
     let preview = d.controller.plan(&spec).await;
@@ -294,29 +236,31 @@ async fn commit_group(
         let plan =
             preview.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, crate::error_chain(&e)))?;
         return Ok(Json(CommitResponse {
+            id: spec.id,
             committed: false,
             revision: None,
             config_sha,
-            plan: serde_json::to_value(plan).unwrap_or_default(),
+            plan: Some(plan),
             plan_error: None,
         }));
     }
     // A fix must be committable while the plugin's API is down: the preview is only that.
     let (plan, plan_error) = match preview {
-        Ok(p) => (serde_json::to_value(p).unwrap_or_default(), None),
-        Err(e) => (serde_json::Value::Null, Some(crate::error_chain(&e))),
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(crate::error_chain(&e))),
     };
     let (stored, event) = d.store.commit(
         &spec,
         Event::now(
             &spec.id,
-            crate::event::EventKind::GroupCommitted,
+            EventKind::GroupCommitted,
             None,
             format!("committed (config {config_sha}, {} instances)", spec.size()),
         ),
     )?;
     announce(&d, event).await;
     Ok(Json(CommitResponse {
+        id: spec.id,
         committed: true,
         revision: Some(stored.revision),
         config_sha,
@@ -326,77 +270,83 @@ async fn commit_group(
 }
 
 /// What committing a spec would do now (same as a dry-run commit).
-#[utoipa::path(post, path = "/v1/plan",
-    request_body(content = Object, description = "A group spec"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/plan", operation_id = "plan_group",
+    request_body(content = GroupSpec, description = "A group spec (also accepted as YAML)"),
+    responses((status = 200, body = Plan), (status = 400, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
 async fn plan_group(
     State(d): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Plan>, ApiError> {
     let text = body_text(body)?;
-    let (_, plan) = parse_and_plan(&d, &text).await?;
+    let spec = parse_and_validate(&d, &text).await?;
+    let plan = d
+        .controller
+        .plan(&spec)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, crate::error_chain(&e)))?;
     Ok(Json(plan))
 }
 
 /// A group's revisions, oldest first.
-#[utoipa::path(get, path = "/v1/groups/{id}/history",
+#[utoipa::path(get, path = "/v1/groups/{id}/history", operation_id = "history",
     params(("id" = String, Path, description = "The group id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Revision>), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn history(
     State(d): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<Revision>>, ApiError> {
+    let id = path(id)?;
     let revisions = d.store.history(&id)?;
     if revisions.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no group {id:?}"),
-        ));
+        return Err(no_group(&id));
     }
-    Ok(Json(serde_json::to_value(revisions).unwrap_or_default()))
+    Ok(Json(revisions))
 }
 
 /// Make the previous configuration current again (as a new revision).
-#[utoipa::path(post, path = "/v1/groups/{id}/rollback",
+#[utoipa::path(post, path = "/v1/groups/{id}/rollback", operation_id = "rollback",
     params(("id" = String, Path, description = "The group id")),
-    responses((status = 200, body = CommitResponse), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = CommitResponse), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rollback(
     State(d): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
+    let id = path(id)?;
     let (stored, event) = d.store.rollback(&id)?;
     announce(&d, event).await;
-    let plan = d
-        .controller
-        .plan(&stored.spec)
-        .await
-        .map(|p| serde_json::to_value(p).unwrap_or_default())
-        .unwrap_or_default();
-    let config_sha = stored.spec.config_sha();
+    let (plan, plan_error) = match d.controller.plan(&stored.spec).await {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(crate::error_chain(&e))),
+    };
     Ok(Json(CommitResponse {
+        config_sha: stored.spec.config_sha(),
+        id: stored.spec.id,
         committed: true,
         revision: Some(stored.revision),
-        config_sha,
         plan,
-        plan_error: None,
+        plan_error,
     }))
 }
 
 /// Stop managing a group; its instances are left as they are.
-#[utoipa::path(post, path = "/v1/groups/{id}/free",
+#[utoipa::path(post, path = "/v1/groups/{id}/free", operation_id = "free",
     params(("id" = String, Path, description = "The group id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Freed), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn free(
     State(d): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Freed>, ApiError> {
+    let id = path(id)?;
     let event = d.store.forget(
         &id,
         Event::now(
             &id,
-            crate::event::EventKind::GroupFreed,
+            EventKind::GroupFreed,
             None,
             "no longer managed; instances left as they are",
         ),
@@ -404,42 +354,55 @@ async fn free(
     announce(&d, event).await;
     // Nothing more happens to the group once this answers.
     d.controller.stopped(&id).await;
-    Ok(Json(serde_json::json!({ "freed": id })))
+    Ok(Json(Freed { freed: id }))
 }
 
 /// Drain and destroy every instance of a group, then forget it.
-#[utoipa::path(post, path = "/v1/groups/{id}/destroy",
+#[utoipa::path(post, path = "/v1/groups/{id}/destroy", operation_id = "destroy",
     params(("id" = String, Path, description = "The group id")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Destroying), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn destroy(
     State(d): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Destroying>, ApiError> {
+    let id = path(id)?;
     let (_, event) = d.store.mark_destroying(
         &id,
         Event::now(
             &id,
-            crate::event::EventKind::Planned,
+            EventKind::Planned,
             None,
             "destroy requested: draining and destroying every instance",
         ),
     )?;
     announce(&d, event).await;
-    Ok(Json(serde_json::json!({ "destroying": id })))
+    Ok(Json(Destroying { destroying: id }))
 }
 
-/// Past events, and with `follow=true` new ones as they happen: one JSON object per line.
-#[utoipa::path(get, path = "/v1/events", params(EventsQuery),
-    responses((status = 200, description = "JSON lines, one event each", content_type = "application/x-ndjson")))]
+/// Past events, and with `follow=true` new ones as they happen: one JSON event per line. A
+/// followed stream ends only when the client goes or the daemon stops.
+#[utoipa::path(get, path = "/v1/events", operation_id = "events", params(EventsQuery),
+    responses((status = 200, description = "JSON lines, one event each (a stream with `follow=true`)",
+                body = Event, content_type = "application/x-ndjson"),
+              (status = 400, body = ErrorBody)))]
 async fn events(
     State(d): State<AppState>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(1000);
+    if limit > 100_000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("query string: limit {limit} is above 100000 (the events kept)"),
+        ));
+    }
     // Subscribe before reading the log, so nothing falls between the two.
     let live = d.events.subscribe();
     let past = d
         .store
-        .events(q.after, q.group.as_deref(), q.limit.unwrap_or(1000))?;
+        .events(q.after, q.group.as_deref(), limit as usize)?;
     let last = past.last().map(|e| e.seq).unwrap_or(q.after);
     let line = |e: &Event| {
         let mut s = serde_json::to_string(e).unwrap_or_default();
@@ -467,27 +430,31 @@ async fn events(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-/// Every plugin, with load failures.
-#[utoipa::path(get, path = "/v1/plugins", responses((status = 200, body = Object)))]
-async fn plugins(State(d): State<AppState>) -> Json<serde_json::Value> {
-    Json(crate::cli::plugin_rows(&d.registry))
+/// Every plugin: loaded, loading, and files that failed to load.
+#[utoipa::path(get, path = "/v1/plugins", operation_id = "plugins",
+    responses((status = 200, body = Vec<PluginRow>)))]
+async fn plugins(State(d): State<AppState>) -> Json<Vec<PluginRow>> {
+    Json(plugin_rows(&d.registry))
 }
 
 /// One plugin: metadata, asked-for versus granted.
-#[utoipa::path(get, path = "/v1/plugins/{name}",
+#[utoipa::path(get, path = "/v1/plugins/{name}", operation_id = "plugin",
     params(("name" = String, Path, description = "The plugin name")),
-    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = PluginDetail), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 async fn plugin(
     State(d): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    crate::cli::plugin_inspect(&d.registry, &name)
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<PluginDetail>, ApiError> {
+    let name = path(name)?;
+    plugin_detail(&d.registry, &name)
         .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}")))
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e))
 }
 
-/// The JSON Schema of group specs.
-#[utoipa::path(get, path = "/v1/schema/group", responses((status = 200, body = Object)))]
+/// The JSON Schema of group specs (the `GroupSpec` schema of this document, standalone).
+#[utoipa::path(get, path = "/v1/schema/group", operation_id = "group_schema",
+    responses((status = 200, description = "A JSON Schema (draft 2020-12)", body = Object)))]
 async fn schema() -> Json<serde_json::Value> {
     Json(GroupSpec::schema())
 }
@@ -496,9 +463,8 @@ async fn schema() -> Json<serde_json::Value> {
 #[openapi(info(title = "infrakit", description = "The infrakit daemon's control API"))]
 struct ApiDoc;
 
-/// The routes and their OpenAPI document.
-pub fn router(daemon: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(status))
         .routes(routes!(list_groups, commit_group))
         .routes(routes!(get_group))
@@ -511,22 +477,32 @@ pub fn router(daemon: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(plugins))
         .routes(routes!(plugin))
         .routes(routes!(schema))
-        .with_state(daemon)
-        .split_for_parts();
-    let doc = api.clone();
+}
+
+/// The OpenAPI document, as `/openapi.json` serves it.
+pub fn openapi_document() -> serde_json::Value {
+    let (_, api) = routes().split_for_parts();
+    openapi::document(api)
+}
+
+/// The routes, and their OpenAPI document as served at `/openapi.json`.
+pub fn router(daemon: AppState) -> (axum::Router, serde_json::Value) {
+    let (router, api) = routes().with_state(daemon).split_for_parts();
+    let doc = Arc::new(openapi::document(api));
+    let served = doc.clone();
     let router = router
         .route(
             "/openapi.json",
             axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { Json(doc) }
+                let doc = served.clone();
+                async move { Json(doc.as_ref().clone()) }
             }),
         )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
-    (router, api)
+    (router, doc.as_ref().clone())
 }
 
 /// Requires `Authorization: Bearer <token>` (TCP listener), compared in constant time.
