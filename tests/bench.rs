@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use infrakit::controller::{Controller, EventSink, Options};
 use infrakit::event::{Event, EventKind, now_ms};
 use infrakit::plan::{self, Desired, Member};
-use infrakit::plugin::{Health, InstanceSpec, Plugin, Registry, RegistryConfig, Tags};
+use infrakit::plugin::{Health, InstanceSpec, Registry, RegistryConfig, Tags};
 use infrakit::spec::{GroupSpec, tags};
 use infrakit::store::{EmbeddedStore, Store};
 use infrakit_sdk::InstancePlugin;
@@ -611,7 +611,7 @@ async fn main() {
         None,
     );
     assert!(registry.failures().is_empty(), "{:?}", registry.failures());
-    let wasm: Arc<Plugin> = registry.get("instance-bench").unwrap();
+    let wasm = registry.instance("instance-bench").unwrap();
     let scratch = wasm.scratch_dir().to_path_buf();
     std::fs::create_dir_all(&scratch).unwrap();
     let native_dir = work.path().join("native");
@@ -875,7 +875,7 @@ async fn main() {
         let mut gconfig = RegistryConfig::under(&gdata);
         gconfig.cache_dir = config.cache_dir.clone();
         let greg = Registry::load(gconfig).await.unwrap();
-        let gp = greg.get("instance-bench").unwrap();
+        let gp = greg.instance("instance-bench").unwrap();
         let gscratch = gp.scratch_dir().to_path_buf();
         std::fs::create_dir_all(&gscratch).unwrap();
         let p = BenchPlugin::new(&gscratch);

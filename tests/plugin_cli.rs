@@ -426,7 +426,7 @@ async fn describe_never_returns_a_partial_list_while_files_come_and_go() {
     let mut config = RegistryConfig::under(env.data_dir());
     config.cache_dir = Some(crate::support::shared_cache_dir());
     let registry = Registry::load(config).await.unwrap();
-    let plugin = registry.get("instance-file").unwrap();
+    let plugin = registry.instance("instance-file").unwrap();
     let tags: Tags = [("infrakit.group".to_string(), "stable".to_string())].into();
     let mut stable = Vec::new();
     for _ in 0..40 {

@@ -31,7 +31,7 @@ async fn attempt(registry: &Registry, action: serde_json::Value) -> Result<Strin
         properties: action,
         ..Default::default()
     };
-    registry.get(PLUGIN).unwrap().provision(&spec).await
+    registry.instance(PLUGIN).unwrap().provision(&spec).await
 }
 
 fn message(e: &Error) -> String {
@@ -140,7 +140,7 @@ async fn another_plugins_scratch_directory_is_out_of_reach() {
     let env = Env::new();
     let registry = registry(&env, "").await;
     // instance-file keeps its instances in its own scratch directory.
-    let file_plugin = registry.get("instance-file").unwrap();
+    let file_plugin = registry.instance("instance-file").unwrap();
     let id = file_plugin
         .provision(&InstanceSpec::default())
         .await
@@ -444,7 +444,7 @@ async fn a_panic_ends_only_its_call() {
     still_works(&registry).await;
     // The other plugins never noticed.
     let id = registry
-        .get("instance-file")
+        .instance("instance-file")
         .unwrap()
         .provision(&InstanceSpec::default())
         .await

@@ -26,7 +26,8 @@ use crate::event::{Event, EventKind, now_ms};
 use crate::expectations::{Expectations, Loss, Windows};
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
 use crate::plugin::{
-    self, Allocation, Description, DestroyContext, Health, Index, InstanceSpec, Plugin, Tags,
+    self, Allocation, Description, DestroyContext, FlavorClient, Health, Index, InstanceClient,
+    InstanceSpec, Plugin, Tags,
 };
 use crate::spec::{GroupSpec, tags};
 use crate::store::{self, Lifecycle, Store, StoredGroup};
@@ -408,11 +409,11 @@ impl Controller {
             source: Box::new(source),
         };
         instance
-            .validate_instance(&spec.properties.instance.properties)
+            .validate(&spec.properties.instance.properties)
             .await
             .map_err(|e| fail("validating Properties.Instance.Properties", e))?;
         flavor
-            .validate_flavor(&spec.properties.flavor.properties, &spec.allocation())
+            .validate(&spec.properties.flavor.properties, &spec.allocation())
             .await
             .map_err(|e| fail("validating Properties.Flavor.Properties", e))?;
         Ok(())
@@ -423,7 +424,7 @@ impl Controller {
     async fn loaded_plugins_of(
         &self,
         spec: &GroupSpec,
-    ) -> Result<(Arc<Plugin>, Arc<Plugin>), Error> {
+    ) -> Result<(InstanceClient, FlavorClient), Error> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match self.plugins_of(spec) {
@@ -435,44 +436,8 @@ impl Controller {
         }
     }
 
-    fn plugins_of(&self, spec: &GroupSpec) -> Result<(Arc<Plugin>, Arc<Plugin>), Error> {
-        let get = |field: &str, name: &str, kind: plugin::PluginKind| {
-            let p = self
-                .inner
-                .plugins
-                .plugin(name)
-                .map_err(|source| Error::Plugin {
-                    group: spec.id.clone(),
-                    instance: None,
-                    action: format!("looking up Properties.{field}.Plugin"),
-                    source: Box::new(source),
-                })?;
-            if p.kind() != kind {
-                return Err(Error::Plugin {
-                    group: spec.id.clone(),
-                    instance: None,
-                    action: format!("looking up Properties.{field}.Plugin"),
-                    source: Box::new(plugin::Error::WrongKind {
-                        name: name.to_string(),
-                        expected: kind,
-                        actual: p.kind(),
-                    }),
-                });
-            }
-            Ok(p)
-        };
-        Ok((
-            get(
-                "Instance",
-                &spec.properties.instance.plugin,
-                plugin::PluginKind::Instance,
-            )?,
-            get(
-                "Flavor",
-                &spec.properties.flavor.plugin,
-                plugin::PluginKind::Flavor,
-            )?,
-        ))
+    fn plugins_of(&self, spec: &GroupSpec) -> Result<(InstanceClient, FlavorClient), Error> {
+        plugins_of(&*self.inner.plugins, spec)
     }
 
     /// What committing `spec` would do now, without doing it.
@@ -680,8 +645,8 @@ struct Observed {
 
 async fn observe(
     spec: &GroupSpec,
-    instance: &Plugin,
-    flavor: &Plugin,
+    instance: &InstanceClient,
+    flavor: &FlavorClient,
     cache: &mut HealthCache,
     check_interval: Option<Duration>,
 ) -> Result<Observed, Error> {
@@ -764,6 +729,28 @@ async fn observe(
         descriptions,
         changes,
     })
+}
+
+/// The spec's instance and flavor plugins, each checked for its kind once.
+fn plugins_of(
+    plugins: &dyn PluginSource,
+    spec: &GroupSpec,
+) -> Result<(InstanceClient, FlavorClient), Error> {
+    let fail = |field: &str, source: plugin::Error| Error::Plugin {
+        group: spec.id.clone(),
+        instance: None,
+        action: format!("looking up Properties.{field}.Plugin"),
+        source: Box::new(source),
+    };
+    let instance = plugins
+        .plugin(&spec.properties.instance.plugin)
+        .and_then(|p| p.as_instance())
+        .map_err(|e| fail("Instance", e))?;
+    let flavor = plugins
+        .plugin(&spec.properties.flavor.plugin)
+        .and_then(|p| p.as_flavor())
+        .map_err(|e| fail("Flavor", e))?;
+    Ok((instance, flavor))
 }
 
 /// Whether two specs observe their instances the same way: same instance plugin, same flavor
@@ -1001,16 +988,7 @@ async fn reconcile(
     cancelled: &(dyn Fn() -> bool + Sync),
 ) -> Result<Pass, Error> {
     let group = &spec.id;
-    let resolve = |name: &str| {
-        inner.plugins.plugin(name).map_err(|source| Error::Plugin {
-            group: group.clone(),
-            instance: None,
-            action: format!("looking up plugin {name}"),
-            source: Box::new(source),
-        })
-    };
-    let instance = resolve(&spec.properties.instance.plugin)?;
-    let flavor = resolve(&spec.properties.flavor.plugin)?;
+    let (instance, flavor) = plugins_of(&*inner.plugins, spec)?;
     let check_interval = spec.properties.health.check_interval.0;
     let mut observed = observe(
         spec,
@@ -1187,8 +1165,8 @@ struct Executor<'a> {
     spec: &'a GroupSpec,
     /// The spec's configuration hash, computed once per pass.
     config_sha: &'a str,
-    instance: &'a Plugin,
-    flavor: &'a Plugin,
+    instance: &'a InstanceClient,
+    flavor: &'a FlavorClient,
     observed: &'a HashMap<String, Description>,
     /// What was provisioned and destroyed, for the expectations.
     done: Mutex<Vec<Done>>,

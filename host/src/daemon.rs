@@ -211,7 +211,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 "/metrics",
                 axum::routing::get(move || {
                     let d = metrics_daemon.clone();
-                    async move { crate::metrics::render(&d) }
+                    async move { crate::metrics::render(&d.controller, &d.registry) }
                 }),
             )
             .layer(axum::middleware::from_fn(move |req, next| {

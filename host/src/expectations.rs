@@ -153,7 +153,7 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::Health;
+    use crate::model::Health;
 
     fn member(id: &str, created: u64) -> Member {
         Member {

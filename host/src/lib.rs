@@ -3,15 +3,17 @@
 //! A declarative, self-healing infrastructure manager whose plugins are sandboxed WebAssembly
 //! components.
 //!
-//! A short tour:
+//! A short tour (imports run one way: `cli` → `api`/`daemon` → `controller` → `plan`/`spec`/
+//! `store` → `plugin` → `grants`, and everyone may use [`model`], the domain types):
 //! - [`plugin`] loads components (built-in and from the plugin directory), sandboxes them with
 //!   their [`grants`], and calls them: every call runs in a fresh instance, so a plugin that traps,
 //!   loops or floods memory costs only that call.
 //! - [`grants`] parses and validates what an operator allows each plugin; [`config`] is the
 //!   host's own file (grants of built-ins among other settings).
 //! - [`spec`] parses group specs; [`plan`] is the pure planner, `plan(desired, observed, now)`,
-//!   property-tested without wasm; [`controller`] runs one task per group that observes through
-//!   the plugins, plans, executes (`Parallelism` calls at a time) and records [`event`]s;
+//!   property-tested without wasm; [`controller`] follows the [`store`] (the only owner of
+//!   desired state) and runs one task per group that observes through
+//!   typed instance and flavor clients, plans, executes (`Parallelism` calls at a time) and records [`event`]s;
 //!   [`expectations`] (pure) keeps what a group just provisioned and destroyed until a listing
 //!   shows it, and notices a crash loop.
 //! - Guest code never runs on the threads that serve the API and run the controller: each call
@@ -30,6 +32,7 @@ pub mod event;
 pub mod expectations;
 pub mod grants;
 pub mod metrics;
+pub mod model;
 pub mod plan;
 pub mod plugin;
 pub mod spec;

@@ -10,7 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::api::Daemon;
+use crate::controller::Controller;
+use crate::plugin;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabel {
@@ -36,7 +37,7 @@ struct PluginLabel {
 }
 
 /// The metrics in Prometheus' text format.
-pub fn render(d: &Daemon) -> impl IntoResponse + use<> {
+pub fn render(controller: &Controller, plugins: &plugin::Registry) -> impl IntoResponse + use<> {
     let mut reg = Registry::with_prefix("infrakit");
     let groups = Gauge::<i64>::default();
     let instances = Family::<InstanceLabels, Gauge<i64>>::default();
@@ -49,10 +50,10 @@ pub fn render(d: &Daemon) -> impl IntoResponse + use<> {
     let faults = Family::<PluginLabel, Counter<u64>>::default();
     let call_seconds = Family::<PluginLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
 
-    let ids = d.controller.groups();
+    let ids = controller.groups();
     groups.set(ids.len() as i64);
     for id in ids {
-        let Some(s) = d.controller.status(&id) else {
+        let Some(s) = controller.status(&id) else {
             continue;
         };
         let g = GroupLabel { group: id.clone() };
@@ -78,7 +79,7 @@ pub fn render(d: &Daemon) -> impl IntoResponse + use<> {
             .get_or_create(&g)
             .inc_by(s.pass_ms_total as f64 / 1000.0);
     }
-    for p in d.registry.plugins() {
+    for p in plugins.plugins() {
         use std::sync::atomic::Ordering::Relaxed;
         let l = PluginLabel {
             plugin: p.name().to_string(),

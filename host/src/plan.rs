@@ -17,7 +17,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::{Allocation, Description, DestroyContext, Health};
+use crate::model::{Allocation, Description, DestroyContext, Health};
 use crate::spec::{GroupSpec, tags};
 
 /// What the group should be.

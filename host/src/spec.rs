@@ -10,7 +10,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::Allocation;
+use crate::model::Allocation;
 
 /// A spec that cannot be used, and where.
 #[derive(Debug, thiserror::Error)]

@@ -104,8 +104,8 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
             let props: serde_json::Value = input::read_json(file.as_deref(), "flavor properties")?;
             let registry = cli.registry().await?;
             registry
-                .get(plugin)?
-                .validate_flavor(&props, &allocation.allocation())
+                .flavor(plugin)?
+                .validate(&props, &allocation.allocation())
                 .await?;
             println!("valid");
         }
@@ -126,7 +126,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
                 sequence: *index,
             };
             let out = registry
-                .get(plugin)?
+                .flavor(plugin)?
                 .prepare(&props, &spec, &allocation.allocation(), &index)
                 .await?;
             output::json(&out)?;
@@ -140,7 +140,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
             let props = input::json_arg(properties, "flavor properties")?;
             let instance: Description = input::read_json(file.as_deref(), "instance description")?;
             let registry = cli.registry().await?;
-            let health = registry.get(plugin)?.healthy(&props, &instance).await?;
+            let health = registry.flavor(plugin)?.healthy(&props, &instance).await?;
             match output {
                 Format::Table => println!("{health}"),
                 other => output::value(*other, &serde_json::json!({ "Health": health }))?,
@@ -159,7 +159,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
             let props = input::json_arg(properties, "flavor properties")?;
             let instance: Description = input::read_json(file.as_deref(), "instance description")?;
             let registry = cli.registry().await?;
-            registry.get(plugin)?.drain(&props, &instance).await?;
+            registry.flavor(plugin)?.drain(&props, &instance).await?;
             println!("drained {}", instance.id);
         }
     }

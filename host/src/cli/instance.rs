@@ -88,8 +88,8 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             let spec: InstanceSpec = input::read_json(file.as_deref(), "instance spec")?;
             let registry = cli.registry().await?;
             registry
-                .get(plugin)?
-                .validate_instance(&spec.properties)
+                .instance(plugin)?
+                .validate(&spec.properties)
                 .await?;
             println!("valid");
         }
@@ -100,7 +100,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
         } => {
             let spec: InstanceSpec = input::read_json(file.as_deref(), "instance spec")?;
             let registry = cli.registry().await?;
-            let id = registry.get(plugin)?.provision(&spec).await?;
+            let id = registry.instance(plugin)?.provision(&spec).await?;
             match output {
                 Format::Table => println!("{id}"),
                 other => output::value(*other, &serde_json::json!({ "ID": id }))?,
@@ -114,7 +114,10 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
         } => {
             let registry = cli.registry().await?;
             let filter: Tags = tags.iter().cloned().collect();
-            let found = registry.get(plugin)?.describe(&filter, *properties).await?;
+            let found = registry
+                .instance(plugin)?
+                .describe(&filter, *properties)
+                .await?;
             match output {
                 Format::Table => {
                     let mut t = output::table(&["id", "logical id", "tags"]);
@@ -139,7 +142,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
         InstanceCommand::Label { plugin, id, tags } => {
             let registry = cli.registry().await?;
             let labels: Tags = tags.iter().cloned().collect();
-            registry.get(plugin)?.label(id, &labels).await?;
+            registry.instance(plugin)?.label(id, &labels).await?;
         }
         InstanceCommand::Destroy {
             plugin,
@@ -147,7 +150,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             context,
         } => {
             let registry = cli.registry().await?;
-            let plugin = registry.get(plugin)?;
+            let plugin = registry.instance(plugin)?;
             let context = match context {
                 ContextArg::Terminate => DestroyContext::Terminate,
                 ContextArg::RollingUpdate => DestroyContext::RollingUpdate,

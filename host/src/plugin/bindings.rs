@@ -1,7 +1,7 @@
 //! The one `bindgen!` site of the host, and the conversions between generated types and
-//! [`super::types`]. Nothing outside this module names a generated type.
+//! [`crate::model`]. Nothing outside this module names a generated type.
 
-use super::types::{
+use crate::model::{
     Allocation, Attachment, Capability, Description, DestroyContext, GuestError, Health, Index,
     InstanceSpec, Metadata, PluginKind,
 };
@@ -55,7 +55,7 @@ fn json_value(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
 }
 
-fn tags_to_wit(tags: &super::types::Tags) -> wit::Tags {
+fn tags_to_wit(tags: &crate::model::Tags) -> wit::Tags {
     tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -111,7 +111,7 @@ pub(crate) fn description_from_wit(d: wit::Description) -> Description {
     }
 }
 
-pub(crate) fn tags_list(tags: &super::types::Tags) -> wit::Tags {
+pub(crate) fn tags_list(tags: &crate::model::Tags) -> wit::Tags {
     tags_to_wit(tags)
 }
 

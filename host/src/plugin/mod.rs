@@ -12,7 +12,6 @@ pub mod cache;
 pub mod engine;
 pub mod registry;
 pub mod sandbox;
-pub mod types;
 
 use std::fmt;
 use std::future::Future;
@@ -24,11 +23,11 @@ use std::time::Duration;
 
 use wasmtime::Store;
 
-pub use registry::{Change, LoadFailure, Registry, RegistryConfig};
-pub use types::{
+pub use crate::model::{
     Allocation, Attachment, Capability, Description, DestroyContext, GuestError, Health, Index,
     InstanceSpec, Metadata, PluginKind, Tags,
 };
+pub use registry::{Change, LoadFailure, Registry, RegistryConfig};
 
 use bindings::{FlavorPluginPre, InstancePluginPre};
 use sandbox::{Sandbox, State};
@@ -352,16 +351,51 @@ impl Plugin {
         outcome
     }
 
-    // --- the instance SPI ---
-
-    /// Checks instance properties.
-    pub async fn validate_instance(&self, properties: &serde_json::Value) -> Result<(), Error> {
+    /// This plugin as an instance plugin: the kind is checked here, once.
+    pub fn as_instance(self: &Arc<Self>) -> Result<InstanceClient, Error> {
         self.expect_kind(PluginKind::Instance)?;
+        Ok(InstanceClient(self.clone()))
+    }
+
+    /// This plugin as a flavor plugin: the kind is checked here, once.
+    pub fn as_flavor(self: &Arc<Self>) -> Result<FlavorClient, Error> {
+        self.expect_kind(PluginKind::Flavor)?;
+        Ok(FlavorClient(self.clone()))
+    }
+}
+
+/// An instance plugin: the instance SPI. Made by [`Plugin::as_instance`] (or the registry's
+/// `instance`), which checks the kind.
+#[derive(Clone, Debug)]
+pub struct InstanceClient(Arc<Plugin>);
+
+/// A flavor plugin: the flavor SPI. Made by [`Plugin::as_flavor`] (or the registry's
+/// `flavor`), which checks the kind.
+#[derive(Clone, Debug)]
+pub struct FlavorClient(Arc<Plugin>);
+
+impl std::ops::Deref for InstanceClient {
+    type Target = Plugin;
+    fn deref(&self) -> &Plugin {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for FlavorClient {
+    type Target = Plugin;
+    fn deref(&self) -> &Plugin {
+        &self.0
+    }
+}
+
+impl InstanceClient {
+    /// Checks instance properties.
+    pub async fn validate(&self, properties: &serde_json::Value) -> Result<(), Error> {
         let props = props_text(properties);
         self.run(
             "validate",
             Box::new(move |store, bound| {
-                Box::pin(async move { instance_of(bound).call_validate(store, &props).await })
+                Box::pin(async move { instance_of(bound)?.call_validate(store, &props).await })
             }),
         )
         .await
@@ -369,12 +403,11 @@ impl Plugin {
 
     /// Provisions an instance; returns its id.
     pub async fn provision(&self, spec: &InstanceSpec) -> Result<String, Error> {
-        self.expect_kind(PluginKind::Instance)?;
         let spec = bindings::spec_to_wit(spec);
         self.run(
             "provision",
             Box::new(move |store, bound| {
-                Box::pin(async move { instance_of(bound).call_provision(store, &spec).await })
+                Box::pin(async move { instance_of(bound)?.call_provision(store, &spec).await })
             }),
         )
         .await
@@ -382,13 +415,12 @@ impl Plugin {
 
     /// Merges labels into an instance's tags.
     pub async fn label(&self, id: &str, labels: &Tags) -> Result<(), Error> {
-        self.expect_kind(PluginKind::Instance)?;
         let labels = bindings::tags_list(labels);
         let id = id.to_string();
         self.run(
             "label",
             Box::new(move |store, bound| {
-                Box::pin(async move { instance_of(bound).call_label(store, &id, &labels).await })
+                Box::pin(async move { instance_of(bound)?.call_label(store, &id, &labels).await })
             }),
         )
         .await
@@ -396,13 +428,12 @@ impl Plugin {
 
     /// Destroys an instance.
     pub async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
-        self.expect_kind(PluginKind::Instance)?;
         let context = bindings::destroy_context_to_wit(context);
         let id = id.to_string();
         self.run(
             "destroy",
             Box::new(move |store, bound| {
-                Box::pin(async move { instance_of(bound).call_destroy(store, &id, context).await })
+                Box::pin(async move { instance_of(bound)?.call_destroy(store, &id, context).await })
             }),
         )
         .await
@@ -414,14 +445,13 @@ impl Plugin {
         tags: &Tags,
         include_properties: bool,
     ) -> Result<Vec<Description>, Error> {
-        self.expect_kind(PluginKind::Instance)?;
         let tags = bindings::tags_list(tags);
         let found = self
             .run(
                 "describe",
                 Box::new(move |store, bound| {
                     Box::pin(async move {
-                        instance_of(bound)
+                        instance_of(bound)?
                             .call_describe(store, &tags, include_properties)
                             .await
                     })
@@ -433,23 +463,22 @@ impl Plugin {
             .map(bindings::description_from_wit)
             .collect())
     }
+}
 
-    // --- the flavor SPI ---
-
+impl FlavorClient {
     /// Checks flavor properties against an allocation.
-    pub async fn validate_flavor(
+    pub async fn validate(
         &self,
         properties: &serde_json::Value,
         allocation: &Allocation,
     ) -> Result<(), Error> {
-        self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let allocation = bindings::allocation_to_wit(allocation);
         self.run(
             "validate",
             Box::new(move |store, bound| {
                 Box::pin(async move {
-                    flavor_of(bound)
+                    flavor_of(bound)?
                         .call_validate(store, &props, &allocation)
                         .await
                 })
@@ -466,7 +495,6 @@ impl Plugin {
         allocation: &Allocation,
         index: &Index,
     ) -> Result<InstanceSpec, Error> {
-        self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let spec = bindings::spec_to_wit(spec);
         let allocation = bindings::allocation_to_wit(allocation);
@@ -476,7 +504,7 @@ impl Plugin {
                 "prepare",
                 Box::new(move |store, bound| {
                     Box::pin(async move {
-                        flavor_of(bound)
+                        flavor_of(bound)?
                             .call_prepare(store, &props, &spec, &allocation, &index)
                             .await
                     })
@@ -492,7 +520,6 @@ impl Plugin {
         properties: &serde_json::Value,
         instance: &Description,
     ) -> Result<Health, Error> {
-        self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let instance = bindings::description_to_wit(instance);
         let health = self
@@ -500,7 +527,7 @@ impl Plugin {
                 "healthy",
                 Box::new(move |store, bound| {
                     Box::pin(async move {
-                        flavor_of(bound)
+                        flavor_of(bound)?
                             .call_healthy(store, &props, &instance)
                             .await
                     })
@@ -516,13 +543,14 @@ impl Plugin {
         properties: &serde_json::Value,
         instance: &Description,
     ) -> Result<(), Error> {
-        self.expect_kind(PluginKind::Flavor)?;
         let props = props_text(properties);
         let instance = bindings::description_to_wit(instance);
         self.run(
             "drain",
             Box::new(move |store, bound| {
-                Box::pin(async move { flavor_of(bound).call_drain(store, &props, &instance).await })
+                Box::pin(
+                    async move { flavor_of(bound)?.call_drain(store, &props, &instance).await },
+                )
             }),
         )
         .await
@@ -592,14 +620,13 @@ pub(crate) fn one_line(s: &str) -> String {
 #[doc(hidden)]
 pub struct LiveInstance {
     store: Store<State>,
-    bound: Bound,
+    bound: bindings::instance_world::InstancePlugin,
     cpu_ticks: u64,
 }
 
-impl Plugin {
+impl InstanceClient {
     #[doc(hidden)]
     pub async fn live_instance(&self) -> Result<LiveInstance, Error> {
-        self.expect_kind(PluginKind::Instance)?;
         let core = &self.core;
         let fail = |reason: String| Error::Sandbox {
             plugin: self.name().to_string(),
@@ -613,12 +640,11 @@ impl Plugin {
         let cpu_ticks = deadline_ticks(core.sandbox.grants.limits.cpu);
         store.set_epoch_deadline(cpu_ticks);
         let bound = match &core.pre {
-            Pre::Instance(p) => Bound::Instance(
-                p.instantiate_async(&mut store)
-                    .await
-                    .map_err(|e| fail(format!("{e:#}")))?,
-            ),
-            Pre::Flavor(_) => unreachable!("kind checked"),
+            Pre::Instance(p) => p
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| fail(format!("{e:#}")))?,
+            Pre::Flavor(_) => return Err(fail("not an instance plugin".into())),
         };
         Ok(LiveInstance {
             store,
@@ -633,7 +659,9 @@ impl LiveInstance {
     pub async fn describe(&mut self, tags: &Tags) -> Result<usize, String> {
         self.store.set_epoch_deadline(self.cpu_ticks);
         let tags = bindings::tags_list(tags);
-        match instance_of(&self.bound)
+        match self
+            .bound
+            .infrakit_plugin_instance()
             .call_describe(&mut self.store, &tags, false)
             .await
         {
@@ -647,7 +675,9 @@ impl LiveInstance {
     pub async fn provision(&mut self, spec: &InstanceSpec) -> Result<String, String> {
         self.store.set_epoch_deadline(self.cpu_ticks);
         let spec = bindings::spec_to_wit(spec);
-        match instance_of(&self.bound)
+        match self
+            .bound
+            .infrakit_plugin_instance()
             .call_provision(&mut self.store, &spec)
             .await
         {
@@ -666,19 +696,22 @@ fn props_text(value: &serde_json::Value) -> String {
     }
 }
 
-fn instance_of(
-    bound: &Bound,
-) -> &bindings::instance_world::exports::infrakit::plugin::instance::Guest {
+type InstanceGuest = bindings::instance_world::exports::infrakit::plugin::instance::Guest;
+type FlavorGuest = bindings::flavor_world::exports::infrakit::plugin::flavor::Guest;
+
+/// The instance exports of a bound component. The clients check the kind before any call, so
+/// a mismatch is a host bug; it fails the call rather than the process.
+fn instance_of(bound: &Bound) -> wasmtime::Result<&InstanceGuest> {
     match bound {
-        Bound::Instance(b) => b.infrakit_plugin_instance(),
-        Bound::Flavor(_) => unreachable!("kind checked before the call"),
+        Bound::Instance(b) => Ok(b.infrakit_plugin_instance()),
+        Bound::Flavor(_) => Err(wasmtime::Error::msg("an instance call on a flavor plugin")),
     }
 }
 
-fn flavor_of(bound: &Bound) -> &bindings::flavor_world::exports::infrakit::plugin::flavor::Guest {
+fn flavor_of(bound: &Bound) -> wasmtime::Result<&FlavorGuest> {
     match bound {
-        Bound::Flavor(b) => b.infrakit_plugin_flavor(),
-        Bound::Instance(_) => unreachable!("kind checked before the call"),
+        Bound::Flavor(b) => Ok(b.infrakit_plugin_flavor()),
+        Bound::Instance(_) => Err(wasmtime::Error::msg("a flavor call on an instance plugin")),
     }
 }
 

@@ -452,6 +452,16 @@ impl Registry {
         })
     }
 
+    /// The instance plugin called `name` (an error naming the kind if it is a flavor).
+    pub fn instance(&self, name: &str) -> Result<super::InstanceClient, Error> {
+        self.get(name)?.as_instance()
+    }
+
+    /// The flavor plugin called `name` (an error naming the kind if it is an instance plugin).
+    pub fn flavor(&self, name: &str) -> Result<super::FlavorClient, Error> {
+        self.get(name)?.as_flavor()
+    }
+
     /// Every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.plugins

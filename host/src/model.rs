@@ -1,6 +1,7 @@
-//! The host's view of the plugin contract: plain Rust types, serialisable in InfraKit's JSON
-//! shapes (`Properties`, `Tags`, `Init`, `LogicalID`, `Attachments`). The generated WIT types
-//! never leave `plugin::bindings`.
+//! The domain: instances, their descriptions and tags, health, allocations, and what a plugin
+//! says about itself. Plain Rust types, serialisable in InfraKit's JSON shapes (`Properties`,
+//! `Tags`, `Init`, `LogicalID`, `Attachments`), used by the planner, the controller, the API
+//! and the plugin runtime alike; the generated WIT types never leave `plugin::bindings`.
 
 use std::collections::BTreeMap;
 use std::fmt;
