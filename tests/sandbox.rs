@@ -668,3 +668,62 @@ fn control_characters_from_a_plugin_never_reach_the_terminal_raw() {
         "a forged log line: {text}"
     );
 }
+
+/// Health checks batched in one instance: each call keeps its own limits, a call that faults
+/// takes only its instance with it, and the next call gets a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_health_checks_share_an_instance_until_one_faults() {
+    let env = Env::new();
+    env.install_plugin("fixture-flavor-tag", Some("[limits]\ncpu = \"300ms\"\n"));
+    let mut config = RegistryConfig::under(env.data_dir());
+    config.cache_dir = Some(shared_cache_dir());
+    let registry = Registry::load(config).await.expect("engine");
+    let flavor = registry.flavor("fixture-flavor-tag").unwrap();
+    let instance = |id: &str, health: &str| infrakit::plugin::Description {
+        id: id.into(),
+        logical_id: None,
+        tags: [("fixture.health".to_string(), health.to_string())].into(),
+        properties: None,
+    };
+    let batch = [
+        instance("a", "ok"),
+        instance("b", "calls"),
+        instance("c", "panic"),
+        instance("d", "calls"),
+        instance("e", "loop"),
+        instance("f", "calls"),
+        instance("g", "unhealthy"),
+    ];
+    let refs: Vec<&infrakit::plugin::Description> = batch.iter().collect();
+    let out = flavor.healthy_many(&json!({}), &refs).await;
+    let shown: Vec<String> = out
+        .iter()
+        .map(|r| match r {
+            Ok(h) => h.to_string(),
+            Err(Error::Faulted { cause, .. }) => format!("fault: {cause}"),
+            Err(e) => message(e),
+        })
+        .collect();
+    assert_eq!(shown[0], "healthy");
+    assert!(
+        shown[1].contains("call 2"),
+        "shared with the first: {shown:?}"
+    );
+    assert!(
+        shown[2].starts_with("fault: ") && shown[2].contains("panics"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[3].contains("call 1"),
+        "a fresh instance after the trap: {shown:?}"
+    );
+    assert!(
+        shown[4].starts_with("fault: ") && shown[4].contains("CPU"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[5].contains("call 1"),
+        "a fresh instance after the loop: {shown:?}"
+    );
+    assert_eq!(shown[6], "unhealthy");
+}

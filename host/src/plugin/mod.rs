@@ -340,7 +340,9 @@ impl Plugin {
         body: Body<R>,
     ) -> Result<R, Error> {
         let started = std::time::Instant::now();
-        let outcome = run_isolated(&self.core, export, body).await;
+        let work: Work<Result<R, Error>> =
+            Box::new(move |core| Box::pin(async move { call(&core, export, body).await }));
+        let outcome = run_isolated(&self.core, export, work, Err).await;
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats
             .nanos
@@ -349,6 +351,49 @@ impl Plugin {
             self.stats.faults.fetch_add(1, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// Runs `bodies` as a batch on one thread, sharing an instance until a call faults (see
+    /// [`call_many`]). A batch stopped as a whole (at its wall-clock limit, or refused while
+    /// calls are blocked) fails every call of it with that fault.
+    async fn run_many<R: Send + 'static>(
+        &self,
+        export: &'static str,
+        bodies: Vec<Body<R>>,
+    ) -> Vec<Result<R, Error>> {
+        let n = bodies.len();
+        let started = std::time::Instant::now();
+        let work: Work<Vec<Result<R, Error>>> =
+            Box::new(move |core| Box::pin(async move { call_many(&core, export, bodies).await }));
+        let core = self.core.clone();
+        let outcomes = run_isolated(&self.core, export, work, move |e| {
+            let fault = match &e {
+                Error::Faulted { cause, .. } => cause.clone(),
+                other => Fault::Trap(other.to_string()),
+            };
+            (0..n)
+                .map(|_| Err(core.fault(export, fault.clone())))
+                .collect()
+        })
+        .await;
+        self.stats.calls.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let faults = outcomes
+            .iter()
+            .filter(|o| matches!(o, Err(Error::Faulted { .. })))
+            .count();
+        self.stats
+            .faults
+            .fetch_add(faults as u64, Ordering::Relaxed);
+        outcomes
+    }
+
+    /// The mean time of a call so far, instantiation included (None before a few calls).
+    pub fn mean_call_time(&self) -> Option<Duration> {
+        let calls = self.stats.calls.load(Ordering::Relaxed);
+        (calls >= 4).then(|| Duration::from_nanos(self.stats.nanos.load(Ordering::Relaxed) / calls))
     }
 
     /// This plugin as an instance plugin: the kind is checked here, once.
@@ -535,6 +580,37 @@ impl FlavorClient {
             )
             .await?;
         Ok(bindings::health_from_wit(health))
+    }
+
+    /// [`FlavorClient::healthy`] for many instances, in batches that share an instance (a
+    /// fresh instance costs more than a health check of a fast plugin). Results are in the
+    /// order of `instances`.
+    pub async fn healthy_many(
+        &self,
+        properties: &serde_json::Value,
+        instances: &[&Description],
+    ) -> Vec<Result<Health, Error>> {
+        let props = props_text(properties);
+        let bodies: Vec<Body<bindings::WitHealth>> = instances
+            .iter()
+            .map(|d| {
+                let props = props.clone();
+                let instance = bindings::description_to_wit(d);
+                let body: Body<bindings::WitHealth> = Box::new(move |store, bound| {
+                    Box::pin(async move {
+                        flavor_of(bound)?
+                            .call_healthy(store, &props, &instance)
+                            .await
+                    })
+                });
+                body
+            })
+            .collect();
+        self.run_many("healthy", bodies)
+            .await
+            .into_iter()
+            .map(|r| r.map(bindings::health_from_wit))
+            .collect()
     }
 
     /// Moves work off an instance before it is destroyed.
@@ -754,17 +830,18 @@ const MAX_BLOCKED_CALLS: usize = 4;
 /// can then never hold up the API or the controller. The wall-clock limit is enforced twice:
 /// inside the call by its own timer, and here, by the caller's runtime, which a thread blocked
 /// in a system call cannot hold up.
-async fn run_isolated<R: Send + 'static>(
+async fn run_isolated<T: Send + 'static>(
     core: &Arc<Core>,
     export: &'static str,
-    body: Body<R>,
-) -> Result<R, Error> {
+    work: Work<T>,
+    fail: impl Fn(Error) -> T,
+) -> T {
     const RUNNING: u8 = 0;
     const DONE: u8 = 1;
     const ABANDONED: u8 = 2;
     let blocked = core.blocked.load(Ordering::SeqCst);
     if blocked >= MAX_BLOCKED_CALLS {
-        return Err(core.fault(export, Fault::Blocked(blocked)));
+        return fail(core.fault(export, Fault::Blocked(blocked)));
     }
     let wall = core.sandbox.grants.limits.wall;
     let state = Arc::new(AtomicU8::new(RUNNING));
@@ -773,7 +850,7 @@ async fn run_isolated<R: Send + 'static>(
         let state = state.clone();
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let outcome = runtime.block_on(call(&core, export, body));
+            let outcome = runtime.block_on(work(core.clone()));
             if state
                 .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
@@ -786,7 +863,7 @@ async fn run_isolated<R: Send + 'static>(
     };
     match tokio::time::timeout(wall + WALL_GRACE, task).await {
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(join)) => Err(core.fault(
+        Ok(Err(join)) => fail(core.fault(
             export,
             Fault::Trap(format!("the host's thread for the call failed: {join}")),
         )),
@@ -805,37 +882,45 @@ async fn run_isolated<R: Send + 'static>(
                 // It finished just now; nothing is left blocked.
                 core.blocked.fetch_sub(1, Ordering::SeqCst);
             }
-            Err(core.fault(export, Fault::WallClock(wall)))
+            fail(core.fault(export, Fault::WallClock(wall)))
         }
     }
 }
 
-/// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
-async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, Error> {
+/// What runs on a call's own thread: one call, or a batch.
+type Work<T> = Box<dyn FnOnce(Arc<Core>) -> Pin<Box<dyn Future<Output = T> + Send>> + Send>;
+
+/// A fresh store, metered and limited, for one instance.
+fn new_store(core: &Core, export: &'static str) -> Result<Store<State>, Error> {
     let sandbox = &core.sandbox;
-    let plugin = &*sandbox.plugin;
-    let limits = sandbox.grants.limits;
     let state = State::new(sandbox).map_err(|e| Error::Sandbox {
-        plugin: plugin.to_string(),
+        plugin: sandbox.plugin.to_string(),
         origin: core.source.clone(),
         export,
         reason: format!("{e:#}"),
     })?;
     let mut store = Store::new(&core.engine, state);
     store.limiter(|s| &mut s.limiter);
-    meter_cpu(&mut store, limits.cpu);
+    meter_cpu(&mut store, sandbox.grants.limits.cpu);
+    Ok(store)
+}
 
-    let run = async {
-        let bound = match &core.pre {
-            Pre::Instance(p) => Bound::Instance(p.instantiate_async(&mut store).await?),
-            Pre::Flavor(p) => Bound::Flavor(p.instantiate_async(&mut store).await?),
-        };
-        body(&mut store, &bound).await
-    };
-    let outcome = tokio::time::timeout(limits.wall, run).await;
-    let state = store.data();
-    sandbox::flush_output(plugin, &state.stdout, &state.stderr);
+async fn instantiate(core: &Core, store: &mut Store<State>) -> wasmtime::Result<Bound> {
+    Ok(match &core.pre {
+        Pre::Instance(p) => Bound::Instance(p.instantiate_async(store).await?),
+        Pre::Flavor(p) => Bound::Flavor(p.instantiate_async(store).await?),
+    })
+}
 
+/// What a call's outcome means: the value, the guest's own error, or a fault (which one, from
+/// the store's state).
+fn classify<R>(
+    core: &Core,
+    export: &'static str,
+    outcome: Result<wasmtime::Result<Result<R, WitError>>, tokio::time::error::Elapsed>,
+    state: &State,
+) -> Result<R, Error> {
+    let limits = core.sandbox.grants.limits;
     match outcome {
         Err(_elapsed) => Err(core.fault(export, Fault::WallClock(limits.wall))),
         Ok(Err(trap)) => {
@@ -849,12 +934,84 @@ async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, 
             Err(core.fault(export, cause))
         }
         Ok(Ok(Err(guest))) => Err(Error::Guest {
-            plugin: plugin.to_string(),
+            plugin: core.sandbox.plugin.to_string(),
             export,
             error: bindings::error_from_wit(guest),
         }),
         Ok(Ok(Ok(value))) => Ok(value),
     }
+}
+
+/// One sandboxed call: fresh state and store, instantiate, run `body`, classify the outcome.
+async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, Error> {
+    let mut store = new_store(core, export)?;
+    let wall = core.sandbox.grants.limits.wall;
+    let run = async {
+        let bound = instantiate(core, &mut store).await?;
+        body(&mut store, &bound).await
+    };
+    let outcome = tokio::time::timeout(wall, run).await;
+    let state = store.data();
+    sandbox::flush_output(&core.sandbox.plugin, &state.stdout, &state.stderr);
+    classify(core, export, outcome, state)
+}
+
+/// Calls one after another in one instance, each with its own CPU and wall-clock limits; a
+/// call that faults takes its instance with it and the next gets a fresh one. For queries
+/// whose instantiation costs more than the call (health checks of a large group): the calls
+/// of a batch share guest memory, which is why only one plugin's calls for one group pass
+/// are ever batched, and never calls that change anything.
+async fn call_many<R>(
+    core: &Core,
+    export: &'static str,
+    bodies: Vec<Body<R>>,
+) -> Vec<Result<R, Error>> {
+    let wall = core.sandbox.grants.limits.wall;
+    let cpu = core.sandbox.grants.limits.cpu;
+    let mut out = Vec::with_capacity(bodies.len());
+    let mut live: Option<(Store<State>, Bound)> = None;
+    let flush = |store: &Store<State>| {
+        let state = store.data();
+        sandbox::flush_output(&core.sandbox.plugin, &state.stdout, &state.stderr);
+    };
+    for body in bodies {
+        let (mut store, bound) = match live.take() {
+            Some(l) => l,
+            None => {
+                let mut store = match new_store(core, export) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                };
+                let made = tokio::time::timeout(wall, instantiate(core, &mut store))
+                    .await
+                    .map(|r| r.map(Ok));
+                match classify(core, export, made, store.data()) {
+                    Ok(bound) => (store, bound),
+                    Err(e) => {
+                        flush(&store);
+                        out.push(Err(e));
+                        continue;
+                    }
+                }
+            }
+        };
+        meter_cpu(&mut store, cpu);
+        let outcome = tokio::time::timeout(wall, body(&mut store, &bound)).await;
+        let result = classify(core, export, outcome, store.data());
+        if matches!(result, Err(Error::Faulted { .. })) {
+            flush(&store);
+        } else {
+            live = Some((store, bound));
+        }
+        out.push(result);
+    }
+    if let Some((store, _)) = &live {
+        flush(store);
+    }
+    out
 }
 
 /// The trap's first line, plus the guest's panic message when it printed one: a Rust guest
@@ -929,20 +1086,18 @@ async fn bind(
         source: source.clone(),
         blocked: AtomicUsize::new(0),
     });
-    let metadata = run_isolated(
-        &core,
-        "metadata",
-        Box::new(|store, bound| {
-            Box::pin(async move {
-                let m = match bound {
-                    Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
-                    Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
-                };
-                Ok(Ok::<_, WitError>(m))
-            })
-        }),
-    )
-    .await?;
+    let body: Body<_> = Box::new(|store, bound| {
+        Box::pin(async move {
+            let m = match bound {
+                Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
+                Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
+            };
+            Ok(Ok::<_, WitError>(m))
+        })
+    });
+    let work: Work<Result<_, Error>> =
+        Box::new(move |core| Box::pin(async move { call(&core, "metadata", body).await }));
+    let metadata = run_isolated(&core, "metadata", work, Err).await?;
     let metadata = bindings::metadata_from_wit(metadata);
     let world_kind = match core.pre {
         Pre::Instance(_) => PluginKind::Instance,
