@@ -1114,9 +1114,11 @@ async fn main() {
             format!("lost instance replaced, {label}, worst of {count}"),
             worst.as_secs_f64() * 1e3,
             "ms",
-            // 1 s of poll interval, plus provisioning (a prepare and a provision call) and a
-            // pass's observation, with slack for the machine: 1.1 s.
-            (poll == Duration::from_secs(1)).then_some(("<=", 1100.0)),
+            // 1 s of poll interval, plus `Health.LostAfter` (200 ms by default: a missing
+            // instance is re-listed for that long before it counts as lost, so that a flaky
+            // listing never causes a replacement), plus provisioning (a prepare and a provision
+            // call) and a pass's observation, with slack for the machine: 1.3 s.
+            (poll == Duration::from_secs(1)).then_some(("<=", 1300.0)),
         );
         controller.shutdown().await;
     }
@@ -1148,9 +1150,17 @@ async fn main() {
 
     // --- 6. The controller and the API under real plugin latency and load (issue 9).
     eprintln!("controller and API under load");
-    {
-        let mut spec = group_spec("slowcloud", 1000 / scale as u32, "1h");
+    // At the default Parallelism the floor is size / 32 × 100 ms = 3.1 s, above the 3 s
+    // target; the target row is at 64, which a user sets in the spec for a cloud API that
+    // takes that many calls at once.
+    for parallelism in [32, 64] {
+        let mut spec = group_spec(
+            &format!("slowcloud{parallelism}"),
+            1000 / scale as u32,
+            "1h",
+        );
         spec.properties.instance.properties = json!({"Image": "debian-13", "LatencyMs": 100});
+        spec.properties.parallelism = parallelism;
         let (controller, store) = managed(registry.clone(), events.clone(), Options::default());
         let t = Instant::now();
         commit(&controller, &store, &spec).await;
@@ -1161,16 +1171,17 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        let floor = spec.size() as f64 / parallelism as f64 * 0.1;
         report.add(
             "controller",
             format!(
-                "{} instances converged, 100 ms per provision (Parallelism {})",
+                "{} instances converged, 100 ms per provision (Parallelism {parallelism}{}; floor {floor:.1} s)",
                 spec.size(),
-                spec.properties.parallelism
+                if parallelism == 32 { ", the default" } else { "" },
             ),
             t.elapsed().as_secs_f64(),
             "s",
-            (!quick).then_some(("<=", 3.0)),
+            (!quick && parallelism == 64).then_some(("<=", 3.0)),
         );
         controller.shutdown().await;
     }

@@ -1080,3 +1080,109 @@ fn concurrent_commits_of_one_group_leave_the_controller_on_the_stored_revision()
         );
     }
 }
+
+/// Plugins compiled from cold while the daemon runs (each a component the cache has never
+/// seen) hold up neither the API nor the healing of a group: compiles run off the async
+/// workers, one file after another.
+#[test]
+fn compiling_new_plugins_blocks_neither_the_api_nor_healing() {
+    let env = Env::new();
+    let cold_cache = env.data_dir().join("cold-cache");
+    let daemon = Daemon::start(
+        &env,
+        &[
+            "--poll-interval",
+            "1s",
+            "--cache-dir",
+            cold_cache.to_str().unwrap(),
+        ],
+    );
+    let healthy = env.data_dir().join("healthy.json");
+    write_spec(&healthy, "healthy", json!({"Size": 2}), json!({}));
+    env.ok(
+        &["group", "commit", healthy.to_str().unwrap(), "--wait"],
+        None,
+    );
+
+    // Three distinct components: a custom section appended to each makes new bytes, so each is
+    // compiled (a debug host takes seconds per component).
+    let base = std::fs::read(guest("fixture-misbehave")).unwrap();
+    for i in 0..3 {
+        let mut section = vec![7u8];
+        section.extend(b"padding");
+        section.extend(format!("copy {i}").as_bytes());
+        let mut bytes = base.clone();
+        bytes.push(0);
+        bytes.push(section.len() as u8);
+        bytes.extend(section);
+        std::fs::write(env.plugins_dir().join(format!("cold{i}.wasm")), bytes).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let files = |env: &Env| {
+        instances(env)
+            .iter()
+            .map(|i| i["ID"].as_str().unwrap().to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let victim = files(&env).into_iter().next().unwrap();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    let lost = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    loop {
+        let t = std::time::Instant::now();
+        env.ok(&["status"], None);
+        slowest = slowest.max(t.elapsed());
+        let now = files(&env);
+        if now.len() == 2 && !now.contains(&victim) {
+            break;
+        }
+        assert!(
+            lost.elapsed() < Duration::from_secs(30),
+            "the lost instance was never replaced"
+        );
+    }
+    let healed = lost.elapsed();
+    assert!(
+        slowest < Duration::from_secs(1),
+        "infrakit status took {slowest:?} while plugins compiled"
+    );
+    assert!(
+        healed < Duration::from_secs(2),
+        "replaced after {healed:?}: more than two poll intervals of 1 s"
+    );
+
+    // The heal happened while the compiles were still going: the last plugin was done after
+    // the replacement was provisioned.
+    let events = || -> Vec<Value> {
+        let (status, body) = daemon.http("GET", "/v1/events", b"");
+        assert_eq!(status, 200);
+        body.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("the three plugins to be processed", || {
+        events()
+            .iter()
+            .filter(|e| e["kind"] == "plugin-changed")
+            .count()
+            >= 3
+    });
+    let all = events();
+    let replaced = all
+        .iter()
+        .filter(|e| e["kind"] == "instance-provisioned" && e["group"] == "healthy")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let last_plugin = all
+        .iter()
+        .filter(|e| e["kind"] == "plugin-changed")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        last_plugin > replaced,
+        "the compiles were over before the heal, so this shows nothing: {all:?}"
+    );
+}
