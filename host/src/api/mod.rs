@@ -160,6 +160,16 @@ fn group_view(d: &Daemon, g: store::StoredGroup) -> GroupView {
     }
 }
 
+/// A preview, or why there is none: a commit goes through either way.
+fn split_preview(
+    preview: Result<Plan, crate::controller::Error>,
+) -> (Option<Plan>, Option<String>) {
+    match preview {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(crate::error_chain(&e))),
+    }
+}
+
 fn no_group(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no group {id:?}"))
 }
@@ -245,10 +255,7 @@ async fn commit_group(
         }));
     }
     // A fix must be committable while the plugin's API is down: the preview is only that.
-    let (plan, plan_error) = match preview {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(crate::error_chain(&e))),
-    };
+    let (plan, plan_error) = split_preview(preview);
     let (stored, event) = d.store.commit(
         &spec,
         Event::now(
@@ -318,10 +325,7 @@ async fn rollback(
     let id = path(id)?;
     let (stored, event) = d.store.rollback(&id)?;
     announce(&d, event).await;
-    let (plan, plan_error) = match d.controller.plan(&stored.spec).await {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(crate::error_chain(&e))),
-    };
+    let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec).await);
     Ok(Json(CommitResponse {
         config_sha: stored.spec.config_sha(),
         id: stored.spec.id,
