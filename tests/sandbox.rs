@@ -669,10 +669,11 @@ fn control_characters_from_a_plugin_never_reach_the_terminal_raw() {
     );
 }
 
-/// Health checks batched in one instance: each call keeps its own limits, a call that faults
-/// takes only its instance with it, and the next call gets a fresh one.
+/// Health checks in one `healthy-many` call: a batch answers in one instance; when a check in
+/// it traps or loops, each instance is asked about on its own, so only that check's verdict
+/// is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_health_checks_share_an_instance_until_one_faults() {
+async fn batched_health_checks_answer_in_one_call_and_a_fault_spoils_only_its_own_verdict() {
     let env = Env::new();
     env.install_plugin("fixture-flavor-tag", Some("[limits]\ncpu = \"300ms\"\n"));
     let mut config = RegistryConfig::under(env.data_dir());
@@ -685,45 +686,66 @@ async fn batched_health_checks_share_an_instance_until_one_faults() {
         tags: [("fixture.health".to_string(), health.to_string())].into(),
         properties: None,
     };
-    let batch = [
+    let check = |batch: Vec<infrakit::plugin::Description>| {
+        let flavor = flavor.clone();
+        async move {
+            let refs: Vec<&infrakit::plugin::Description> = batch.iter().collect();
+            flavor
+                .healthy_many(&json!({}), &refs)
+                .await
+                .iter()
+                .map(|r| match r {
+                    Ok(h) => h.to_string(),
+                    Err(Error::Faulted { cause, .. }) => format!("fault: {cause}"),
+                    Err(e) => message(e),
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+
+    // One call, one instance: the checks count up.
+    let calls = flavor
+        .stats()
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let shown = check(vec![
+        instance("a", "calls"),
+        instance("b", "calls"),
+        instance("c", "ok"),
+    ])
+    .await;
+    assert!(
+        shown[0].ends_with("call 1") && shown[1].ends_with("call 2"),
+        "{shown:?}"
+    );
+    assert_eq!(shown[2], "healthy");
+    let after = flavor
+        .stats()
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - calls, 1, "three checks in one call");
+
+    // A panic and a loop in the batch: every other instance still gets its verdict.
+    let shown = check(vec![
         instance("a", "ok"),
         instance("b", "calls"),
         instance("c", "panic"),
-        instance("d", "calls"),
-        instance("e", "loop"),
-        instance("f", "calls"),
-        instance("g", "unhealthy"),
-    ];
-    let refs: Vec<&infrakit::plugin::Description> = batch.iter().collect();
-    let out = flavor.healthy_many(&json!({}), &refs).await;
-    let shown: Vec<String> = out
-        .iter()
-        .map(|r| match r {
-            Ok(h) => h.to_string(),
-            Err(Error::Faulted { cause, .. }) => format!("fault: {cause}"),
-            Err(e) => message(e),
-        })
-        .collect();
-    assert_eq!(shown[0], "healthy");
+        instance("d", "loop"),
+        instance("e", "unhealthy"),
+    ])
+    .await;
+    assert_eq!(shown[0], "healthy", "{shown:?}");
     assert!(
-        shown[1].contains("call 2"),
-        "shared with the first: {shown:?}"
+        shown[1].ends_with("call 1"),
+        "asked on its own, in a fresh instance: {shown:?}"
     );
     assert!(
         shown[2].starts_with("fault: ") && shown[2].contains("panics"),
         "{shown:?}"
     );
     assert!(
-        shown[3].contains("call 1"),
-        "a fresh instance after the trap: {shown:?}"
-    );
-    assert!(
-        shown[4].starts_with("fault: ") && shown[4].contains("CPU"),
+        shown[3].starts_with("fault: ") && shown[3].contains("CPU"),
         "{shown:?}"
     );
-    assert!(
-        shown[5].contains("call 1"),
-        "a fresh instance after the loop: {shown:?}"
-    );
-    assert_eq!(shown[6], "unhealthy");
+    assert_eq!(shown[4], "unhealthy", "{shown:?}");
 }

@@ -684,7 +684,7 @@ async fn observe(
         .filter(|d| !fresh.contains_key(&d.id))
         .collect();
     let parallelism = spec.properties.parallelism.max(1) as usize;
-    let batch = health_batch(flavor.mean_call_time(), due.len(), parallelism);
+    let batch = health_batch(flavor.check_time(), due.len(), parallelism);
     // Indexes, not references, go through the stream: a closure taking a reference trips the
     // compiler's higher-ranked lifetime check once the future must be `Send`.
     let due = &due;
@@ -739,12 +739,13 @@ async fn observe(
     })
 }
 
-/// How many health checks share an instance: a fresh instance costs more than the check of a
-/// fast flavor (some 70 µs against 15), so checks are batched to take about 20 ms each by the
-/// plugin's mean call time so far, one at a time until it has one, and never so many that
-/// fewer than `parallelism` batches would run side by side.
-fn health_batch(mean_call: Option<Duration>, due: usize, parallelism: usize) -> usize {
-    let by_time = match mean_call {
+/// How many health checks go in one `healthy-many` call: a fresh instance costs more than the
+/// check of a fast flavor (some 70 µs against a few), so checks are batched to take about
+/// 20 ms a call by the plugin's recent time per check, one at a time until it has one (a slow
+/// probe stays at one: its checks run side by side), and never so many that fewer than
+/// `parallelism` calls would run side by side.
+fn health_batch(check_time: Option<Duration>, due: usize, parallelism: usize) -> usize {
+    let by_time = match check_time {
         Some(t) if !t.is_zero() => (Duration::from_millis(20).as_nanos() / t.as_nanos()) as usize,
         _ => 1,
     };

@@ -132,6 +132,43 @@ pub trait FlavorPlugin {
     /// Application-aware health of one instance.
     fn healthy(&self, properties: &Properties, instance: &Description) -> Result<Health>;
 
+    /// The health of many instances, in order: what [`FlavorPlugin::healthy`] says of each,
+    /// by default. The host asks this of a fast flavor to spare an instantiation per check;
+    /// override it when one query answers for many instances (one cloud API call for a page
+    /// of machines, one status request to a cluster).
+    ///
+    /// ```no_run
+    /// use infrakit_sdk::*;
+    ///
+    /// #[derive(Default)]
+    /// struct Quorum;
+    ///
+    /// impl FlavorPlugin for Quorum {
+    ///     fn validate(&self, _: &Properties, _: &Allocation) -> Result<()> { Ok(()) }
+    ///     fn prepare(&self, _: &Properties, spec: InstanceSpec, _: &Allocation, _: &Index) -> Result<InstanceSpec> {
+    ///         Ok(spec)
+    ///     }
+    ///     fn healthy(&self, p: &Properties, i: &Description) -> Result<Health> {
+    ///         self.healthy_many(p, std::slice::from_ref(i)).remove(0)
+    ///     }
+    ///     fn healthy_many(&self, _: &Properties, instances: &[Description]) -> Vec<Result<Health>> {
+    ///         // One request for the members' states, then a verdict per instance.
+    ///         instances.iter().map(|_| Ok(Health::Healthy)).collect()
+    ///     }
+    ///     fn drain(&self, _: &Properties, _: &Description) -> Result<()> { Ok(()) }
+    /// }
+    /// ```
+    fn healthy_many(
+        &self,
+        properties: &Properties,
+        instances: &[Description],
+    ) -> Vec<Result<Health>> {
+        instances
+            .iter()
+            .map(|i| self.healthy(properties, i))
+            .collect()
+    }
+
     /// Moves work off an instance before it is destroyed.
     fn drain(&self, properties: &Properties, instance: &Description) -> Result<()>;
 }

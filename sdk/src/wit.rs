@@ -272,6 +272,14 @@ mod flavor_glue {
         }
     }
 
+    fn health_to_wit(h: Health) -> wt::Health {
+        match h {
+            Health::Healthy => wt::Health::Healthy,
+            Health::Unhealthy => wt::Health::Unhealthy,
+            Health::Unknown => wt::Health::Unknown,
+        }
+    }
+
     impl<P: FlavorPlugin + Default + 'static, M: MetadataSource + 'static> wf::Guest
         for FlavorAdapter<P, M>
     {
@@ -304,11 +312,19 @@ mod flavor_glue {
 
         fn healthy(properties: String, instance: wt::Description) -> Result<wt::Health, wt::Error> {
             let health = P::default().healthy(&Properties::new(properties), &instance.into())?;
-            Ok(match health {
-                Health::Healthy => wt::Health::Healthy,
-                Health::Unhealthy => wt::Health::Unhealthy,
-                Health::Unknown => wt::Health::Unknown,
-            })
+            Ok(health_to_wit(health))
+        }
+
+        fn healthy_many(
+            properties: String,
+            instances: Vec<wt::Description>,
+        ) -> Vec<Result<wt::Health, wt::Error>> {
+            let instances: Vec<Description> = instances.into_iter().map(Into::into).collect();
+            P::default()
+                .healthy_many(&Properties::new(properties), &instances)
+                .into_iter()
+                .map(|h| h.map(health_to_wit).map_err(Into::into))
+                .collect()
         }
 
         fn drain(properties: String, instance: wt::Description) -> Result<(), wt::Error> {

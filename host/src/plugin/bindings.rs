@@ -129,9 +129,6 @@ pub(crate) fn index_to_wit(i: &Index) -> wit::Index {
     }
 }
 
-/// A flavor's verdict as the generated bindings give it.
-pub(crate) type WitHealth = wit::Health;
-
 pub(crate) fn health_from_wit(h: wit::Health) -> Health {
     match h {
         wit::Health::Healthy => Health::Healthy,

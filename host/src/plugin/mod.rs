@@ -220,6 +220,8 @@ pub struct CallStats {
 /// A loaded plugin. Cheap to share; every call runs in a fresh sandboxed instance.
 pub struct Plugin {
     stats: CallStats,
+    /// See [`Plugin::check_time`] (ns; 0 before the first check).
+    check_nanos: std::sync::atomic::AtomicU64,
     metadata: Metadata,
     sha256: String,
     core: Arc<Core>,
@@ -353,47 +355,22 @@ impl Plugin {
         outcome
     }
 
-    /// Runs `bodies` as a batch on one thread, sharing an instance until a call faults (see
-    /// [`call_many`]). A batch stopped as a whole (at its wall-clock limit, or refused while
-    /// calls are blocked) fails every call of it with that fault.
-    async fn run_many<R: Send + 'static>(
-        &self,
-        export: &'static str,
-        bodies: Vec<Body<R>>,
-    ) -> Vec<Result<R, Error>> {
-        let n = bodies.len();
-        let started = std::time::Instant::now();
-        let work: Work<Vec<Result<R, Error>>> =
-            Box::new(move |core| Box::pin(async move { call_many(&core, export, bodies).await }));
-        let core = self.core.clone();
-        let outcomes = run_isolated(&self.core, export, work, move |e| {
-            let fault = match &e {
-                Error::Faulted { cause, .. } => cause.clone(),
-                other => Fault::Trap(other.to_string()),
-            };
-            (0..n)
-                .map(|_| Err(core.fault(export, fault.clone())))
-                .collect()
-        })
-        .await;
-        self.stats.calls.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats
-            .nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        let faults = outcomes
-            .iter()
-            .filter(|o| matches!(o, Err(Error::Faulted { .. })))
-            .count();
-        self.stats
-            .faults
-            .fetch_add(faults as u64, Ordering::Relaxed);
-        outcomes
+    /// The recent time of one health check, instantiation included (an average that favours
+    /// the latest; None before the first check).
+    pub fn check_time(&self) -> Option<Duration> {
+        match self.check_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(Duration::from_nanos(n)),
+        }
     }
 
-    /// The mean time of a call so far, instantiation included (None before a few calls).
-    pub fn mean_call_time(&self) -> Option<Duration> {
-        let calls = self.stats.calls.load(Ordering::Relaxed);
-        (calls >= 4).then(|| Duration::from_nanos(self.stats.nanos.load(Ordering::Relaxed) / calls))
+    fn record_check_time(&self, per_check: Duration) {
+        let new = per_check.as_nanos().max(1) as u64;
+        let _ = self
+            .check_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { new } else { (old * 3 + new) / 4 })
+            });
     }
 
     /// This plugin as an instance plugin: the kind is checked here, once.
@@ -582,35 +559,69 @@ impl FlavorClient {
         Ok(bindings::health_from_wit(health))
     }
 
-    /// [`FlavorClient::healthy`] for many instances, in batches that share an instance (a
-    /// fresh instance costs more than a health check of a fast plugin). Results are in the
-    /// order of `instances`.
+    /// [`FlavorClient::healthy`] for many instances in one call (`healthy-many`): a fresh
+    /// instance costs more than the check of a fast flavor. If the call faults, fails, or
+    /// answers with a list of another length, each instance is asked about on its own, so a
+    /// check that traps or loops spoils only its own verdict. Results are in the order of
+    /// `instances`.
     pub async fn healthy_many(
         &self,
         properties: &serde_json::Value,
         instances: &[&Description],
     ) -> Vec<Result<Health, Error>> {
+        let started = std::time::Instant::now();
+        if instances.len() == 1 {
+            let one = self.healthy(properties, instances[0]).await;
+            self.record_check_time(started.elapsed());
+            return vec![one];
+        }
         let props = props_text(properties);
-        let bodies: Vec<Body<bindings::WitHealth>> = instances
+        let wit: Vec<_> = instances
             .iter()
-            .map(|d| {
-                let props = props.clone();
-                let instance = bindings::description_to_wit(d);
-                let body: Body<bindings::WitHealth> = Box::new(move |store, bound| {
-                    Box::pin(async move {
-                        flavor_of(bound)?
-                            .call_healthy(store, &props, &instance)
-                            .await
-                    })
-                });
-                body
-            })
+            .map(|d| bindings::description_to_wit(d))
             .collect();
-        self.run_many("healthy", bodies)
-            .await
-            .into_iter()
-            .map(|r| r.map(bindings::health_from_wit))
-            .collect()
+        let n = instances.len();
+        let batch = self
+            .run(
+                "healthy-many",
+                Box::new(move |store, bound| {
+                    Box::pin(async move {
+                        let verdicts = flavor_of(bound)?
+                            .call_healthy_many(store, &props, &wit)
+                            .await?;
+                        Ok(Ok(verdicts))
+                    })
+                }),
+            )
+            .await;
+        match batch {
+            Ok(verdicts) if verdicts.len() == n => {
+                self.record_check_time(started.elapsed() / n as u32);
+                verdicts
+                    .into_iter()
+                    .map(|v| {
+                        v.map(bindings::health_from_wit).map_err(|e| Error::Guest {
+                            plugin: self.name().to_string(),
+                            export: "healthy-many",
+                            error: bindings::error_from_wit(e),
+                        })
+                    })
+                    .collect()
+            }
+            other => {
+                let why = match other {
+                    Ok(v) => format!("{} verdicts for {n} instances", v.len()),
+                    Err(e) => crate::error_chain(&e),
+                };
+                tracing::warn!(plugin = %self.name(), instances = n, error = %why, "a batched health check failed; checking each instance on its own");
+                let mut out = Vec::with_capacity(n);
+                for d in instances {
+                    out.push(self.healthy(properties, d).await);
+                }
+                self.record_check_time(started.elapsed() / n as u32);
+                out
+            }
+        }
     }
 
     /// Moves work off an instance before it is destroyed.
@@ -956,64 +967,6 @@ async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, 
     classify(core, export, outcome, state)
 }
 
-/// Calls one after another in one instance, each with its own CPU and wall-clock limits; a
-/// call that faults takes its instance with it and the next gets a fresh one. For queries
-/// whose instantiation costs more than the call (health checks of a large group): the calls
-/// of a batch share guest memory, which is why only one plugin's calls for one group pass
-/// are ever batched, and never calls that change anything.
-async fn call_many<R>(
-    core: &Core,
-    export: &'static str,
-    bodies: Vec<Body<R>>,
-) -> Vec<Result<R, Error>> {
-    let wall = core.sandbox.grants.limits.wall;
-    let cpu = core.sandbox.grants.limits.cpu;
-    let mut out = Vec::with_capacity(bodies.len());
-    let mut live: Option<(Store<State>, Bound)> = None;
-    let flush = |store: &Store<State>| {
-        let state = store.data();
-        sandbox::flush_output(&core.sandbox.plugin, &state.stdout, &state.stderr);
-    };
-    for body in bodies {
-        let (mut store, bound) = match live.take() {
-            Some(l) => l,
-            None => {
-                let mut store = match new_store(core, export) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        out.push(Err(e));
-                        continue;
-                    }
-                };
-                let made = tokio::time::timeout(wall, instantiate(core, &mut store))
-                    .await
-                    .map(|r| r.map(Ok));
-                match classify(core, export, made, store.data()) {
-                    Ok(bound) => (store, bound),
-                    Err(e) => {
-                        flush(&store);
-                        out.push(Err(e));
-                        continue;
-                    }
-                }
-            }
-        };
-        meter_cpu(&mut store, cpu);
-        let outcome = tokio::time::timeout(wall, body(&mut store, &bound)).await;
-        let result = classify(core, export, outcome, store.data());
-        if matches!(result, Err(Error::Faulted { .. })) {
-            flush(&store);
-        } else {
-            live = Some((store, bound));
-        }
-        out.push(result);
-    }
-    if let Some((store, _)) = &live {
-        flush(store);
-    }
-    out
-}
-
 /// The trap's first line, plus the guest's panic message when it printed one: a Rust guest
 /// panics by writing to stderr and then trapping on `unreachable`.
 fn describe_trap(trap: &wasmtime::Error, stderr: &[u8]) -> String {
@@ -1114,6 +1067,7 @@ async fn bind(
     }
     Ok(Plugin {
         stats: CallStats::default(),
+        check_nanos: std::sync::atomic::AtomicU64::new(0),
         metadata,
         sha256,
         core,
