@@ -724,6 +724,14 @@ async fn batched_health_checks_answer_in_one_call_and_a_fault_spoils_only_its_ow
         .calls
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after - calls, 1, "three checks in one call");
+    let many: Vec<_> = (0..256).map(|i| instance(&format!("i{i}"), "ok")).collect();
+    let shown = check(many).await;
+    assert!(shown.iter().all(|s| s == "healthy"), "{shown:?}");
+    let last = flavor
+        .stats()
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(last - after, 1, "256 checks in one call");
 
     // A panic and a loop in the batch: every other instance still gets its verdict.
     let shown = check(vec![
