@@ -853,6 +853,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 next.config_sha = spec.config_sha();
                 next.last_error = None;
                 let members = Arc::new(members);
+                memory.expected.remember(members.clone());
                 next.instances = members
                     .iter()
                     .map(|m| InstanceStatus {

@@ -14,7 +14,8 @@
 //! argument, and the state lives in one group task (a restarted controller starts empty, which
 //! is safe: it then trusts the listing, as before).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::plan::Member;
 
@@ -34,8 +35,10 @@ pub struct Expectations {
     adds: BTreeMap<String, (Member, u64)>,
     /// Destroyed, still listed: when (Unix ms).
     dels: BTreeMap<String, u64>,
-    /// Listed before: as last listed, and since when it has been missing (Unix ms).
-    seen: BTreeMap<String, (Member, Option<u64>)>,
+    /// The members the last pass planned with (shared with the group's status, not copied).
+    last: Arc<Vec<Member>>,
+    /// Members of `last` missing from the listing: since when (Unix ms).
+    missing: HashMap<String, u64>,
 }
 
 /// The time windows of [`Expectations::apply`], in ms (from the group's `Health`).
@@ -68,8 +71,14 @@ impl Expectations {
     /// The controller destroyed `id` at `now`.
     pub fn destroyed(&mut self, id: &str, now: u64) {
         self.adds.remove(id);
-        self.seen.remove(id);
+        self.missing.remove(id);
         self.dels.insert(id.to_string(), now);
+    }
+
+    /// The members a pass planned with (what [`Expectations::apply`] left in its listing):
+    /// the next listing is compared with them.
+    pub fn remember(&mut self, members: Arc<Vec<Member>>) {
+        self.last = members;
     }
 
     /// How many provisions are still unlisted.
@@ -81,46 +90,41 @@ impl Expectations {
     /// last one: provisioned and never listed within the provision timeout, or listed and then
     /// gone (not destroyed by us) within the grace period of being created.
     pub fn apply(&mut self, observed: &mut Vec<Member>, now: u64, w: Windows) -> Applied {
-        let listed: BTreeMap<String, u64> = observed
-            .iter()
-            .map(|m| (m.id.clone(), m.created_ms))
-            .collect();
+        let listed: HashSet<&str> = observed.iter().map(|m| m.id.as_str()).collect();
         let mut out = Applied::default();
 
-        // Missing from the listing, and not by our hand: there until `LostAfter`, then lost.
-        let seen = std::mem::take(&mut self.seen);
-        for (id, (member, missing_since)) in seen {
-            if listed.contains_key(&id) {
+        // Planned with last time, missing now, and not by our hand (nor a provision still
+        // expected, below): there until `LostAfter`, then lost.
+        let mut presumed = Vec::new();
+        let mut missing = HashMap::new();
+        for m in self.last.iter() {
+            let id = m.id.as_str();
+            if listed.contains(id) || self.adds.contains_key(id) || self.dels.contains_key(id) {
                 continue;
             }
-            let since = missing_since.unwrap_or(now);
+            let since = self.missing.get(id).copied().unwrap_or(now);
             if now.saturating_sub(since) < w.lost_after_ms {
-                observed.push(member.clone());
-                self.seen.insert(id, (member, Some(since)));
-                out.unconfirmed += 1;
+                presumed.push(m.clone());
+                missing.insert(m.id.clone(), since);
                 continue;
             }
-            let age = now.saturating_sub(member.created_ms);
-            if member.created_ms > 0 && age < w.grace_ms {
+            let age = now.saturating_sub(m.created_ms);
+            if m.created_ms > 0 && age < w.grace_ms {
                 out.losses.push(Loss {
                     why: format!(
                         "lost {} after it was provisioned, within its grace period",
                         secs(age)
                     ),
-                    id,
+                    id: m.id.clone(),
                 });
-            }
-        }
-        for m in observed.iter() {
-            if listed.contains_key(&m.id) {
-                self.seen.insert(m.id.clone(), (m.clone(), None));
             }
         }
 
         // Provisioned: listed now (done), overdue (lost), or still expected (counted as there).
+        let mut pending = Vec::new();
         let adds = std::mem::take(&mut self.adds);
         for (id, (member, at)) in adds {
-            if listed.contains_key(&id) {
+            if listed.contains(id.as_str()) {
                 continue;
             }
             if now.saturating_sub(at) > w.provision_timeout_ms {
@@ -132,15 +136,19 @@ impl Expectations {
                     id,
                 });
             } else {
-                observed.push(member.clone());
+                pending.push(member.clone());
                 self.adds.insert(id, (member, at));
             }
         }
 
         // Destroyed: still listed within the timeout counts as gone.
         self.dels.retain(|id, at| {
-            listed.contains_key(id) && now.saturating_sub(*at) <= w.provision_timeout_ms
+            listed.contains(id.as_str()) && now.saturating_sub(*at) <= w.provision_timeout_ms
         });
+        out.unconfirmed = presumed.len();
+        self.missing = missing;
+        observed.extend(presumed);
+        observed.extend(pending);
         observed.retain(|m| !self.dels.contains_key(&m.id));
         out
     }
@@ -167,6 +175,13 @@ mod tests {
         }
     }
 
+    /// A pass as the controller makes it: apply, then plan with (and remember) the result.
+    fn run(e: &mut Expectations, listing: &mut Vec<Member>, now: u64, w: Windows) -> Applied {
+        let applied = e.apply(listing, now, w);
+        e.remember(Arc::new(listing.clone()));
+        applied
+    }
+
     const T: u64 = 10_000;
     const GRACE: u64 = 60_000;
     const W: Windows = Windows {
@@ -180,16 +195,16 @@ mod tests {
         let mut e = Expectations::default();
         e.provisioned(member("a", 1_000), 1_000);
         let mut seen = vec![];
-        assert!(e.apply(&mut seen, 2_000, W).losses.is_empty());
+        assert!(run(&mut e, &mut seen, 2_000, W).losses.is_empty());
         assert_eq!(seen.len(), 1, "expected, so counted");
         let mut listed = vec![member("a", 1_000)];
-        assert!(e.apply(&mut listed, 3_000, W).losses.is_empty());
+        assert!(run(&mut e, &mut listed, 3_000, W).losses.is_empty());
         assert_eq!(listed.len(), 1, "listed once, not twice");
         assert_eq!(e.pending(), 0);
 
         e.provisioned(member("b", 4_000), 4_000);
         let mut none = vec![member("a", 1_000)];
-        let lost = e.apply(&mut none, 4_000 + T + 1, W).losses;
+        let lost = run(&mut e, &mut none, 4_000 + T + 1, W).losses;
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].id, "b");
         assert!(lost[0].why.contains("never listed"), "{}", lost[0].why);
@@ -200,24 +215,24 @@ mod tests {
     fn a_destroyed_instance_counts_as_gone_while_still_listed() {
         let mut e = Expectations::default();
         let mut listed = vec![member("a", 0), member("b", 0)];
-        e.apply(&mut listed, 1_000, W);
+        run(&mut e, &mut listed, 1_000, W);
         e.destroyed("a", 1_000);
         let mut lagging = vec![member("a", 0), member("b", 0)];
-        assert!(e.apply(&mut lagging, 2_000, W).losses.is_empty());
+        assert!(run(&mut e, &mut lagging, 2_000, W).losses.is_empty());
         assert_eq!(lagging.len(), 1);
         assert_eq!(lagging[0].id, "b");
         // Our own destroy is not a loss when it finally disappears.
         let mut gone = vec![member("b", 0)];
-        assert!(e.apply(&mut gone, 3_000, W).losses.is_empty());
+        assert!(run(&mut e, &mut gone, 3_000, W).losses.is_empty());
     }
 
     #[test]
     fn an_instance_lost_within_its_grace_period_is_a_loss_an_old_one_is_not() {
         let mut e = Expectations::default();
         let mut listed = vec![member("young", 50_000), member("old", 1)];
-        e.apply(&mut listed, 60_000, W);
+        run(&mut e, &mut listed, 60_000, W);
         let mut after = vec![];
-        let lost = e.apply(&mut after, 70_000, W).losses;
+        let lost = run(&mut e, &mut after, 70_000, W).losses;
         assert_eq!(lost.len(), 1, "{lost:?}");
         assert_eq!(lost[0].id, "young");
         assert!(lost[0].why.contains("20.0s"), "{}", lost[0].why);
@@ -231,29 +246,32 @@ mod tests {
         };
         let mut e = Expectations::default();
         let mut listed = vec![member("a", 1), member("b", 1)];
-        e.apply(&mut listed, 1_000, w);
+        run(&mut e, &mut listed, 1_000, w);
         // Left out of two listings within the window: still there, re-list soon.
         for now in [1_050, 1_150] {
             let mut flaky = vec![member("b", 1)];
-            let got = e.apply(&mut flaky, now, w);
+            let got = run(&mut e, &mut flaky, now, w);
             assert!(got.losses.is_empty());
             assert_eq!(got.unconfirmed, 1);
             assert_eq!(flaky.len(), 2, "a counts as there at {now}");
         }
         // Listed again: the window starts over at the next miss.
         let mut back = vec![member("a", 1), member("b", 1)];
-        assert_eq!(e.apply(&mut back, 1_190, w).unconfirmed, 0);
+        assert_eq!(run(&mut e, &mut back, 1_190, w).unconfirmed, 0);
         let mut flaky = vec![member("b", 1)];
-        assert_eq!(e.apply(&mut flaky, 1_300, w).unconfirmed, 1);
-        assert_eq!(e.apply(&mut vec![member("b", 1)], 1_450, w).unconfirmed, 1);
+        assert_eq!(run(&mut e, &mut flaky, 1_300, w).unconfirmed, 1);
+        assert_eq!(
+            run(&mut e, &mut vec![member("b", 1)], 1_450, w).unconfirmed,
+            1
+        );
         // Missing for the whole window: gone.
         let mut gone = vec![member("b", 1)];
-        let got = e.apply(&mut gone, 1_500, w);
+        let got = run(&mut e, &mut gone, 1_500, w);
         assert_eq!((got.unconfirmed, gone.len()), (0, 1));
         // Our own destroy is never presumed present.
         e.destroyed("b", 1_500);
         let mut none = vec![];
-        assert_eq!(e.apply(&mut none, 1_510, w).unconfirmed, 0);
+        assert_eq!(run(&mut e, &mut none, 1_510, w).unconfirmed, 0);
         assert!(none.is_empty());
     }
 }
