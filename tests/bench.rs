@@ -417,6 +417,7 @@ async fn commit(controller: &Controller, store: &EmbeddedStore, spec: &GroupSpec
             spec,
             Event::now(&spec.id, EventKind::GroupCommitted, None, "bench"),
         )
+        .await
         .unwrap();
     controller.applied(*store.watch().borrow()).await;
 }
@@ -972,6 +973,7 @@ async fn main() {
                 s,
                 Event::now(&s.id, EventKind::GroupCommitted, None, "bench"),
             )
+            .await
             .unwrap();
     }
     controller.applied(*store.watch().borrow()).await;

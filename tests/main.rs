@@ -9,3 +9,4 @@ mod daemon;
 mod groups;
 mod plugin_cli;
 mod sandbox;
+mod store;

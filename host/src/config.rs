@@ -55,6 +55,19 @@ pub struct ServeConfig {
     pub poll_interval: Option<crate::spec::HumanDuration>,
     /// How often the plugin directory is rescanned.
     pub plugin_scan_interval: Option<crate::spec::HumanDuration>,
+    /// Where durable state lives: `etcd://HOST:PORT[,...]` or `etcds://...` (default: the
+    /// embedded store in the data directory).
+    pub store: Option<String>,
+    /// The key prefix in etcd.
+    pub store_prefix: Option<String>,
+    /// etcd user (the password comes from INFRAKIT_STORE_PASSWORD).
+    pub store_user: Option<String>,
+    /// PEM CA certificate that signed etcd's (etcds://).
+    pub store_ca: Option<PathBuf>,
+    /// PEM client certificate and key for etcd (mutual TLS).
+    pub store_cert: Option<PathBuf>,
+    /// The key of `store_cert`.
+    pub store_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -312,7 +312,7 @@ impl Controller {
         let mut failures = 0;
         loop {
             let generation = *changes.borrow_and_update();
-            let retry = match self.inner.store.groups() {
+            let retry = match self.inner.store.groups().await {
                 Ok(groups) => {
                     failures = 0;
                     self.sync(groups);
@@ -903,7 +903,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 if destroying
                     && members.is_empty()
                     && !plan.has_work()
-                    && finalize(&inner, &spec.id)
+                    && finalize(&inner, &spec.id).await
                 {
                     status.send_replace(next);
                     return;
@@ -983,14 +983,14 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
 /// The destroy's finalizer: once a destroying group has no instance left, it is removed from
 /// the store with its last event, in one transaction. Returns whether the task is done (false:
 /// the store could not be written, and the next pass tries again).
-fn finalize(inner: &Inner, id: &str) -> bool {
+async fn finalize(inner: &Inner, id: &str) -> bool {
     let event = Event::now(
         id,
         EventKind::GroupDestroyed,
         None,
         "all instances destroyed; group forgotten",
     );
-    match inner.store.forget(id, event) {
+    match inner.store.forget(id, event).await {
         Ok(stored) => {
             inner.events.stored(stored);
             true
@@ -1494,9 +1494,9 @@ mod tests {
             Options::default(),
         );
         // Written before the controller starts: picked up at start.
-        store.commit(&spec(1), committed("g")).unwrap();
+        store.commit(&spec(1), committed("g")).await.unwrap();
         c.start();
-        store.commit(&spec(2), committed("g")).unwrap();
+        store.commit(&spec(2), committed("g")).await.unwrap();
         c.applied(*store.watch().borrow()).await;
         let mut status = c.watch("g").unwrap();
         let s = status.wait_for(|s| s.revision == 2).await.unwrap().clone();
@@ -1512,7 +1512,7 @@ mod tests {
             2
         );
         // Marked destroying in the store: the task is told so.
-        store.mark_destroying("g", committed("g")).unwrap();
+        store.mark_destroying("g", committed("g")).await.unwrap();
         c.applied(*store.watch().borrow()).await;
         assert!(
             c.inner.groups.lock().unwrap()["g"]
@@ -1521,7 +1521,7 @@ mod tests {
                 .destroying
         );
         // Gone from the store: the task stops.
-        store.forget("g", committed("g")).unwrap();
+        store.forget("g", committed("g")).await.unwrap();
         c.applied(*store.watch().borrow()).await;
         tokio::time::timeout(Duration::from_secs(5), c.stopped("g"))
             .await

@@ -21,11 +21,13 @@ use crate::api::{self, Daemon};
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::{Event, EventKind};
 use crate::plugin::{Change, Registry, RegistryConfig};
-use crate::store::{EmbeddedStore, Store};
+use crate::store::{EmbeddedStore, EtcdOptions, EtcdStore, Store};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// etcd, or (None) the embedded store in the data directory.
+    pub store: Option<EtcdOptions>,
     /// Plugins, data and cache directories.
     pub registry: RegistryConfig,
     /// The unix socket to serve on.
@@ -80,10 +82,56 @@ impl DataDirLock {
     }
 }
 
-/// Events go to the store (with a sequence number) and then to live subscribers.
+/// Events go to the store (with a sequence number) and then to live subscribers. The
+/// controller records from synchronous code and must never wait on the store (etcd may be
+/// slow or away), so events queue for one writer task, which keeps their order. A full queue
+/// drops the event (logged), rather than hold up healing.
 struct StoredEvents {
-    store: Arc<dyn Store>,
+    queue: tokio::sync::mpsc::Sender<Event>,
     live: broadcast::Sender<Event>,
+}
+
+/// Events waiting for the store before new ones are dropped.
+const EVENT_QUEUE: usize = 8192;
+
+impl StoredEvents {
+    /// The sink, and the writer's handle: send on it to stop taking events, and await it
+    /// for the queue to be written.
+    fn start(
+        store: Arc<dyn Store>,
+        live: broadcast::Sender<Event>,
+    ) -> (
+        Arc<StoredEvents>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (queue, mut pending) = tokio::sync::mpsc::channel::<Event>(EVENT_QUEUE);
+        let (close, mut closing) = tokio::sync::oneshot::channel::<()>();
+        let writer = {
+            let live = live.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        e = pending.recv() => e,
+                        _ = &mut closing, if !closing.is_terminated() => {
+                            pending.close();
+                            continue;
+                        }
+                    };
+                    let Some(event) = event else { return };
+                    match store.append(event).await {
+                        Ok(e) => {
+                            let _ = live.send(e);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %crate::error_chain(&e), "cannot record event")
+                        }
+                    }
+                }
+            })
+        };
+        (Arc::new(StoredEvents { queue, live }), close, writer)
+    }
 }
 
 impl EventSink for StoredEvents {
@@ -94,11 +142,8 @@ impl EventSink for StoredEvents {
             kind = %event.kind,
             "{}", event.message
         );
-        match self.store.append(event) {
-            Ok(e) => {
-                let _ = self.live.send(e);
-            }
-            Err(e) => tracing::error!(error = %crate::error_chain(&e), "cannot record event"),
+        if self.queue.try_send(event).is_err() {
+            tracing::error!("event queue full (the store is not keeping up); event not stored");
         }
     }
 
@@ -118,11 +163,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let store_path = data_dir.join("state.redb");
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&store_path).context("opening the store")?);
-    std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot make {} private", store_path.display()))?;
+    let store: Arc<dyn Store> = match &options.store {
+        Some(etcd) => EtcdStore::connect(etcd.clone())
+            .await
+            .context("opening the store")?,
+        None => {
+            let store_path = data_dir.join("state.redb");
+            let store = EmbeddedStore::open(&store_path).context("opening the store")?;
+            std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private", store_path.display()))?;
+            Arc::new(store)
+        }
+    };
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
     // whole limit): the daemon serves at once, lists them as loading, and groups that need
     // one retry until it is there.
@@ -144,10 +196,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         });
     }
     let (live, _) = broadcast::channel(4096);
-    let events = Arc::new(StoredEvents {
-        store: store.clone(),
-        live: live.clone(),
-    });
+    let (events, close_events, event_writer) = StoredEvents::start(store.clone(), live.clone());
     let controller = Controller::new(
         registry.clone(),
         store.clone(),
@@ -160,7 +209,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
 
     // Resume every stored group where it was: identity lives in instance tags, so the first
     // pass of each sees exactly what exists. From here on the controller follows the store.
-    let groups = store.groups().context("reading stored groups")?;
+    let groups = store.groups().await.context("reading stored groups")?;
     controller.start();
     tracing::info!(
         groups = groups.len(),
@@ -298,6 +347,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let _ = watcher.await;
     for s in servers {
         let _ = s.await;
+    }
+    // What the last passes recorded reaches the store, within a bound (etcd may be away).
+    let _ = close_events.send(());
+    if tokio::time::timeout(Duration::from_secs(5), event_writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("events still queued at exit were not stored");
     }
     let _ = std::fs::remove_file(&options.socket);
     Ok(())

@@ -183,10 +183,10 @@ async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiEr
         pid: std::process::id(),
         uptime_seconds: d.started.elapsed().as_secs(),
         data_dir: d.data_dir.display().to_string(),
-        groups: d.store.groups()?.len(),
+        groups: d.store.groups().await?.len(),
         plugins: d.registry.plugins().len(),
         plugin_failures: d.registry.failures().len(),
-        last_event: d.store.last_event()?,
+        last_event: d.store.last_event().await?,
     }))
 }
 
@@ -194,7 +194,7 @@ async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiEr
 #[utoipa::path(get, path = "/v1/groups", operation_id = "list_groups",
     responses((status = 200, body = Vec<GroupView>)))]
 async fn list_groups(State(d): State<AppState>) -> Result<Json<Vec<GroupView>>, ApiError> {
-    let groups = d.store.groups()?;
+    let groups = d.store.groups().await?;
     Ok(Json(
         groups.into_iter().map(|g| group_view(&d, g)).collect(),
     ))
@@ -210,7 +210,7 @@ async fn get_group(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<GroupView>, ApiError> {
     let id = path(id)?;
-    let g = d.store.group(&id)?.ok_or_else(|| no_group(&id))?;
+    let g = d.store.group(&id).await?.ok_or_else(|| no_group(&id))?;
     Ok(Json(group_view(&d, g)))
 }
 
@@ -256,15 +256,18 @@ async fn commit_group(
     }
     // A fix must be committable while the plugin's API is down: the preview is only that.
     let (plan, plan_error) = split_preview(preview);
-    let (stored, event) = d.store.commit(
-        &spec,
-        Event::now(
-            &spec.id,
-            EventKind::GroupCommitted,
-            None,
-            format!("committed (config {config_sha}, {} instances)", spec.size()),
-        ),
-    )?;
+    let (stored, event) = d
+        .store
+        .commit(
+            &spec,
+            Event::now(
+                &spec.id,
+                EventKind::GroupCommitted,
+                None,
+                format!("committed (config {config_sha}, {} instances)", spec.size()),
+            ),
+        )
+        .await?;
     announce(&d, event).await;
     Ok(Json(CommitResponse {
         id: spec.id,
@@ -306,7 +309,7 @@ async fn history(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<Revision>>, ApiError> {
     let id = path(id)?;
-    let revisions = d.store.history(&id)?;
+    let revisions = d.store.history(&id).await?;
     if revisions.is_empty() {
         return Err(no_group(&id));
     }
@@ -323,7 +326,7 @@ async fn rollback(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let id = path(id)?;
-    let (stored, event) = d.store.rollback(&id)?;
+    let (stored, event) = d.store.rollback(&id).await?;
     announce(&d, event).await;
     let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec).await);
     Ok(Json(CommitResponse {
@@ -346,15 +349,18 @@ async fn free(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Freed>, ApiError> {
     let id = path(id)?;
-    let event = d.store.forget(
-        &id,
-        Event::now(
+    let event = d
+        .store
+        .forget(
             &id,
-            EventKind::GroupFreed,
-            None,
-            "no longer managed; instances left as they are",
-        ),
-    )?;
+            Event::now(
+                &id,
+                EventKind::GroupFreed,
+                None,
+                "no longer managed; instances left as they are",
+            ),
+        )
+        .await?;
     announce(&d, event).await;
     // Nothing more happens to the group once this answers.
     d.controller.stopped(&id).await;
@@ -371,15 +377,18 @@ async fn destroy(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Destroying>, ApiError> {
     let id = path(id)?;
-    let (_, event) = d.store.mark_destroying(
-        &id,
-        Event::now(
+    let (_, event) = d
+        .store
+        .mark_destroying(
             &id,
-            EventKind::Planned,
-            None,
-            "destroy requested: draining and destroying every instance",
-        ),
-    )?;
+            Event::now(
+                &id,
+                EventKind::Planned,
+                None,
+                "destroy requested: draining and destroying every instance",
+            ),
+        )
+        .await?;
     announce(&d, event).await;
     Ok(Json(Destroying { destroying: id }))
 }
@@ -406,7 +415,8 @@ async fn events(
     let live = d.events.subscribe();
     let past = d
         .store
-        .events(q.after, q.group.as_deref(), limit as usize)?;
+        .events(q.after, q.group.as_deref(), limit as usize)
+        .await?;
     let last = past.last().map(|e| e.seq).unwrap_or(q.after);
     let line = |e: &Event| {
         let mut s = serde_json::to_string(e).unwrap_or_default();

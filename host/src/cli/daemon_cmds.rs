@@ -11,6 +11,7 @@ use super::Cli;
 use super::output::{self, Format};
 use crate::daemon::{ServeOptions, serve as run_daemon};
 use crate::event::Event;
+use crate::store::EtcdOptions;
 
 /// `serve` options.
 #[derive(Debug, Args)]
@@ -29,6 +30,25 @@ pub struct ServeArgs {
     /// [default: 500ms]
     #[arg(long, value_parser = humantime::parse_duration)]
     pub plugin_scan_interval: Option<Duration>,
+    /// Keep durable state in etcd instead of the data directory: etcd://HOST:PORT[,HOST:PORT...]
+    /// (etcds:// for TLS). Several daemons on one etcd share it.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// The key prefix in etcd under which everything is kept. [default: /infrakit/]
+    #[arg(long, value_name = "PREFIX")]
+    pub store_prefix: Option<String>,
+    /// etcd user; the password is read from INFRAKIT_STORE_PASSWORD.
+    #[arg(long, value_name = "USER")]
+    pub store_user: Option<String>,
+    /// PEM CA certificate that signed etcd's certificate (etcds://).
+    #[arg(long, value_name = "FILE")]
+    pub store_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (mutual TLS); needs --store-key.
+    #[arg(long, value_name = "FILE", requires = "store_key")]
+    pub store_cert: Option<PathBuf>,
+    /// The key of --store-cert.
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    pub store_key: Option<PathBuf>,
 }
 
 /// `events` options.
@@ -72,7 +92,9 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, t) => t.clone(),
     };
+    let store = store_options(args, &file)?;
     let options = ServeOptions {
+        store,
         registry: cli.registry_config()?,
         socket: cli.socket_path()?,
         tcp: args.tcp.or(file.tcp),
@@ -88,6 +110,48 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     run_daemon(options).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The etcd store, when one is given on the command line or in the config file.
+fn store_options(
+    args: &ServeArgs,
+    file: &crate::config::ServeConfig,
+) -> anyhow::Result<Option<EtcdOptions>> {
+    let Some(url) = args.store.as_ref().or(file.store.as_ref()) else {
+        if args.store_prefix.is_some() || args.store_user.is_some() || args.store_ca.is_some() {
+            anyhow::bail!("--store-prefix, --store-user and --store-ca need --store etcd://...");
+        }
+        return Ok(None);
+    };
+    let prefix = args
+        .store_prefix
+        .as_ref()
+        .or(file.store_prefix.as_ref())
+        .map_or("/infrakit/", String::as_str);
+    let mut etcd = EtcdOptions::from_url(url, prefix).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(user) = args.store_user.as_ref().or(file.store_user.as_ref()) {
+        let password = std::env::var("INFRAKIT_STORE_PASSWORD").map_err(|_| {
+            anyhow::anyhow!("--store-user {user}: set its password in INFRAKIT_STORE_PASSWORD")
+        })?;
+        etcd.user = Some((user.clone(), password));
+    }
+    let ca = args.store_ca.as_ref().or(file.store_ca.as_ref());
+    let cert = args.store_cert.as_ref().or(file.store_cert.as_ref());
+    let key = args.store_key.as_ref().or(file.store_key.as_ref());
+    if ca.is_some() || cert.is_some() {
+        let Some(tls) = etcd.tls.as_mut() else {
+            anyhow::bail!("store {url}: TLS files are given, so use etcds:// rather than etcd://");
+        };
+        tls.ca = ca.cloned();
+        tls.identity = match (cert, key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "store {url}: a client certificate needs its key, and a key its certificate"
+            ),
+        };
+    }
+    Ok(Some(etcd))
 }
 
 pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {

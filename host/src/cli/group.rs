@@ -154,19 +154,21 @@ async fn commit_foreground(
     store: &EmbeddedStore,
     spec: &GroupSpec,
 ) -> anyhow::Result<()> {
-    let (_, event) = store.commit(
-        spec,
-        Event::now(
-            &spec.id,
-            EventKind::GroupCommitted,
-            None,
-            format!(
-                "committed (config {}, {} instances)",
-                spec.config_sha(),
-                spec.size()
+    let (_, event) = store
+        .commit(
+            spec,
+            Event::now(
+                &spec.id,
+                EventKind::GroupCommitted,
+                None,
+                format!(
+                    "committed (config {}, {} instances)",
+                    spec.config_sha(),
+                    spec.size()
+                ),
             ),
-        ),
-    )?;
+        )
+        .await?;
     println!("{event}");
     controller.applied(*store.watch().borrow()).await;
     Ok(())
@@ -575,14 +577,18 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             };
             let (controller, store) = foreground(registry, options)?;
             let id = spec.id.clone();
-            store.commit(
-                &spec,
-                Event::now(&id, EventKind::GroupCommitted, None, "destroy"),
-            )?;
-            store.mark_destroying(
-                &id,
-                Event::now(&id, EventKind::Planned, None, "destroy requested"),
-            )?;
+            store
+                .commit(
+                    &spec,
+                    Event::now(&id, EventKind::GroupCommitted, None, "destroy"),
+                )
+                .await?;
+            store
+                .mark_destroying(
+                    &id,
+                    Event::now(&id, EventKind::Planned, None, "destroy requested"),
+                )
+                .await?;
             controller.start();
             controller.applied(*store.watch().borrow()).await;
             let mut status = controller.watch(&id).context("group task")?;

@@ -1,0 +1,332 @@
+//! One contract, two backends: every case runs against the embedded redb store and against a
+//! real etcd on 127.0.0.1 (each case under its own key prefix), so that the daemon behaves the
+//! same whichever holds its state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infrakit::event::{Event, EventKind};
+use infrakit::spec::GroupSpec;
+use infrakit::store::{EmbeddedStore, Error, EtcdOptions, EtcdStore, Lifecycle, Store};
+
+use crate::support::etcd::Etcd;
+
+fn spec(id: &str, size: u32) -> GroupSpec {
+    GroupSpec::parse(
+        &format!(
+            r#"{{"ID": "{id}", "Properties": {{"Allocation": {{"Size": {size}}},
+            "Instance": {{"Plugin": "instance-file"}}, "Flavor": {{"Plugin": "flavor-vanilla"}}}}}}"#
+        ),
+        "test",
+        false,
+    )
+    .unwrap()
+}
+
+fn event(id: &str, message: &str) -> Event {
+    Event::now(id, EventKind::GroupCommitted, None, message)
+}
+
+enum Backend {
+    Redb(tempfile::TempDir),
+    Etcd(Etcd),
+}
+
+impl Backend {
+    /// A fresh, empty store for one case (a second call with the same name opens the same
+    /// state on etcd: another manager's connection).
+    async fn store(&self, case: &str) -> Arc<dyn Store> {
+        match self {
+            Backend::Redb(dir) => {
+                Arc::new(EmbeddedStore::open(&dir.path().join(format!("{case}.redb"))).unwrap())
+            }
+            Backend::Etcd(etcd) => EtcdStore::connect(
+                EtcdOptions::from_url(&etcd.url(), &format!("/test/{case}/")).unwrap(),
+            )
+            .await
+            .unwrap(),
+        }
+    }
+}
+
+async fn commits_keep_history_and_events_in_order(b: &Backend) {
+    let store = b.store("commits").await;
+    store.commit(&spec("a", 1), event("a", "1")).await.unwrap();
+    store.commit(&spec("a", 2), event("a", "2")).await.unwrap();
+    let (b_group, e) = store.commit(&spec("b", 1), event("b", "3")).await.unwrap();
+    assert_eq!((b_group.revision, e.seq), (1, 3));
+
+    let a = store.group("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.revision, a.spec.size(), a.lifecycle),
+        (2, 2, Lifecycle::Managed)
+    );
+    assert!(store.group("zz").await.unwrap().is_none());
+    let history = store.history("a").await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|r| (r.revision, r.cause.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "commit"), (2, "commit")]
+    );
+    let ids: Vec<String> = store
+        .groups()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|g| g.spec.id)
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+
+    let events = store.events(0, None, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.seq, e.message.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "1"), (2, "2"), (3, "3")]
+    );
+    assert_eq!(store.events(1, Some("b"), 100).await.unwrap().len(), 1);
+    assert_eq!(store.events(0, None, 2).await.unwrap().len(), 2);
+    assert_eq!(store.last_event().await.unwrap(), 3);
+    let appended = store.append(event("-", "plugin loaded")).await.unwrap();
+    assert_eq!(appended.seq, 4);
+    assert_eq!(store.last_event().await.unwrap(), 4);
+}
+
+async fn rollback_returns_to_the_previous_configuration(b: &Backend) {
+    let store = b.store("rollback").await;
+    assert!(matches!(
+        store.rollback("x").await,
+        Err(Error::UnknownGroup(_))
+    ));
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    assert!(matches!(
+        store.rollback("a").await,
+        Err(Error::NoEarlierRevision(_))
+    ));
+    store.commit(&spec("a", 3), event("a", "")).await.unwrap();
+    let (back, e) = store.rollback("a").await.unwrap();
+    assert_eq!((back.revision, back.spec.size()), (3, 1));
+    assert!(
+        e.message.contains("rolled back to revision 1"),
+        "{}",
+        e.message
+    );
+    let (again, _) = store.rollback("a").await.unwrap();
+    assert_eq!(
+        (again.revision, again.spec.size()),
+        (4, 3),
+        "undo of the undo"
+    );
+    let history = store.history("a").await.unwrap();
+    assert!(history[2].cause.contains("rollback to revision 1"));
+    assert!(history[3].cause.contains("rollback to revision 2"));
+}
+
+async fn destroy_then_forget_keeps_history(b: &Backend) {
+    let store = b.store("destroy").await;
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    let (g, _) = store.mark_destroying("a", event("a", "")).await.unwrap();
+    assert_eq!(g.lifecycle, Lifecycle::Destroying);
+    assert_eq!(
+        store.group("a").await.unwrap().unwrap().lifecycle,
+        Lifecycle::Destroying
+    );
+    assert!(matches!(
+        store.commit(&spec("a", 2), event("a", "")).await,
+        Err(Error::BeingDestroyed(_))
+    ));
+    assert!(matches!(
+        store.rollback("a").await,
+        Err(Error::BeingDestroyed(_))
+    ));
+    assert!(matches!(
+        store.mark_destroying("nope", event("nope", "")).await,
+        Err(Error::UnknownGroup(_))
+    ));
+    store.forget("a", event("a", "gone")).await.unwrap();
+    assert!(store.group("a").await.unwrap().is_none());
+    assert!(store.groups().await.unwrap().is_empty());
+    assert_eq!(store.history("a").await.unwrap().len(), 1);
+    assert!(matches!(
+        store.forget("a", event("a", "")).await,
+        Err(Error::UnknownGroup(_))
+    ));
+    // A new life of the same id goes on numbering.
+    let (again, _) = store.commit(&spec("a", 5), event("a", "")).await.unwrap();
+    assert_eq!(again.revision, 2);
+}
+
+async fn a_writer_sees_its_generation_at_once_and_events_do_not_count(b: &Backend) {
+    let store = b.store("watch").await;
+    let mut watch = store.watch();
+    let before = *watch.borrow_and_update();
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    let after_commit = *watch.borrow_and_update();
+    assert!(after_commit > before, "{after_commit} > {before}");
+    store.append(event("a", "only an event")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        *watch.borrow_and_update(),
+        after_commit,
+        "an event is not desired state"
+    );
+    store.mark_destroying("a", event("a", "")).await.unwrap();
+    let after_destroy = *watch.borrow_and_update();
+    assert!(after_destroy > after_commit);
+    store.forget("a", event("a", "")).await.unwrap();
+    assert!(*watch.borrow_and_update() > after_destroy);
+}
+
+/// Writers racing on one group (on etcd, through two connections, as two managers): every
+/// commit gets its own revision and its own event sequence number, and none is lost.
+async fn concurrent_commits_lose_nothing_and_share_no_number(b: &Backend) {
+    let first = b.store("race").await;
+    let second = match b {
+        Backend::Redb(_) => first.clone(), // redb refuses a second open of one file
+        Backend::Etcd(_) => b.store("race").await,
+    };
+    let mut writers = Vec::new();
+    for w in 0..8u32 {
+        let store = if w % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        writers.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..5 {
+                let (g, e) = store
+                    .commit(&spec("g", 1 + w * 10 + i), event("g", "race"))
+                    .await
+                    .unwrap();
+                seqs.push((g.revision, e.seq));
+            }
+            seqs
+        }));
+    }
+    let mut revisions = Vec::new();
+    let mut seqs = Vec::new();
+    for w in writers {
+        for (r, s) in w.await.unwrap() {
+            revisions.push(r);
+            seqs.push(s);
+        }
+    }
+    revisions.sort();
+    seqs.sort();
+    assert_eq!(revisions, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    assert_eq!(first.history("g").await.unwrap().len(), 40);
+    assert_eq!(second.group("g").await.unwrap().unwrap().revision, 40);
+    assert_eq!(first.events(0, None, 1000).await.unwrap().len(), 40);
+}
+
+async fn events_page_in_order_with_a_group_filter(b: &Backend) {
+    let store = b.store("events").await;
+    for i in 0..2500u32 {
+        let group = if i % 10 == 0 { "x" } else { "y" };
+        store.append(event(group, &i.to_string())).await.unwrap();
+    }
+    let all = store.events(0, None, 100_000).await.unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let some = store.events(1000, None, 10).await.unwrap();
+    assert_eq!(
+        some.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1001..=1010).collect::<Vec<u64>>()
+    );
+    let x = store.events(0, Some("x"), 100_000).await.unwrap();
+    assert_eq!(x.len(), 250);
+    assert!(x.iter().all(|e| e.group == "x"));
+    assert_eq!(store.events(2500, None, 10).await.unwrap().len(), 0);
+}
+
+async fn contract(b: &Backend) {
+    commits_keep_history_and_events_in_order(b).await;
+    rollback_returns_to_the_previous_configuration(b).await;
+    destroy_then_forget_keeps_history(b).await;
+    a_writer_sees_its_generation_at_once_and_events_do_not_count(b).await;
+    concurrent_commits_lose_nothing_and_share_no_number(b).await;
+    events_page_in_order_with_a_group_filter(b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_contract_holds_on_redb() {
+    contract(&Backend::Redb(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_contract_holds_on_etcd() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    contract(&Backend::Etcd(etcd)).await;
+}
+
+/// What only a shared store shows: another manager's write reaches this one's watch, and
+/// prefixes keep deployments apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_managers_commit_reaches_the_watch_and_prefixes_are_apart() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let b = Backend::Etcd(etcd);
+    let here = b.store("shared").await;
+    let there = b.store("shared").await;
+    let elsewhere = b.store("other").await;
+    let mut watch = here.watch();
+    watch.borrow_and_update();
+    there.commit(&spec("a", 3), event("a", "")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), watch.changed())
+        .await
+        .expect("the watch sees another connection's commit")
+        .unwrap();
+    assert_eq!(here.group("a").await.unwrap().unwrap().spec.size(), 3);
+    assert!(elsewhere.groups().await.unwrap().is_empty());
+    assert_eq!(elsewhere.last_event().await.unwrap(), 0);
+}
+
+/// A store whose etcd is away fails each call within its timeout, naming the endpoints; it
+/// does not hang, and it works again once etcd is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_etcd_fails_fast_with_the_endpoint_named_and_recovers() {
+    let Some(mut etcd) = Etcd::start(1) else {
+        return;
+    };
+    let mut options = EtcdOptions::from_url(&etcd.url(), "/test/away/").unwrap();
+    options.timeout = Duration::from_secs(1);
+    let store = EtcdStore::connect(options.clone()).await.unwrap();
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+
+    etcd.kill_member(0);
+    let started = std::time::Instant::now();
+    let err = store
+        .commit(&spec("a", 2), event("a", ""))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = infrakit::error_chain(&err);
+    let port = etcd.members[0].client_port.to_string();
+    assert!(message.contains(&port), "names the endpoint: {message}");
+    assert!(EtcdStore::connect(options).await.is_err());
+
+    etcd.start_member(0);
+    etcd.wait_healthy(Duration::from_secs(30));
+    let mut ok = None;
+    for _ in 0..50 {
+        if let Ok(g) = store.group("a").await {
+            ok = g;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ok.expect("reads work again").revision,
+        1,
+        "nothing was half-written"
+    );
+    store.commit(&spec("a", 2), event("a", "")).await.unwrap();
+}
