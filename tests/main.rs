@@ -7,6 +7,7 @@ mod support;
 mod api;
 mod daemon;
 mod groups;
+mod ha;
 mod plugin_cli;
 mod sandbox;
 mod store;

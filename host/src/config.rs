@@ -68,6 +68,10 @@ pub struct ServeConfig {
     pub store_cert: Option<PathBuf>,
     /// The key of `store_cert`.
     pub store_key: Option<PathBuf>,
+    /// The leadership lease's time to live (with `store`).
+    pub lease_ttl: Option<crate::spec::HumanDuration>,
+    /// This manager's name in the election (with `store`).
+    pub node: Option<String>,
 }
 
 #[derive(Deserialize)]

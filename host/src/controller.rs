@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::event::{Event, EventKind, now_ms};
 use crate::expectations::{Expectations, Loss, Windows};
+use crate::leader::Fence;
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
 use crate::plugin::{
     self, Allocation, Description, DestroyContext, FlavorClient, Health, Index, InstanceClient,
@@ -69,6 +70,15 @@ pub enum Error {
         #[source]
         source: Box<plugin::Error>,
     },
+    /// This manager may not act: it is not the leader, or its lease may have lapsed.
+    #[error("group {group}: {source}")]
+    NotLeader {
+        /// The group.
+        group: String,
+        /// Why.
+        #[source]
+        source: crate::leader::Fenced,
+    },
 }
 
 impl Error {
@@ -80,6 +90,7 @@ impl Error {
             Error::Plugin { source, .. } => {
                 matches!(source.guest_error(), Some(plugin::GuestError::Invalid(_)))
             }
+            Error::NotLeader { .. } => false,
         }
     }
 
@@ -87,7 +98,14 @@ impl Error {
     fn is_loading(&self) -> bool {
         match self {
             Error::Plugin { source, .. } => matches!(**source, plugin::Error::Loading { .. }),
+            Error::NotLeader { .. } => false,
         }
+    }
+
+    /// Not news for the event log: a plugin still loading, or a manager that stopped leading
+    /// (it records nothing more; the new leader takes over).
+    fn is_quiet(&self) -> bool {
+        self.is_loading() || matches!(self, Error::NotLeader { .. })
     }
 
     fn event_kind(&self) -> EventKind {
@@ -95,13 +113,14 @@ impl Error {
             Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. }) => {
                 EventKind::PluginFault
             }
-            Error::Plugin { .. } => EventKind::StepFailed,
+            Error::Plugin { .. } | Error::NotLeader { .. } => EventKind::StepFailed,
         }
     }
 
     fn instance(&self) -> Option<&str> {
         match self {
             Error::Plugin { instance, .. } => instance.as_deref(),
+            Error::NotLeader { .. } => None,
         }
     }
 }
@@ -132,6 +151,9 @@ pub struct Options {
     pub max_concurrent: usize,
     /// The longest back-off after repeated errors.
     pub max_backoff: Duration,
+    /// Checked before every plugin call of a pass: one of several managers calls plugins only
+    /// while it surely leads (always open for a lone manager).
+    pub fence: Fence,
 }
 
 impl Default for Options {
@@ -140,6 +162,7 @@ impl Default for Options {
             poll_interval: Duration::from_secs(1),
             max_concurrent: 8,
             max_backoff: Duration::from_secs(30),
+            fence: Fence::default(),
         }
     }
 }
@@ -301,6 +324,8 @@ impl Controller {
     pub fn start(&self) {
         let mut reflector = self.inner.reflector.lock().expect("reflector lock");
         if reflector.is_none() {
+            // Startable again after a shutdown (a manager that stepped down and won again).
+            self.inner.stop_reflector.send_replace(false);
             let this = self.clone();
             *reflector = Some(tokio::spawn(async move { this.reflect().await }));
         }
@@ -370,6 +395,15 @@ impl Controller {
     /// Waits until the group tasks follow the store at `generation` (a writer's own write, so
     /// that what it reads next reflects it), or 10 s: the write is durable either way.
     pub async fn applied(&self, generation: u64) {
+        if self
+            .inner
+            .reflector
+            .lock()
+            .expect("reflector lock")
+            .is_none()
+        {
+            return; // not running here (a follower): the leader applies it
+        }
         let mut applied = self.inner.applied.subscribe();
         let wait = applied.wait_for(|g| *g >= generation);
         if tokio::time::timeout(Duration::from_secs(10), wait)
@@ -459,7 +493,15 @@ impl Controller {
         }
         let (instance, flavor) = self.loaded_plugins_of(spec).await?;
         let mut cache = HealthCache::default();
-        let observed = observe(spec, &instance, &flavor, &mut cache, None).await?;
+        let observed = observe(
+            spec,
+            &instance,
+            &flavor,
+            &mut cache,
+            None,
+            &Fence::default(),
+        )
+        .await?;
         Ok(plan::plan(
             &Desired::from_spec(spec),
             &observed.members,
@@ -649,7 +691,13 @@ async fn observe(
     flavor: &FlavorClient,
     cache: &mut HealthCache,
     check_interval: Option<Duration>,
+    fence: &Fence,
 ) -> Result<Observed, Error> {
+    let fenced = |source| Error::NotLeader {
+        group: spec.id.clone(),
+        source,
+    };
+    fence.check().map_err(fenced)?;
     let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
     let found = instance
         .describe(&filter, false)
@@ -691,6 +739,10 @@ async fn observe(
     let checked: HashMap<String, Health> = stream::iter((0..due.len()).step_by(batch))
         .map(|start| async move {
             let chunk = &due[start..(start + batch).min(due.len())];
+            if fence.check().is_err() {
+                // No call once the lease may have lapsed; the pass ends below.
+                return Vec::new();
+            }
             let verdicts = flavor
                 .healthy_many(&spec.properties.flavor.properties, chunk)
                 .await;
@@ -710,6 +762,7 @@ async fn observe(
         .flat_map(stream::iter)
         .collect()
         .await;
+    fence.check().map_err(fenced)?;
     let mut members = Vec::with_capacity(found.len());
     let mut descriptions = HashMap::with_capacity(found.len());
     let mut changes = Vec::new();
@@ -917,7 +970,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
             Err(e) => {
                 let message = crate::error_chain(&e);
                 // Recorded once per distinct failure, not at every retry.
-                let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_loading();
+                let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_quiet();
                 if new {
                     inner.events.record(Event::now(
                         &spec.id,
@@ -1021,6 +1074,7 @@ async fn reconcile(
         &flavor,
         &mut memory.health,
         Some(check_interval),
+        &inner.options.fence,
     )
     .await?;
     for (id, old, new) in &observed.changes {
@@ -1198,6 +1252,18 @@ struct Executor<'a> {
 }
 
 impl Executor<'_> {
+    /// Before each plugin call: the term to tag new instances with, or why no call starts.
+    fn fence(&self) -> Result<Option<i64>, Error> {
+        self.inner
+            .options
+            .fence
+            .check()
+            .map_err(|source| Error::NotLeader {
+                group: self.spec.id.clone(),
+                source,
+            })
+    }
+
     fn fail(
         &self,
         instance: Option<&str>,
@@ -1342,6 +1408,10 @@ impl Executor<'_> {
         if let Some(l) = logical_id {
             identity.insert(tags::LOGICAL_ID.to_string(), l.to_string());
         }
+        // Which leader made it, for audits across failovers.
+        if let Some(term) = self.fence()? {
+            identity.insert(tags::TERM.to_string(), term.to_string());
+        }
         let draft = InstanceSpec {
             properties: spec.properties.instance.properties.clone(),
             tags: identity.clone(),
@@ -1366,6 +1436,7 @@ impl Executor<'_> {
         // The identity tags are the controller's: a flavor may add tags, never change these.
         prepared.tags.extend(identity);
         prepared.logical_id = logical_id.map(str::to_string);
+        self.fence()?;
         let id = self
             .instance
             .provision(&prepared)
@@ -1393,6 +1464,9 @@ impl Executor<'_> {
         let Some(d) = self.observed.get(id) else {
             return;
         };
+        if self.fence().is_err() {
+            return; // the destroy that follows is refused too
+        }
         let timeout = self.spec.properties.drain.timeout.0;
         let outcome = tokio::time::timeout(
             timeout,
@@ -1420,6 +1494,7 @@ impl Executor<'_> {
     }
 
     async fn destroy(&self, id: &str, context: DestroyContext) -> Result<(), Error> {
+        self.fence()?;
         match self.instance.destroy(id, context).await {
             Ok(()) => {}
             // Already gone is what we wanted.

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use crate::api::{self, Daemon};
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::{Event, EventKind};
+use crate::leader::Elector;
 use crate::plugin::{Change, Registry, RegistryConfig};
 use crate::store::{EmbeddedStore, EtcdOptions, EtcdStore, Store};
 
@@ -28,6 +29,10 @@ use crate::store::{EmbeddedStore, EtcdOptions, EtcdStore, Store};
 pub struct ServeOptions {
     /// etcd, or (None) the embedded store in the data directory.
     pub store: Option<EtcdOptions>,
+    /// With etcd: the leadership lease's time to live.
+    pub lease_ttl: Duration,
+    /// With etcd: this manager's name in the election.
+    pub node: String,
     /// Plugins, data and cache directories.
     pub registry: RegistryConfig,
     /// The unix socket to serve on.
@@ -163,16 +168,26 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         );
     }
     let started = Instant::now();
-    let store: Arc<dyn Store> = match &options.store {
-        Some(etcd) => EtcdStore::connect(etcd.clone())
-            .await
-            .context("opening the store")?,
+    // With etcd, several managers share the state and only the elected one reconciles.
+    let (store, elector): (Arc<dyn Store>, Option<Arc<Elector>>) = match &options.store {
+        Some(etcd) => {
+            let store = EtcdStore::connect(etcd.clone())
+                .await
+                .context("opening the store")?;
+            let elector = Elector::new(
+                store.client(),
+                store.prefix(),
+                options.node.clone(),
+                options.lease_ttl,
+            );
+            (store, Some(elector))
+        }
         None => {
             let store_path = data_dir.join("state.redb");
             let store = EmbeddedStore::open(&store_path).context("opening the store")?;
             std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot make {} private", store_path.display()))?;
-            Arc::new(store)
+            (Arc::new(store), None)
         }
     };
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
@@ -203,6 +218,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         events.clone(),
         Options {
             poll_interval: options.poll_interval,
+            fence: elector.as_ref().map(|e| e.fence()).unwrap_or_default(),
             ..Options::default()
         },
     );
@@ -210,15 +226,39 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // Resume every stored group where it was: identity lives in instance tags, so the first
     // pass of each sees exactly what exists. From here on the controller follows the store.
     let groups = store.groups().await.context("reading stored groups")?;
-    controller.start();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut background = Vec::new();
+    match &elector {
+        None => controller.start(),
+        Some(elector) => {
+            background.push(tokio::spawn(elector.clone().run(stop_rx.clone())));
+            // Reconcile while leading, and only then.
+            let mut leading = elector.leading();
+            let controller = controller.clone();
+            let mut stop = stop_rx.clone();
+            background.push(tokio::spawn(async move {
+                loop {
+                    let term = *leading.borrow_and_update();
+                    match term {
+                        Some(_) => controller.start(),
+                        None => controller.shutdown().await,
+                    }
+                    tokio::select! {
+                        changed = leading.changed() => if changed.is_err() { return },
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            }));
+        }
+    }
     tracing::info!(
         groups = groups.len(),
         plugins = registry.plugins().len(),
         "resumed"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let daemon = Arc::new(Daemon {
+        elector: elector.clone(),
         store: store.clone(),
         controller: controller.clone(),
         registry: registry.clone(),
@@ -345,6 +385,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     stop_tx.send_replace(true);
     controller.shutdown().await;
     let _ = watcher.await;
+    // The elector resigns (revokes its lease) so that another manager takes over at once.
+    for b in background {
+        let _ = tokio::time::timeout(Duration::from_secs(3), b).await;
+    }
     for s in servers {
         let _ = s.await;
     }

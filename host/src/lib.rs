@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod event;
 pub mod expectations;
 pub mod grants;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -355,6 +355,9 @@ pub mod tags {
     pub const CREATED: &str = "infrakit.created";
     /// Its index in the group.
     pub const INDEX: &str = "infrakit.index";
+    /// The leadership term (etcd election revision) of the manager that made it, when
+    /// several managers share a store.
+    pub const TERM: &str = "infrakit.term";
 }
 
 impl GroupSpec {

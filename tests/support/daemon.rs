@@ -30,7 +30,11 @@ impl Daemon {
             .unwrap_or(0);
         let log = env.data_dir().join(format!("serve-{n}.log"));
         let mut cmd = env.command();
-        cmd.env("INFRAKIT_LOG", "info").arg("serve");
+        cmd.env(
+            "INFRAKIT_LOG",
+            std::env::var("TEST_DAEMON_LOG").unwrap_or("info".into()),
+        )
+        .arg("serve");
         // Fast defaults for tests, unless the test gives its own.
         for (flag, value) in [
             ("--poll-interval", "100ms"),

@@ -13,7 +13,7 @@ pub mod types;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -53,6 +53,8 @@ pub struct Daemon {
     pub started: Instant,
     /// The data directory.
     pub data_dir: std::path::PathBuf,
+    /// With several managers on etcd: this one's part in the election.
+    pub elector: Option<Arc<crate::leader::Elector>>,
     /// Turns true when the daemon is shutting down: open event streams end then, so that the
     /// server's graceful shutdown is not held open by a follower.
     pub stopping: tokio::sync::watch::Receiver<bool>,
@@ -178,15 +180,34 @@ fn no_group(id: &str) -> ApiError {
 #[utoipa::path(get, path = "/v1/status", operation_id = "status",
     responses((status = 200, body = StatusResponse)))]
 async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiError> {
+    // Status answers even when the store cannot (etcd without quorum): its figures are then
+    // absent and the reason is shown.
+    let bound = Duration::from_secs(1);
+    let counts = async {
+        let groups = d.store.groups().await?.len();
+        let last = d.store.last_event().await?;
+        Ok::<_, crate::store::Error>((groups, last))
+    };
+    let (groups, last_event, store_error) = match tokio::time::timeout(bound, counts).await {
+        Ok(Ok((g, l))) => (Some(g), Some(l), None),
+        Ok(Err(e)) => (None, None, Some(crate::error_chain(&e))),
+        Err(_) => (None, None, Some(format!("no answer within {bound:?}"))),
+    };
     Ok(Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
         uptime_seconds: d.started.elapsed().as_secs(),
         data_dir: d.data_dir.display().to_string(),
-        groups: d.store.groups().await?.len(),
+        groups,
         plugins: d.registry.plugins().len(),
         plugin_failures: d.registry.failures().len(),
-        last_event: d.store.last_event().await?,
+        last_event,
+        store_error,
+        store: d.store.location(),
+        leadership: match &d.elector {
+            Some(e) => Some(e.status().await),
+            None => None,
+        },
     }))
 }
 

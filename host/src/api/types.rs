@@ -29,14 +29,21 @@ pub struct StatusResponse {
     pub uptime_seconds: u64,
     /// The data directory.
     pub data_dir: String,
-    /// Managed groups.
-    pub groups: usize,
+    /// Managed groups (absent when the store did not answer within a second).
+    pub groups: Option<usize>,
     /// Loaded plugins.
     pub plugins: usize,
     /// Plugin files that failed to load.
     pub plugin_failures: usize,
-    /// The sequence number of the newest event (follow from here with `/v1/events?after=`).
-    pub last_event: u64,
+    /// The sequence number of the newest event (follow from here with `/v1/events?after=`;
+    /// absent when the store did not answer within a second).
+    pub last_event: Option<u64>,
+    /// Why the store did not answer (etcd without quorum, unreachable).
+    pub store_error: Option<String>,
+    /// Where durable state lives (a redb file, or etcd endpoints and prefix).
+    pub store: String,
+    /// With several managers on etcd: this one's role, the current leader, the lease.
+    pub leadership: Option<crate::leader::Leadership>,
 }
 
 /// A group as the API shows it.

@@ -49,6 +49,13 @@ pub struct ServeArgs {
     /// The key of --store-cert.
     #[arg(long, value_name = "FILE", requires = "store_cert")]
     pub store_key: Option<PathBuf>,
+    /// With --store: the leadership lease's time to live (whole seconds; renewed at a third
+    /// of it). A dead leader is replaced after about this long. [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// With --store: this manager's name in the election. [default: HOSTNAME:PID]
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
 }
 
 /// `events` options.
@@ -93,8 +100,26 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         (None, t) => t.clone(),
     };
     let store = store_options(args, &file)?;
+    let lease_ttl = args
+        .lease_ttl
+        .or(file.lease_ttl.map(|d| d.0))
+        .unwrap_or(Duration::from_secs(10));
+    if lease_ttl < Duration::from_secs(1) {
+        anyhow::bail!("--lease-ttl {lease_ttl:?}: etcd leases last whole seconds, at least 1s");
+    }
+    let node = match args.node.clone().or(file.node.clone()) {
+        Some(n) => n,
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}:{}", std::process::id())
+        }
+    };
     let options = ServeOptions {
         store,
+        lease_ttl,
+        node,
         registry: cli.registry_config()?,
         socket: cli.socket_path()?,
         tcp: args.tcp.or(file.tcp),
@@ -209,8 +234,30 @@ pub async fn status(cli: &Cli, format: Format) -> anyhow::Result<ExitCode> {
             println!("infrakit {} (pid {})", s.version, s.pid);
             println!("data dir: {}", s.data_dir);
             println!("uptime:   {}s", s.uptime_seconds);
-            println!("groups:   {}", s.groups);
+            match (s.groups, &s.store_error) {
+                (Some(g), _) => println!("groups:   {g}"),
+                (None, e) => println!(
+                    "groups:   unknown (the store did not answer: {})",
+                    e.as_deref().unwrap_or("no reason given")
+                ),
+            }
             println!("plugins:  {} ({} not loaded)", s.plugins, s.plugin_failures);
+            println!("store:    {}", s.store);
+            if let Some(l) = &s.leadership {
+                let term = l.term.map(|t| format!(", term {t}")).unwrap_or_default();
+                println!("role:     {} (node {}{term})", l.role, l.node);
+                println!(
+                    "leader:   {}",
+                    l.leader
+                        .as_deref()
+                        .unwrap_or("none (an election is under way)")
+                );
+                let renewal = l
+                    .since_renewal_ms
+                    .map(|ms| format!("renewed {ms} ms ago"))
+                    .unwrap_or_else(|| "not yet granted".into());
+                println!("lease:    TTL {} ms, {renewal}", l.lease_ttl_ms);
+            }
         }
         other => output::value(other, &s)?,
     }

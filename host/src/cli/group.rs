@@ -305,7 +305,7 @@ async fn wait_converged(
 /// The sequence number of the newest event.
 async fn latest_seq(client: &super::Client) -> u64 {
     match client.get::<StatusResponse>("/v1/status").await {
-        Ok(status) => status.last_event,
+        Ok(status) => status.last_event.unwrap_or(0),
         Err(_) => 0,
     }
 }

@@ -179,6 +179,16 @@ impl EtcdStore {
         }))
     }
 
+    /// The client, for leader election on the same etcd.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The key prefix (ends with `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }

@@ -1,0 +1,507 @@
+//! Several managers on one etcd: a real 3-member etcd cluster on loopback ports, three
+//! `infrakit serve` processes with their own data directories, and `instance-file` granted one
+//! shared directory, so that every manager sees the same instances.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infrakit::controller::{Controller, EventSink, Options};
+use infrakit::event::{Event, EventKind};
+use infrakit::leader::Fence;
+use infrakit::plugin::{Registry, RegistryConfig};
+use infrakit::spec::GroupSpec;
+use infrakit::store::{EmbeddedStore, Store};
+
+use serde_json::{Value, json};
+
+use crate::support::daemon::Daemon;
+use crate::support::etcd::Etcd;
+use crate::support::group::write_spec;
+use crate::support::{Env, shared_cache_dir};
+
+/// The lease TTL the tests run with: failover is expected within TTL + 2 s.
+const TTL: Duration = Duration::from_secs(2);
+
+struct Manager {
+    env: Env,
+    daemon: Daemon,
+}
+
+impl Manager {
+    fn status(&self) -> Option<Value> {
+        let (code, body) = self.daemon.http("GET", "/v1/status", b"");
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// `Some(term)` if this manager says it leads.
+    fn term(&self) -> Option<i64> {
+        let s = self.status()?;
+        (s["leadership"]["role"] == "leader").then(|| s["leadership"]["term"].as_i64())?
+    }
+}
+
+struct Cluster {
+    etcd: Etcd,
+    shared: tempfile::TempDir,
+    managers: Vec<Option<Manager>>,
+}
+
+impl Cluster {
+    /// A 3-member etcd and `n` managers under `prefix`. `None` when etcd is not installed
+    /// (and not under CI).
+    fn start(n: usize, prefix: &str) -> Option<Cluster> {
+        let etcd = Etcd::start(3)?;
+        let shared = tempfile::Builder::new()
+            .prefix("infrakit-shared-")
+            .tempdir()
+            .unwrap();
+        let mut c = Cluster {
+            etcd,
+            shared,
+            managers: Vec::new(),
+        };
+        for i in 0..n {
+            let m = c.manager(i, prefix);
+            c.managers.push(Some(m));
+        }
+        Some(c)
+    }
+
+    fn manager(&self, i: usize, prefix: &str) -> Manager {
+        let env = Env::new();
+        let config = env.data_dir().join("infrakit.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[plugins.instance-file]\nconfig = {{ dir = \"/instances\" }}\n\
+                 [[plugins.instance-file.files]]\nhost = {:?}\nguest = \"/instances\"\nmode = \"read-write\"\n",
+                self.shared.path().display().to_string()
+            ),
+        )
+        .unwrap();
+        let url = self.etcd.url();
+        let ttl = format!("{}s", TTL.as_secs());
+        let node = format!("m{i}");
+        let daemon = Daemon::start(
+            &env,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--store",
+                &url,
+                "--store-prefix",
+                prefix,
+                "--lease-ttl",
+                &ttl,
+                "--node",
+                &node,
+            ],
+        );
+        Manager { env, daemon }
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &Manager)> {
+        self.managers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| Some((i, m.as_ref()?)))
+    }
+
+    /// Waits until exactly one running manager leads; (its index, its term).
+    fn leader(&self, within: Duration) -> (usize, i64) {
+        let deadline = Instant::now() + within;
+        loop {
+            let leaders: Vec<(usize, i64)> = self
+                .running()
+                .filter_map(|(i, m)| Some((i, m.term()?)))
+                .collect();
+            if let [one] = leaders[..] {
+                return one;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {within:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.running()
+            .map(|(i, m)| format!("--- manager {i}:\n{}", m.daemon.output()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn instances(&self) -> Vec<Value> {
+        instances_in(self.shared.path())
+    }
+}
+
+fn instances_in(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| serde_json::from_str(&t).ok())
+        .collect()
+}
+
+/// Whether `m`'s controller reports group `id` converged with `n` healthy instances.
+fn converged(m: &Manager, id: &str, n: usize) -> bool {
+    let (code, body) = m.daemon.http("GET", &format!("/v1/groups/{id}"), b"");
+    let Ok(g) = serde_json::from_str::<Value>(&body) else {
+        return false;
+    };
+    let healthy = g["status"]["instances"]
+        .as_array()
+        .map_or(0, |i| i.iter().filter(|i| i["health"] == "healthy").count());
+    code == 200 && g["status"]["phase"] == "converged" && healthy == n
+}
+
+fn tag(v: &Value, key: &str) -> String {
+    v["Tags"][key].as_str().unwrap_or("").to_string()
+}
+
+fn file_of(dir: &Path, v: &Value) -> PathBuf {
+    dir.join(format!("{}.json", v["ID"].as_str().unwrap()))
+}
+
+fn wait_until(what: &str, within: Duration, c: &Cluster, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[test]
+fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_replaced() {
+    let Some(mut c) = Cluster::start(3, "/ha-failover/") else {
+        return;
+    };
+    let (leader, term) = c.leader(Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+
+    // Committed on a follower: written to etcd, reconciled by the leader.
+    let m = c.managers[follower].as_ref().unwrap();
+    let spec = m.env.data_dir().join("web.json");
+    write_spec(&spec, "web", json!({"Size": 3}), json!({}));
+    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    wait_until(
+        "3 instances from the leader",
+        Duration::from_secs(20),
+        &c,
+        || c.instances().len() == 3,
+    );
+    for i in c.instances() {
+        assert_eq!(tag(&i, "infrakit.term"), term.to_string(), "{i}");
+    }
+    // Every manager answers reads from etcd.
+    for (_, m) in c.running() {
+        let ls = m.env.ok(&["group", "ls", "-o", "json"], None);
+        assert!(ls.contains("\"web\""), "{ls}");
+    }
+
+    // The leader crashes: another takes over within TTL + 2 s and heals.
+    c.managers[leader].as_mut().unwrap().daemon.kill();
+    c.managers[leader] = None;
+    let killed = Instant::now();
+    let (new_leader, new_term) = c.leader(TTL + Duration::from_secs(2));
+    let failover = killed.elapsed();
+    eprintln!("failover after SIGKILL of the leader: {failover:?}");
+    assert_ne!(new_leader, leader);
+    assert!(new_term > term, "{new_term} > {term}");
+
+    let victim = c.instances().pop().unwrap();
+    std::fs::remove_file(file_of(c.shared.path(), &victim)).unwrap();
+    wait_until(
+        "the new leader replaces a lost instance",
+        Duration::from_secs(10),
+        &c,
+        || {
+            let now = c.instances();
+            now.len() == 3
+                && now
+                    .iter()
+                    .any(|i| tag(i, "infrakit.term") == new_term.to_string())
+        },
+    );
+    let ids: Vec<String> = c.instances().iter().map(|i| i["ID"].to_string()).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len());
+
+    // A manager that stops resigns: the last one leads at once, without waiting out the TTL.
+    let stopping = Instant::now();
+    let status = c.managers[new_leader].as_mut().unwrap().daemon.terminate();
+    assert!(status.success(), "{status}");
+    c.managers[new_leader] = None;
+    let (_, last_term) = c.leader(Duration::from_secs(5));
+    assert!(last_term > new_term);
+    eprintln!(
+        "handover after SIGTERM of the leader: {:?}",
+        stopping.elapsed()
+    );
+}
+
+/// A leader paused past its lease (SIGSTOP) in the middle of a scale-up wakes to find another
+/// in charge: it must start no plugin call. The shared directory is the plugin's record: an
+/// instance the old term made after the pause, or one too many, would show there.
+#[test]
+fn a_paused_leader_that_wakes_after_its_lease_makes_no_plugin_call_and_follows() {
+    let Some(c) = Cluster::start(2, "/ha-pause/") else {
+        return;
+    };
+    let (leader, term) = c.leader(Duration::from_secs(20));
+    let other = 1 - leader;
+    let m = c.managers[leader].as_ref().unwrap();
+    let spec = m.env.data_dir().join("big.json");
+    // One provision at a time: the old leader always has its next call ready when it wakes.
+    write_spec(
+        &spec,
+        "big",
+        json!({"Size": 150}),
+        json!({"Parallelism": 1}),
+    );
+    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    wait_until(
+        "the scale-up under way",
+        Duration::from_secs(20),
+        &c,
+        || c.instances().len() >= 10,
+    );
+
+    let pid = c.managers[leader].as_ref().unwrap().daemon.pid();
+    signal(pid, "-STOP");
+    let paused_ms = infrakit::event::now_ms();
+    // Only the other manager can answer now.
+    let new_term = {
+        let deadline = Instant::now() + TTL + Duration::from_secs(4);
+        loop {
+            if let Some(t) = c.managers[other].as_ref().unwrap().term() {
+                break t;
+            }
+            assert!(Instant::now() < deadline, "no takeover:\n{}", c.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(new_term > term);
+    let before_wake = c.instances().len();
+    assert!(
+        before_wake < 150,
+        "the scale-up finished before the pause ended"
+    );
+    signal(pid, "-CONT");
+    wait_until(
+        "the new leader finishes the scale-up",
+        Duration::from_secs(60),
+        &c,
+        || c.instances().len() >= 150,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    let all = c.instances();
+    let made_by_old_after_pause: Vec<&Value> = all
+        .iter()
+        .filter(|i| {
+            tag(i, "infrakit.term") == term.to_string()
+                && tag(i, "infrakit.created").parse::<u64>().unwrap_or(0) > paused_ms
+        })
+        .collect();
+    assert!(
+        made_by_old_after_pause.is_empty(),
+        "the old leader acted after its lease: {made_by_old_after_pause:?}\n{}",
+        c.logs()
+    );
+    assert_eq!(all.len(), 150, "exactly Size: nobody provisioned twice");
+    assert!(
+        all.iter()
+            .any(|i| tag(i, "infrakit.term") == new_term.to_string())
+    );
+    // It follows now: one leader, the new one.
+    assert_eq!(c.leader(Duration::from_secs(5)), (other, new_term));
+    let old = c.managers[leader].as_ref().unwrap();
+    assert_eq!(old.status().unwrap()["leadership"]["role"], "follower");
+    assert!(
+        old.daemon.output().contains("stepping down"),
+        "{}",
+        old.daemon.output()
+    );
+}
+
+/// etcd keeps working with one member of three gone, and so does the leader; with two gone
+/// there is no quorum: the leader's lease cannot be renewed, it steps down, and nothing is
+/// provisioned or destroyed until quorum returns.
+#[test]
+fn losing_one_etcd_member_changes_nothing_and_losing_quorum_stops_all_action() {
+    let Some(mut c) = Cluster::start(2, "/ha-quorum/") else {
+        return;
+    };
+    let (leader, term) = c.leader(Duration::from_secs(20));
+    let m = c.managers[leader].as_ref().unwrap();
+    let spec = m.env.data_dir().join("q.json");
+    write_spec(&spec, "q", json!({"Size": 3}), json!({}));
+    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    // Seen listed by the leader: an instance deleted before any listing showed it would count
+    // as there until its ProvisionTimeout (an eventually consistent cloud listing lags).
+    wait_until(
+        "3 instances, converged",
+        Duration::from_secs(20),
+        &c,
+        || converged(c.managers[leader].as_ref().unwrap(), "q", 3),
+    );
+
+    // One member of three down: the same leader goes on healing.
+    c.etcd.kill_member(2);
+    let victim = c.instances().pop().unwrap();
+    std::fs::remove_file(file_of(c.shared.path(), &victim)).unwrap();
+    wait_until(
+        "healed with one etcd member down",
+        Duration::from_secs(10),
+        &c,
+        || c.instances().len() == 3,
+    );
+    std::thread::sleep(TTL * 2);
+    assert_eq!(
+        c.leader(Duration::from_secs(1)),
+        (leader, term),
+        "nothing changes"
+    );
+
+    // Two down: no quorum. Within TTL + 2 s nobody leads, and a lost instance stays lost.
+    c.etcd.kill_member(1);
+    let lost_quorum = Instant::now();
+    // Each status asks etcd with a bound of about a second each way, so allow for them.
+    wait_until(
+        "the leader steps down",
+        TTL + Duration::from_secs(4),
+        &c,
+        || {
+            c.running().all(|(_, m)| {
+                m.status()
+                    .is_some_and(|s| s["leadership"]["role"] == "follower")
+            })
+        },
+    );
+    eprintln!("step-down after quorum loss: {:?}", lost_quorum.elapsed());
+    let victim = c.instances().pop().unwrap();
+    std::fs::remove_file(file_of(c.shared.path(), &victim)).unwrap();
+    std::thread::sleep(TTL * 2);
+    assert_eq!(c.instances().len(), 2, "nothing provisioned without quorum");
+
+    // Quorum back: a leader again, and the work resumes.
+    c.etcd.start_member(1);
+    c.etcd.start_member(2);
+    c.etcd.wait_healthy(Duration::from_secs(30));
+    let (_, after) = c.leader(Duration::from_secs(30));
+    assert!(after > term);
+    wait_until(
+        "healed once quorum returned",
+        Duration::from_secs(20),
+        &c,
+        || c.instances().len() == 3,
+    );
+}
+
+struct Quiet;
+impl EventSink for Quiet {
+    fn record(&self, _: Event) {}
+    fn stored(&self, _: Event) {}
+}
+
+/// The fence itself, deterministically (the SIGSTOP test above depends on which task runs
+/// first after the wake): a controller whose lease has lapsed by its clock starts no plugin
+/// call at all, and says why; the same controller with an open fence converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_whose_lease_lapsed_starts_no_plugin_call() {
+    let env = Env::new();
+    let mut config = RegistryConfig::under(env.data_dir());
+    config.cache_dir = Some(shared_cache_dir());
+    let registry = Arc::new(Registry::load(config).await.unwrap());
+    let calls = |name: &str| {
+        registry
+            .get(name)
+            .unwrap()
+            .stats()
+            .calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    for (fence, lapsed) in [(Fence::lapsed(7), true), (Fence::default(), false)] {
+        let before = (calls("instance-file"), calls("flavor-vanilla"));
+        let store = Arc::new(EmbeddedStore::in_memory().unwrap());
+        let controller = Controller::new(
+            registry.clone(),
+            store.clone(),
+            Arc::new(Quiet),
+            Options {
+                poll_interval: Duration::from_millis(50),
+                fence,
+                ..Options::default()
+            },
+        );
+        let spec = GroupSpec::parse(
+            &json!({"ID": "g", "Properties": {
+                "Allocation": {"Size": 3},
+                "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "g"}},
+                "Flavor": {"Plugin": "flavor-vanilla"}}})
+            .to_string(),
+            "test",
+            false,
+        )
+        .unwrap();
+        store
+            .commit(&spec, Event::now("g", EventKind::GroupCommitted, None, "c"))
+            .await
+            .unwrap();
+        controller.start();
+        controller.applied(*store.watch().borrow()).await;
+        let mut status = controller.watch("g").expect("a task for g");
+        let s = tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|s| {
+                if lapsed {
+                    s.last_error.is_some()
+                } else {
+                    s.instances.len() == 3
+                }
+            }),
+        )
+        .await
+        .expect("a verdict")
+        .unwrap()
+        .clone();
+        // A few retries (back-off from 100 ms) happen meanwhile.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        controller.shutdown().await;
+        let after = (calls("instance-file"), calls("flavor-vanilla"));
+        if lapsed {
+            assert_eq!(after, before, "no plugin call after the lease lapsed");
+            let error = s.last_error.unwrap_or_default();
+            assert!(error.contains("not the leader"), "{error}");
+        } else {
+            assert!(
+                after.0 > before.0 && after.1 > before.1,
+                "{before:?} {after:?}"
+            );
+        }
+    }
+}
