@@ -21,6 +21,15 @@ use infrakit_sdk::InstancePlugin;
 use instance_bench::BenchPlugin;
 use serde_json::{Value, json};
 
+// The tests' real etcd, started on loopback ports for the "several managers" rows.
+#[allow(dead_code)]
+mod support {
+    #[path = "../support/etcd.rs"]
+    pub mod etcd;
+    #[path = "../support/process.rs"]
+    pub mod process;
+}
+
 const GUEST: &str = env!("INFRAKIT_GUEST_DIR");
 
 struct Row {
@@ -1188,6 +1197,8 @@ async fn main() {
         controller.shutdown().await;
     }
     api_under_load(&mut report, work.path(), quick).await;
+    eprintln!("several managers");
+    managers(&mut report, work.path(), quick).await;
 
     report.add(
         "run",
@@ -1200,6 +1211,185 @@ async fn main() {
     if let Some(path) = json_out {
         std::fs::write(&path, serde_json::to_string_pretty(&report.json()).unwrap()).unwrap();
         println!("wrote {path}");
+    }
+}
+
+/// A daemon of the "several managers" rows: its own data dir, `instance-file` granted
+/// `shared`, and the given store flags.
+fn manager(dir: &Path, shared: &Path, store: &[&str]) -> (std::process::Child, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::create_dir_all(shared).unwrap();
+    let config = dir.join("infrakit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[plugins.instance-file]\nconfig = {{ dir = \"/instances\" }}\n\
+             [[plugins.instance-file.files]]\nhost = {:?}\nguest = \"/instances\"\nmode = \"read-write\"\n",
+            shared.display().to_string()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--poll-interval", "100ms"])
+        .args(store)
+        .env("INFRAKIT_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = dir.join("infrakit.sock");
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "daemon not ready");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, socket)
+}
+
+fn json_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn leads(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = write!(
+        stream,
+        "GET /v1/status HTTP/1.1\r\nhost: infrakit\r\nconnection: close\r\n\r\n"
+    );
+    let mut raw = String::new();
+    let _ = stream.read_to_string(&mut raw);
+    raw.contains("\"role\":\"leader\"")
+}
+
+/// Several managers on etcd: commit latency through etcd against redb, and failover time
+/// (the leader SIGKILLed at the moment an instance is lost → the new leader's replacement is
+/// there) at lease TTLs of 2 s and 10 s.
+async fn managers(report: &mut Report, work: &Path, quick: bool) {
+    let Some(etcd) = support::etcd::Etcd::start(1) else {
+        eprintln!("note: etcd not installed; the several-managers rows are skipped");
+        return;
+    };
+    let dir = work.join("managers");
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let spec = |id: &str| {
+        json!({"ID": id, "Properties": {"Allocation": {"Size": 3},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": id}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}},
+            "Health": {"CheckInterval": "100ms"}}})
+        .to_string()
+    };
+    let runs = if quick { 10 } else { 50 };
+
+    // Commit latency, one daemon each, the same spec committed again and again.
+    let url = etcd.url();
+    let (mut redb, redb_socket) = manager(&dir.join("redb"), &shared.join("r"), &[]);
+    let (mut on_etcd, etcd_socket) = manager(
+        &dir.join("etcd"),
+        &shared.join("e"),
+        &["--store", &url, "--store-prefix", "/bench-commit/"],
+    );
+    for socket in [&redb_socket, &etcd_socket] {
+        assert_eq!(http_unix(socket, "POST", "/v1/groups", &spec("c")).0, 200);
+    }
+    let on_redb = median_ms(&redb_socket, runs, "POST", "/v1/groups", &spec("c"));
+    let through_etcd = median_ms(&etcd_socket, runs, "POST", "/v1/groups", &spec("c"));
+    report.add("managers", "commit on redb, median", on_redb, "ms", None);
+    report.add(
+        "managers",
+        "commit on etcd, median",
+        through_etcd,
+        "ms",
+        None,
+    );
+    report.add(
+        "managers",
+        "commit: etcd ÷ redb",
+        through_etcd / on_redb,
+        "x",
+        None,
+    );
+    for child in [&mut redb, &mut on_etcd] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    for ttl in [2u64, 10] {
+        let prefix = format!("/bench-failover-{ttl}/");
+        let instances = shared.join(format!("ttl{ttl}"));
+        std::fs::create_dir_all(&instances).unwrap();
+        let ttl_flag = format!("{ttl}s");
+        let flags = [
+            "--store",
+            url.as_str(),
+            "--store-prefix",
+            prefix.as_str(),
+            "--lease-ttl",
+            ttl_flag.as_str(),
+        ];
+        let mut daemons: Vec<(std::process::Child, PathBuf)> = (0..2)
+            .map(|i| manager(&dir.join(format!("ttl{ttl}-{i}")), &instances, &flags))
+            .collect();
+        let t = Instant::now();
+        let leader = loop {
+            if let Some(i) = daemons.iter().position(|(_, s)| leads(s)) {
+                break i;
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "no leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            http_unix(&daemons[leader].1, "POST", "/v1/groups", &spec("f")).0,
+            200
+        );
+        let t = Instant::now();
+        while json_files(&instances) < 3 {
+            assert!(t.elapsed() < Duration::from_secs(60), "not converged");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Listed by the leader before one is lost (a never-listed one counts as there).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let victim = std::fs::read_dir(&instances)
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .unwrap()
+            .path();
+        let _ = daemons[leader].0.kill();
+        let _ = daemons[leader].0.wait();
+        let killed = Instant::now();
+        std::fs::remove_file(victim).unwrap();
+        while json_files(&instances) < 3 {
+            assert!(
+                killed.elapsed() < Duration::from_secs(ttl * 3 + 10),
+                "no failover"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        report.add(
+            "managers",
+            format!("failover at TTL {ttl}s: leader SIGKILL → the new leader's first provision"),
+            killed.elapsed().as_secs_f64() * 1e3,
+            "ms",
+            Some(("<=", (ttl * 1000 + 2000) as f64)),
+        );
+        for (child, _) in &mut daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

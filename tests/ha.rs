@@ -263,6 +263,122 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
     );
 }
 
+/// The leader dies in the middle of a rolling update of pets: the next leader finishes it from
+/// what it observes. Sampled all along, the group never has more than Size + MaxSurge
+/// instances, and no logical id is ever held twice at the end.
+#[test]
+fn a_rolling_update_in_flight_when_the_leader_dies_is_finished_by_the_next() {
+    let Some(mut c) = Cluster::start(3, "/ha-rolling/") else {
+        return;
+    };
+    let (leader, _) = c.leader(Duration::from_secs(20));
+    let m = c.managers[leader].as_ref().unwrap();
+    let spec = m.env.data_dir().join("zk.json");
+    let pets = json!({"LogicalIDs": ["zk1", "zk2", "zk3", "zk4"]});
+    let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 0}});
+    write_spec(&spec, "zk", pets.clone(), policy.clone());
+    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    wait_until("4 pets, converged", Duration::from_secs(20), &c, || {
+        converged(c.managers[leader].as_ref().unwrap(), "zk", 4)
+    });
+    let old_sha = tag(&c.instances()[0], "infrakit.config_sha");
+
+    // Count the instances all along, from another thread.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, dir) = (stop.clone(), c.shared.path().to_path_buf());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                most = most.max(instances_in(&dir).len());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        })
+    };
+    let mut v2 = policy.clone();
+    v2["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}});
+    write_spec(&spec, "zk", pets, v2);
+    let m = c.managers[leader].as_ref().unwrap();
+    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    wait_until("the update under way", Duration::from_secs(20), &c, || {
+        c.instances()
+            .iter()
+            .any(|i| tag(i, "infrakit.config_sha") != old_sha)
+    });
+    c.managers[leader].as_mut().unwrap().daemon.kill();
+    c.managers[leader] = None;
+    let killed = Instant::now();
+    assert!(
+        c.instances()
+            .iter()
+            .any(|i| tag(i, "infrakit.config_sha") == old_sha),
+        "the update had finished before the leader died"
+    );
+    let (next, _) = c.leader(TTL + Duration::from_secs(2));
+    eprintln!("failover during a rolling update: {:?}", killed.elapsed());
+    wait_until(
+        "the next leader finishes the update",
+        Duration::from_secs(30),
+        &c,
+        || {
+            let all = c.instances();
+            all.len() == 4 && all.iter().all(|i| tag(i, "infrakit.config_sha") != old_sha)
+        },
+    );
+    wait_until(
+        "converged under the next leader",
+        Duration::from_secs(10),
+        &c,
+        || converged(c.managers[next].as_ref().unwrap(), "zk", 4),
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = sampler.join().unwrap();
+    assert!(
+        most <= 5,
+        "{most} instances at once, above Size 4 + MaxSurge 1"
+    );
+    let mut ids: Vec<String> = c
+        .instances()
+        .iter()
+        .map(|i| tag(i, "infrakit.logical_id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["zk1", "zk2", "zk3", "zk4"]);
+
+    // Every manager restarts (new data directories: nothing the cluster needs is on a node's
+    // disk): the group and its instances are all still there, none made again.
+    let mut before: Vec<String> = c.instances().iter().map(|i| i["ID"].to_string()).collect();
+    before.sort();
+    for i in 0..3 {
+        if let Some(mut m) = c.managers[i].take() {
+            assert!(m.daemon.terminate().success());
+        }
+    }
+    for i in 0..3 {
+        let m = c.manager(i, "/ha-rolling/");
+        c.managers[i] = Some(m);
+    }
+    let (l, _) = c.leader(Duration::from_secs(20));
+    wait_until(
+        "converged after a full restart",
+        Duration::from_secs(20),
+        &c,
+        || converged(c.managers[l].as_ref().unwrap(), "zk", 4),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut after: Vec<String> = c.instances().iter().map(|i| i["ID"].to_string()).collect();
+    after.sort();
+    assert_eq!(after, before, "nothing lost, nothing duplicated");
+    let g = c.managers[l]
+        .as_ref()
+        .unwrap()
+        .env
+        .ok(&["group", "describe", "zk", "-o", "json"], None);
+    let g: Value = serde_json::from_str(&g).unwrap();
+    assert_eq!(g["revision"], 2, "{g}");
+}
+
 /// A leader paused past its lease (SIGSTOP) in the middle of a scale-up wakes to find another
 /// in charge: it must start no plugin call. The shared directory is the plugin's record: an
 /// instance the old term made after the pause, or one too many, would show there.

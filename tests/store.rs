@@ -330,3 +330,55 @@ async fn an_unreachable_etcd_fails_fast_with_the_endpoint_named_and_recovers() {
     );
     store.commit(&spec("a", 2), event("a", "")).await.unwrap();
 }
+
+/// The leader's writes are fenced by etcd itself: they hold only while its election key is
+/// the one it won with. A deposed leader's late write is refused, and nothing of it lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_writes_hold_only_while_the_election_key_is_the_same() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let store = EtcdStore::connect(EtcdOptions::from_url(&etcd.url(), "/test/fence/").unwrap())
+        .await
+        .unwrap();
+    let mut raw = store.client();
+    let key = b"/test/fence/leader/1".to_vec();
+    let won = raw.put(key.clone(), "me", None).await.unwrap();
+    let revision = won.header().unwrap().revision();
+    let held = Arc::new(std::sync::Mutex::new(Some((key.clone(), revision))));
+    let guard: infrakit::store::Guard = {
+        let held = held.clone();
+        Arc::new(move || held.lock().unwrap().clone())
+    };
+    let fenced = store.fenced(guard);
+    fenced.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    fenced.append(event("a", "while leading")).await.unwrap();
+
+    // Another term: the key is gone and made again (a new leader's key has a new revision).
+    raw.delete(key.clone(), None).await.unwrap();
+    raw.put(key.clone(), "someone else", None).await.unwrap();
+    let refused = fenced.append(event("a", "late")).await.unwrap_err();
+    assert!(matches!(refused, Error::NotLeader { .. }), "{refused}");
+    assert!(matches!(
+        fenced.forget("a", event("a", "late")).await,
+        Err(Error::NotLeader { .. })
+    ));
+    // Not leading at all: refused before asking etcd.
+    *held.lock().unwrap() = None;
+    assert!(matches!(
+        fenced.append(event("a", "late")).await,
+        Err(Error::NotLeader { .. })
+    ));
+    // The unfenced store (the API of any manager) still writes.
+    store.append(event("a", "from the API")).await.unwrap();
+    let messages: Vec<String> = store
+        .events(0, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(messages, ["", "while leading", "from the API"]);
+    assert!(
+        store.group("a").await.unwrap().is_some(),
+        "the late forget did not land"
+    );
+}

@@ -169,7 +169,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     // With etcd, several managers share the state and only the elected one reconciles.
-    let (store, elector): (Arc<dyn Store>, Option<Arc<Elector>>) = match &options.store {
+    #[allow(clippy::type_complexity)]
+    let (store, elector, fenced): (
+        Arc<dyn Store>,
+        Option<Arc<Elector>>,
+        Option<Arc<dyn Store>>,
+    ) = match &options.store {
         Some(etcd) => {
             let store = EtcdStore::connect(etcd.clone())
                 .await
@@ -180,14 +185,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 options.node.clone(),
                 options.lease_ttl,
             );
-            (store, Some(elector))
+            let fenced: Arc<dyn Store> = store.fenced(elector.guard());
+            (store, Some(elector), Some(fenced))
         }
         None => {
             let store_path = data_dir.join("state.redb");
             let store = EmbeddedStore::open(&store_path).context("opening the store")?;
             std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot make {} private", store_path.display()))?;
-            (Arc::new(store), None)
+            (Arc::new(store), None, None)
         }
     };
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
@@ -212,10 +218,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     let (live, _) = broadcast::channel(4096);
     let (events, close_events, event_writer) = StoredEvents::start(store.clone(), live.clone());
+    // The leader's controller writes (events, the destroy finalizer) through a fenced view:
+    // etcd refuses them once its election key is gone. Other writers (the API, plugin changes
+    // seen by any manager) use the store as it is.
+    let (controller_store, controller_events, close_fenced, fenced_writer) = match &fenced {
+        Some(f) => {
+            let (e, c, w) = StoredEvents::start(f.clone(), live.clone());
+            (f.clone(), e, Some(c), Some(w))
+        }
+        None => (store.clone(), events.clone(), None, None),
+    };
     let controller = Controller::new(
         registry.clone(),
-        store.clone(),
-        events.clone(),
+        controller_store,
+        controller_events,
         Options {
             poll_interval: options.poll_interval,
             fence: elector.as_ref().map(|e| e.fence()).unwrap_or_default(),
@@ -394,7 +410,16 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     // What the last passes recorded reaches the store, within a bound (etcd may be away).
     let _ = close_events.send(());
-    if tokio::time::timeout(Duration::from_secs(5), event_writer)
+    if let Some(c) = close_fenced {
+        let _ = c.send(());
+    }
+    let writers = async {
+        let _ = event_writer.await;
+        if let Some(w) = fenced_writer {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), writers)
         .await
         .is_err()
     {

@@ -107,6 +107,8 @@ pub struct Elector {
     leading: watch::Sender<Option<i64>>,
     /// When the last successful renewal (or grant) was asked for, in `clock` ms; 0 = never.
     renewed_ms: AtomicU64,
+    /// The election key and its creation revision while leading.
+    key: std::sync::Mutex<Option<(Vec<u8>, i64)>>,
 }
 
 impl Elector {
@@ -126,12 +128,23 @@ impl Elector {
             }),
             leading: watch::Sender::new(None),
             renewed_ms: AtomicU64::new(0),
+            key: std::sync::Mutex::new(None),
         })
     }
 
     /// The fence the controller checks before every plugin call.
     pub fn fence(&self) -> Fence {
         Fence(Some(self.clock.clone()))
+    }
+
+    /// For the leader's store writes ([`crate::store::EtcdStore::fenced`]): the election key
+    /// while this manager leads and its clock says the lease holds.
+    pub fn guard(self: &Arc<Self>) -> crate::store::Guard {
+        let this = self.clone();
+        Arc::new(move || {
+            this.fence().check().ok()??;
+            this.key.lock().expect("key lock").clone()
+        })
     }
 
     /// `Some(term)` while this manager leads.
@@ -188,6 +201,7 @@ impl Elector {
     }
 
     fn step_down(&self, why: &str) {
+        *self.key.lock().expect("key lock") = None;
         let was = self.clock.term.swap(0, Ordering::SeqCst);
         self.clock.until_ms.store(0, Ordering::SeqCst);
         if was != 0 {
@@ -304,10 +318,11 @@ impl Elector {
             r = campaign => r.map_err(|e| format!("campaign failed: {e}"))?,
             e = &mut keepalive => return e,
         };
-        let term = won.leader().map(|k| k.rev()).unwrap_or(0);
-        if term == 0 {
+        let Some(key) = won.leader().filter(|k| k.rev() > 0) else {
             return Err("etcd elected this manager without a leader key".into());
-        }
+        };
+        let term = key.rev();
+        *self.key.lock().expect("key lock") = Some((key.key().to_vec(), term));
         // Leading: the deadline comes from the newest renewal (a campaign can wait long).
         self.clock.term.store(term, Ordering::SeqCst);
         self.clock.until_ms.store(

@@ -99,18 +99,26 @@ impl EtcdOptions {
 /// Attempts of an optimistic write before it gives up as contended.
 const ATTEMPTS: u32 = 32;
 
+/// The leader's election key and its creation revision while this manager leads; `None`
+/// otherwise. A fenced store's writes hold only while that key is still the same one.
+pub type Guard = Arc<dyn Fn() -> Option<(Vec<u8>, i64)> + Send + Sync>;
+
 /// The store in etcd.
 pub struct EtcdStore {
     client: Client,
     prefix: String,
     location: String,
     changes: watch::Sender<u64>,
-    watcher: tokio::task::JoinHandle<()>,
+    watcher: Arc<Watcher>,
+    guard: Option<Guard>,
 }
 
-impl Drop for EtcdStore {
+/// The task following the groups, shared by the fenced views of one store.
+struct Watcher(tokio::task::JoinHandle<()>);
+
+impl Drop for Watcher {
     fn drop(&mut self) {
-        self.watcher.abort();
+        self.0.abort();
     }
 }
 
@@ -175,8 +183,23 @@ impl EtcdStore {
             prefix: options.prefix,
             location,
             changes,
-            watcher,
+            watcher: Arc::new(Watcher(watcher)),
+            guard: None,
         }))
+    }
+
+    /// The same store, whose every write is an etcd transaction that holds only while
+    /// `guard`'s election key is unchanged (the writer still leads): the leader's controller
+    /// writes through it, so a deposed leader's late write is refused by etcd itself.
+    pub fn fenced(&self, guard: Guard) -> Arc<EtcdStore> {
+        Arc::new(EtcdStore {
+            client: self.client.clone(),
+            prefix: self.prefix.clone(),
+            location: self.location.clone(),
+            changes: self.changes.clone(),
+            watcher: self.watcher.clone(),
+            guard: Some(guard),
+        })
     }
 
     /// The client, for leader election on the same etcd.
@@ -327,15 +350,46 @@ impl EtcdStore {
         compares: Vec<Compare>,
         ops: Vec<TxnOp>,
     ) -> Result<Option<u64>, Error> {
+        let mut compares = compares;
+        let mut otherwise = Vec::new();
+        let mut fence = None;
+        if let Some(guard) = &self.guard {
+            let (key, revision) = guard().ok_or_else(|| self.not_leader(operation))?;
+            compares.push(Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            ));
+            // On failure, tell a lost leadership from contention.
+            otherwise.push(TxnOp::get(key, None));
+            fence = Some(revision);
+        }
         let resp = self
             .client
             .kv_client()
-            .txn(Txn::new().when(compares).and_then(ops))
+            .txn(Txn::new().when(compares).and_then(ops).or_else(otherwise))
             .await
             .map_err(|e| self.fail(operation, e))?;
-        Ok(resp
-            .succeeded()
-            .then(|| resp.header().map_or(0, |h| h.revision()) as u64))
+        if resp.succeeded() {
+            return Ok(Some(resp.header().map_or(0, |h| h.revision()) as u64));
+        }
+        if let Some(revision) = fence {
+            let held = resp.op_responses().into_iter().any(|r| {
+                matches!(r, TxnOpResponse::Get(g)
+                    if g.kvs().first().is_some_and(|kv| kv.create_revision() == revision))
+            });
+            if !held {
+                return Err(self.not_leader(operation));
+            }
+        }
+        Ok(None)
+    }
+
+    fn not_leader(&self, operation: &'static str) -> Error {
+        Error::NotLeader {
+            store: self.location.clone(),
+            operation,
+        }
     }
 
     /// A write of desired state: this writer sees its generation at once.

@@ -17,7 +17,7 @@ use crate::event::{Event, EventKind};
 use crate::spec::GroupSpec;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, Guard};
 
 /// Events kept; older ones are trimmed as new ones arrive.
 const EVENTS_KEPT: u64 = 100_000;
@@ -56,6 +56,14 @@ pub enum Error {
         operation: &'static str,
         /// How many times it was tried.
         attempts: u32,
+    },
+    /// A fenced write by a manager that no longer leads.
+    #[error("store {store}: {operation}: refused, this manager no longer leads")]
+    NotLeader {
+        /// The endpoints and key prefix.
+        store: String,
+        /// What was being done.
+        operation: &'static str,
     },
     /// A stored record could not be decoded.
     #[error("store {store}: record {key} is damaged")]
