@@ -205,20 +205,23 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
     let m = c.managers[follower].as_ref().unwrap();
     let spec = m.env.data_dir().join("web.json");
     write_spec(&spec, "web", json!({"Size": 3}), json!({}));
-    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
-    wait_until(
-        "3 instances from the leader",
-        Duration::from_secs(20),
-        &c,
-        || c.instances().len() == 3,
+    // `--wait` on the follower follows the status the leader publishes in etcd.
+    let out = m.env.ok(
+        &["group", "commit", spec.to_str().unwrap(), "--wait", "--timeout", "60s"],
+        None,
     );
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(c.instances().len(), 3);
     for i in c.instances() {
         assert_eq!(tag(&i, "infrakit.term"), term.to_string(), "{i}");
     }
-    // Every manager answers reads from etcd.
+    // Every manager answers reads from etcd, the status included.
     for (_, m) in c.running() {
-        let ls = m.env.ok(&["group", "ls", "-o", "json"], None);
-        assert!(ls.contains("\"web\""), "{ls}");
+        let ls: Value =
+            serde_json::from_str(&m.env.ok(&["group", "ls", "-o", "json"], None)).unwrap();
+        assert_eq!(ls[0]["id"], "web", "{ls}");
+        assert_eq!(ls[0]["status"]["phase"], "converged", "{ls}");
+        assert_eq!(ls[0]["status"]["revision"], 1, "{ls}");
     }
 
     // The leader crashes: another takes over within TTL + 2 s and heals.

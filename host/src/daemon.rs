@@ -252,6 +252,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let mut leading = elector.leading();
             let controller = controller.clone();
             let mut stop = stop_rx.clone();
+            background.push(tokio::spawn(publish_statuses(
+                controller.clone(),
+                fenced.clone().expect("a fenced store with an elector"),
+                elector.clone(),
+                stop_rx.clone(),
+            )));
             background.push(tokio::spawn(async move {
                 loop {
                     let term = *leading.borrow_and_update();
@@ -427,6 +433,57 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&options.socket);
     Ok(())
+}
+
+/// While this manager leads: publishes each group's status to the shared store when what it
+/// says changes (phase, revision, members, messages, error), and at least every 5 s, so that
+/// the other managers' `group ls` and `--wait` show it. Writes go through the fenced store.
+async fn publish_statuses(
+    controller: Controller,
+    store: Arc<dyn Store>,
+    elector: Arc<Elector>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last: std::collections::HashMap<String, (serde_json::Value, Instant)> =
+        Default::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if elector.leading().borrow().is_none() {
+            last.clear();
+            continue;
+        }
+        for id in controller.groups() {
+            let Some(status) = controller.status(&id) else {
+                continue;
+            };
+            let Ok(full) = serde_json::to_value(&status) else {
+                continue;
+            };
+            let mut said = full.clone();
+            if let Some(o) = said.as_object_mut() {
+                for counter in ["passes", "updated_ms", "last_pass_ms", "pass_ms_total"] {
+                    o.remove(counter);
+                }
+            }
+            if last
+                .get(&id)
+                .is_some_and(|(v, at)| *v == said && at.elapsed() < Duration::from_secs(5))
+            {
+                continue;
+            }
+            match store.publish_status(&id, &full).await {
+                Ok(()) => {
+                    last.insert(id, (said, Instant::now()));
+                }
+                Err(e) => {
+                    tracing::debug!(group = %id, error = %crate::error_chain(&e), "status not published")
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

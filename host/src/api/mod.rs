@@ -13,6 +13,7 @@ pub mod types;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -152,14 +153,36 @@ async fn announce(d: &Daemon, event: Event) {
     d.controller.applied(generation).await;
 }
 
-fn group_view(d: &Daemon, g: store::StoredGroup) -> GroupView {
+fn group_view(
+    d: &Daemon,
+    published: &HashMap<String, serde_json::Value>,
+    g: store::StoredGroup,
+) -> GroupView {
+    let status = d.controller.status(&g.spec.id).or_else(|| {
+        published
+            .get(&g.spec.id)
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    });
     GroupView {
         id: g.spec.id.clone(),
         revision: g.revision,
         lifecycle: g.lifecycle,
-        status: d.controller.status(&g.spec.id),
+        status,
         spec: g.spec,
     }
+}
+
+/// On a manager that does not lead, the statuses the leader published (none otherwise: the
+/// controller here has them).
+async fn published(d: &Daemon) -> Result<HashMap<String, serde_json::Value>, ApiError> {
+    let leading = d
+        .elector
+        .as_ref()
+        .is_none_or(|e| e.leading().borrow().is_some());
+    if leading {
+        return Ok(HashMap::new());
+    }
+    Ok(d.store.published_statuses().await?)
 }
 
 /// A preview, or why there is none: a commit goes through either way.
@@ -216,8 +239,12 @@ async fn status(State(d): State<AppState>) -> Result<Json<StatusResponse>, ApiEr
     responses((status = 200, body = Vec<GroupView>)))]
 async fn list_groups(State(d): State<AppState>) -> Result<Json<Vec<GroupView>>, ApiError> {
     let groups = d.store.groups().await?;
+    let published = published(&d).await?;
     Ok(Json(
-        groups.into_iter().map(|g| group_view(&d, g)).collect(),
+        groups
+            .into_iter()
+            .map(|g| group_view(&d, &published, g))
+            .collect(),
     ))
 }
 
@@ -232,7 +259,8 @@ async fn get_group(
 ) -> Result<Json<GroupView>, ApiError> {
     let id = path(id)?;
     let g = d.store.group(&id).await?.ok_or_else(|| no_group(&id))?;
-    Ok(Json(group_view(&d, g)))
+    let published = published(&d).await?;
+    Ok(Json(group_view(&d, &published, g)))
 }
 
 async fn parse_and_validate(d: &Daemon, text: &str) -> Result<GroupSpec, ApiError> {

@@ -583,6 +583,7 @@ impl Store for EtcdStore {
             let key = self.group_key(id);
             let (seq_cmp, mut ops, event) = self.append_ops(&seq, event.clone())?;
             ops.push(TxnOp::delete(key.as_str(), None));
+            ops.push(TxnOp::delete(self.key(&format!("status/{id}")), None));
             let compares = vec![group.unchanged(&key), seq_cmp];
             if let Some(generation) = self.try_write("forget", compares, ops).await? {
                 self.advanced(generation);
@@ -711,5 +712,31 @@ impl Store for EtcdStore {
 
     fn location(&self) -> String {
         format!("etcd {}", self.location)
+    }
+
+    async fn publish_status(&self, id: &str, status: &serde_json::Value) -> Result<(), Error> {
+        let ops = vec![TxnOp::put(self.key(&format!("status/{id}")), encode(status), None)];
+        self.try_write("publish a status", Vec::new(), ops)
+            .await
+            .map(|_| ())
+    }
+
+    async fn published_statuses(
+        &self,
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, Error> {
+        let prefix = self.key("status/");
+        let mut resp = self
+            .client
+            .kv_client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.fail("read the statuses", e))?;
+        resp.take_kvs()
+            .iter()
+            .map(|kv| {
+                let id = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                Ok((id, self.decode(kv)?))
+            })
+            .collect()
     }
 }

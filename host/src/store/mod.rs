@@ -163,6 +163,17 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self) -> watch::Receiver<u64>;
     /// Where the state lives, for messages and `status`.
     fn location(&self) -> String;
+    /// Publishes a group's status (as JSON) for the other managers to show. Only a shared
+    /// store keeps it: with the embedded one, the only reader is this process's controller.
+    async fn publish_status(&self, _id: &str, _status: &serde_json::Value) -> Result<(), Error> {
+        Ok(())
+    }
+    /// The last published status of every group.
+    async fn published_statuses(
+        &self,
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, Error> {
+        Ok(Default::default())
+    }
 }
 
 /// The revision a rollback returns to: the newest one before `current` whose configuration
