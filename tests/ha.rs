@@ -205,9 +205,24 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
     let m = c.managers[follower].as_ref().unwrap();
     let spec = m.env.data_dir().join("web.json");
     write_spec(&spec, "web", json!({"Size": 3}), json!({}));
+    // A follower's event stream shows what the leader records.
+    let mut follow = m.env.command();
+    follow.args(["events", "--follow", "--group", "web", "-o", "json"]);
+    let follower_events = crate::support::process::Process::spawn(
+        follow,
+        m.env.data_dir().join("events.log"),
+        "infrakit events --follow",
+    );
     // `--wait` on the follower follows the status the leader publishes in etcd.
     let out = m.env.ok(
-        &["group", "commit", spec.to_str().unwrap(), "--wait", "--timeout", "60s"],
+        &[
+            "group",
+            "commit",
+            spec.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
         None,
     );
     assert!(out.contains("converged"), "{out}");
@@ -215,6 +230,19 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
     for i in c.instances() {
         assert_eq!(tag(&i, "infrakit.term"), term.to_string(), "{i}");
     }
+    wait_until(
+        "the leader's events on a follower's stream",
+        Duration::from_secs(5),
+        &c,
+        || {
+            follower_events
+                .output()
+                .matches("instance-provisioned")
+                .count()
+                == 3
+        },
+    );
+    drop(follower_events);
     // Every manager answers reads from etcd, the status included.
     for (_, m) in c.running() {
         let ls: Value =

@@ -11,9 +11,9 @@
 mod openapi;
 pub mod types;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Json;
@@ -474,11 +474,47 @@ async fn events(
     };
     let backlog = tokio_stream::iter(past.iter().map(line).collect::<Vec<_>>());
     let body = if q.follow {
+        // New events are read from the store, in sequence order, whenever this manager
+        // records one and every half second: with a shared store another manager (the
+        // leader) records most of them.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1024);
+        let store = d.store.clone();
         let group = q.group.clone();
-        let new = tokio_stream::wrappers::BroadcastStream::new(live).filter_map(move |e| {
-            let e = e.ok()?;
-            (e.seq > last && group.as_ref().is_none_or(|g| *g == e.group)).then(|| line(&e))
+        let mut stopping = d.stopping.clone();
+        let mut live = live;
+        tokio::spawn(async move {
+            let mut last = last;
+            loop {
+                let fresh = match store.events(last, group.as_deref(), 1000).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error_chain(&e), "event stream: cannot read the store");
+                        Vec::new()
+                    }
+                };
+                let full = fresh.len() == 1000;
+                for e in fresh {
+                    last = e.seq;
+                    if tx.send(e).await.is_err() {
+                        return; // the client went
+                    }
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    r = live.recv() => {
+                        if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            return;
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tx.closed() => return,
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+            }
         });
+        let new = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |e| line(&e));
         let mut stopping = d.stopping.clone();
         let stopped = async move {
             let _ = stopping.wait_for(|s| *s).await;

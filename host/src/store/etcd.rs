@@ -715,7 +715,11 @@ impl Store for EtcdStore {
     }
 
     async fn publish_status(&self, id: &str, status: &serde_json::Value) -> Result<(), Error> {
-        let ops = vec![TxnOp::put(self.key(&format!("status/{id}")), encode(status), None)];
+        let ops = vec![TxnOp::put(
+            self.key(&format!("status/{id}")),
+            encode(status),
+            None,
+        )];
         self.try_write("publish a status", Vec::new(), ops)
             .await
             .map(|_| ())
