@@ -484,6 +484,27 @@ fn a_paused_leader_that_wakes_after_its_lease_makes_no_plugin_call_and_follows()
         all.iter()
             .any(|i| tag(i, "infrakit.term") == new_term.to_string())
     );
+    // etcd's record agrees: every event the old term logged was made before the pause (a
+    // late one would have been refused by etcd: its election key is gone).
+    let log = c.managers[other]
+        .as_ref()
+        .unwrap()
+        .env
+        .ok(&["events", "-o", "json"], None);
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let late: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["term"] == term && e["time_ms"].as_u64().unwrap() > paused_ms)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the old term wrote after the pause: {late:?}"
+    );
+    assert!(events.iter().any(|e| e["term"] == term));
+    assert!(events.iter().any(|e| e["term"] == new_term));
     // It follows now: one leader, the new one.
     assert_eq!(c.leader(Duration::from_secs(5)), (other, new_term));
     let old = c.managers[leader].as_ref().unwrap();

@@ -382,3 +382,127 @@ async fn fenced_writes_hold_only_while_the_election_key_is_the_same() {
         "the late forget did not land"
     );
 }
+
+/// `etcds://` against an etcd that requires client certificates (certificates made here by a
+/// CA of the test's own): with the CA and a client certificate the store works; without the
+/// client certificate, etcd refuses, and the error names the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_mutual_tls_works_and_refuses_a_client_without_a_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let Some(binary) = crate::support::etcd::etcd_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let ca = Issuer::new(ca_params, ca_key);
+    let issue = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (
+            file(&format!("{name}.pem"), cert.pem()),
+            file(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (server_cert, server_key) = issue("server", vec!["127.0.0.1".into()]);
+    let (client_cert, client_key) = issue("client", vec!["infrakit".into()]);
+    let ca_file = file("ca.pem", ca_pem);
+
+    let (client_port, peer_port) = (
+        crate::support::etcd::free_port(),
+        crate::support::etcd::free_port(),
+    );
+    let client_url = format!("https://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(["--name", "tls", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("tls={peer_url}")])
+        .arg("--cert-file")
+        .arg(&server_cert)
+        .arg("--key-file")
+        .arg(&server_key)
+        .arg("--trusted-ca-file")
+        .arg(&ca_file)
+        .arg("--client-cert-auth");
+    let etcd = crate::support::process::Process::spawn(cmd, dir.path().join("etcd.log"), "etcd");
+
+    let url = format!("etcds://127.0.0.1:{client_port}");
+    let mut options = EtcdOptions::from_url(&url, "/tls/").unwrap();
+    options.timeout = Duration::from_secs(2);
+    let mut with_cert = options.clone();
+    with_cert.tls = Some(infrakit::store::TlsFiles {
+        ca: Some(ca_file.clone()),
+        identity: Some((client_cert, client_key)),
+    });
+    let started = std::time::Instant::now();
+    let store = loop {
+        match EtcdStore::connect(with_cert.clone()).await {
+            Ok(s) => break s,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "etcd over TLS: {}\n{}",
+                infrakit::error_chain(&e),
+                etcd.output()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    assert_eq!(store.group("a").await.unwrap().unwrap().revision, 1);
+
+    let mut no_cert = options;
+    no_cert.tls = Some(infrakit::store::TlsFiles {
+        ca: Some(ca_file),
+        identity: None,
+    });
+    let refused = match EtcdStore::connect(no_cert).await {
+        Ok(s) => s.group("a").await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let message = infrakit::error_chain(&refused.expect_err("a client without a certificate"));
+    assert!(message.contains(&client_port.to_string()), "{message}");
+}
+
+/// An etcd with authentication on: the store works as a user with the right password, and a
+/// wrong password or no user is refused at connect, naming the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_with_authentication_takes_a_user_and_refuses_a_wrong_password() {
+    let Some(etcd) = Etcd::start(1) else { return };
+    let options = EtcdOptions::from_url(&etcd.url(), "/auth/").unwrap();
+    let admin = EtcdStore::connect(options.clone()).await.unwrap();
+    let mut raw = admin.client();
+    raw.user_add("root", "right", None).await.unwrap();
+    raw.user_grant_role("root", "root").await.unwrap();
+    raw.auth_enable().await.unwrap();
+
+    let mut user = options.clone();
+    user.user = Some(("root".into(), "right".into()));
+    let store = EtcdStore::connect(user.clone()).await.unwrap();
+    store.commit(&spec("a", 1), event("a", "")).await.unwrap();
+    assert_eq!(store.groups().await.unwrap().len(), 1);
+
+    let port = etcd.members[0].client_port.to_string();
+    user.user = Some(("root".into(), "wrong".into()));
+    for (what, attempt) in [("a wrong password", user), ("no user", options)] {
+        let err = match EtcdStore::connect(attempt).await {
+            Ok(_) => panic!("{what} was let in"),
+            Err(e) => infrakit::error_chain(&e),
+        };
+        assert!(err.contains(&port), "{what}: {err}");
+    }
+}

@@ -94,6 +94,8 @@ impl DataDirLock {
 struct StoredEvents {
     queue: tokio::sync::mpsc::Sender<Event>,
     live: broadcast::Sender<Event>,
+    /// The leader's sink stamps each event with its term, for audits across failovers.
+    term: Option<Arc<Elector>>,
 }
 
 /// Events waiting for the store before new ones are dropped.
@@ -105,6 +107,7 @@ impl StoredEvents {
     fn start(
         store: Arc<dyn Store>,
         live: broadcast::Sender<Event>,
+        term: Option<Arc<Elector>>,
     ) -> (
         Arc<StoredEvents>,
         tokio::sync::oneshot::Sender<()>,
@@ -135,12 +138,15 @@ impl StoredEvents {
                 }
             })
         };
-        (Arc::new(StoredEvents { queue, live }), close, writer)
+        (Arc::new(StoredEvents { queue, live, term }), close, writer)
     }
 }
 
 impl EventSink for StoredEvents {
-    fn record(&self, event: Event) {
+    fn record(&self, mut event: Event) {
+        if let Some(e) = &self.term {
+            event.term = e.term();
+        }
         tracing::info!(
             group = %event.group,
             instance = event.instance.as_deref().unwrap_or(""),
@@ -217,13 +223,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         });
     }
     let (live, _) = broadcast::channel(4096);
-    let (events, close_events, event_writer) = StoredEvents::start(store.clone(), live.clone());
+    let (events, close_events, event_writer) =
+        StoredEvents::start(store.clone(), live.clone(), None);
     // The leader's controller writes (events, the destroy finalizer) through a fenced view:
     // etcd refuses them once its election key is gone. Other writers (the API, plugin changes
     // seen by any manager) use the store as it is.
     let (controller_store, controller_events, close_fenced, fenced_writer) = match &fenced {
         Some(f) => {
-            let (e, c, w) = StoredEvents::start(f.clone(), live.clone());
+            let (e, c, w) = StoredEvents::start(f.clone(), live.clone(), elector.clone());
             (f.clone(), e, Some(c), Some(w))
         }
         None => (store.clone(), events.clone(), None, None),

@@ -65,6 +65,9 @@ pub struct Event {
     pub instance: Option<String>,
     /// Details for people.
     pub message: String,
+    /// With several managers: the leadership term of the manager that recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<i64>,
 }
 
 impl Event {
@@ -82,6 +85,7 @@ impl Event {
             kind,
             instance: instance.map(str::to_string),
             message: message.into(),
+            term: None,
         }
     }
 }

@@ -152,6 +152,11 @@ impl Elector {
         self.leading.subscribe()
     }
 
+    /// This manager's term while it leads.
+    pub fn term(&self) -> Option<i64> {
+        Some(self.clock.term.load(Ordering::SeqCst)).filter(|t| *t != 0)
+    }
+
     /// This manager's name.
     pub fn node(&self) -> &str {
         &self.node
@@ -214,7 +219,7 @@ impl Elector {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut failures = 0u32;
         while !*stop.borrow() {
-            let outcome = self.term(&mut stop).await;
+            let outcome = self.one_lease(&mut stop).await;
             if let Err(e) = outcome {
                 self.step_down(&e);
                 failures += 1;
@@ -234,7 +239,7 @@ impl Elector {
     /// One lease: campaign with it and lead while it holds. Returns when it is lost (`Err`)
     /// or at `stop` (`Ok`); either way the lease is revoked (best effort), so that the next
     /// manager need not wait out the TTL.
-    async fn term(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn one_lease(&self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
         let ttl_s = self.clock.ttl.as_secs() as i64;
         let asked = Instant::now();
         let lease = self

@@ -28,7 +28,7 @@ pub fn etcd_binary() -> Option<String> {
     None
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -17,7 +17,7 @@ use crate::event::{Event, EventKind};
 use crate::spec::GroupSpec;
 
 pub use embedded::EmbeddedStore;
-pub use etcd::{EtcdOptions, EtcdStore, Guard};
+pub use etcd::{EtcdOptions, EtcdStore, Guard, TlsFiles};
 
 /// Events kept; older ones are trimmed as new ones arrive.
 const EVENTS_KEPT: u64 = 100_000;
