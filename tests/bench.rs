@@ -1220,7 +1220,23 @@ async fn main() {
 
 /// A daemon of the "several managers" rows: its own data dir, `instance-file` granted
 /// `shared`, and the given store flags.
-fn manager(dir: &Path, shared: &Path, store: &[&str]) -> (std::process::Child, PathBuf) {
+/// A daemon of the bench, killed when dropped (also when a row's assertion fails).
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn manager(dir: &Path, shared: &Path, store: &[&str]) -> (Daemon, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::create_dir_all(shared).unwrap();
     let config = dir.join("infrakit.toml");
@@ -1233,18 +1249,20 @@ fn manager(dir: &Path, shared: &Path, store: &[&str]) -> (std::process::Child, P
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--config")
-        .arg(&config)
-        .args(["serve", "--poll-interval", "100ms"])
-        .args(store)
-        .env("INFRAKIT_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--config")
+            .arg(&config)
+            .args(["serve", "--poll-interval", "100ms"])
+            .args(store)
+            .env("INFRAKIT_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let socket = dir.join("infrakit.sock");
     let t = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -1326,10 +1344,8 @@ async fn managers(report: &mut Report, work: &Path, quick: bool) {
         "x",
         None,
     );
-    for child in [&mut redb, &mut on_etcd] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    redb.kill();
+    on_etcd.kill();
 
     for ttl in [2u64, 10] {
         let prefix = format!("/bench-failover-{ttl}/");
@@ -1344,7 +1360,7 @@ async fn managers(report: &mut Report, work: &Path, quick: bool) {
             "--lease-ttl",
             ttl_flag.as_str(),
         ];
-        let mut daemons: Vec<(std::process::Child, PathBuf)> = (0..2)
+        let mut daemons: Vec<(Daemon, PathBuf)> = (0..2)
             .map(|i| manager(&dir.join(format!("ttl{ttl}-{i}")), &instances, &flags))
             .collect();
         let t = Instant::now();
@@ -1372,8 +1388,7 @@ async fn managers(report: &mut Report, work: &Path, quick: bool) {
             .find(|e| e.path().extension().is_some_and(|x| x == "json"))
             .unwrap()
             .path();
-        let _ = daemons[leader].0.kill();
-        let _ = daemons[leader].0.wait();
+        daemons[leader].0.kill();
         let killed = Instant::now();
         std::fs::remove_file(victim).unwrap();
         while json_files(&instances) < 3 {
@@ -1390,10 +1405,7 @@ async fn managers(report: &mut Report, work: &Path, quick: bool) {
             "ms",
             Some(("<=", (ttl * 1000 + 2000) as f64)),
         );
-        for (child, _) in &mut daemons {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        drop(daemons);
     }
 }
 
