@@ -8,25 +8,9 @@ use crate::support::Env;
 use crate::support::daemon::Daemon;
 use crate::support::group::write_spec;
 
-/// The schemathesis executable: `INFRAKIT_SCHEMATHESIS`, or `st` on the PATH. Under CI it must
-/// be there (`.ci/run` installs it in a venv); elsewhere the test says why it skips.
+/// The schemathesis executable: `INFRAKIT_SCHEMATHESIS`, or `st` on the PATH.
 fn schemathesis() -> Option<String> {
-    let candidate = std::env::var("INFRAKIT_SCHEMATHESIS").unwrap_or_else(|_| "st".into());
-    let found = Command::new(&candidate)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "schemathesis ({candidate}) is not installed; .ci/run installs it"
-    );
-    eprintln!(
-        "skipping: schemathesis not found (pip install schemathesis, or set INFRAKIT_SCHEMATHESIS)"
-    );
-    None
+    crate::support::external_tool("INFRAKIT_SCHEMATHESIS", "st", "pip install schemathesis")
 }
 
 #[test]

@@ -28,6 +28,8 @@ mod support {
     pub mod etcd;
     #[path = "../support/process.rs"]
     pub mod process;
+    #[path = "../support/tools.rs"]
+    pub mod tools;
 }
 
 const GUEST: &str = env!("INFRAKIT_GUEST_DIR");

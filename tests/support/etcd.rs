@@ -9,23 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::process::Process;
 
-/// The etcd executable: `INFRAKIT_ETCD`, or `etcd` on the PATH. Under CI it must be there
-/// (`.ci/run` installs `etcd-server`); elsewhere the caller skips, saying why.
+/// The etcd executable: `INFRAKIT_ETCD`, or `etcd` on the PATH (Debian's `etcd-server`).
 pub fn etcd_binary() -> Option<String> {
-    let candidate = std::env::var("INFRAKIT_ETCD").unwrap_or_else(|_| "etcd".into());
-    let found = Command::new(&candidate)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return Some(candidate);
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "etcd ({candidate}) is not installed; .ci/run installs etcd-server"
-    );
-    eprintln!("skipping: etcd not found (apt-get install etcd-server, or set INFRAKIT_ETCD)");
-    None
+    super::tools::external_tool("INFRAKIT_ETCD", "etcd", "apt-get install etcd-server")
 }
 
 pub fn free_port() -> u16 {

@@ -8,6 +8,9 @@ pub mod etcd;
 pub mod group;
 pub mod http;
 pub mod process;
+pub mod tools;
+
+pub use tools::external_tool;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
