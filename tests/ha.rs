@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
 use crate::support::etcd::Etcd;
-use crate::support::group::write_spec;
+use crate::support::group::{instances_in, write_spec};
 use crate::support::{Env, shared_cache_dir};
 
 /// The lease TTL the tests run with: failover is expected within TTL + 2 s.
@@ -32,6 +32,16 @@ impl Manager {
     fn status(&self) -> Option<Value> {
         let (code, body) = self.daemon.http("GET", "/v1/status", b"");
         (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// Writes group `id` (see `write_spec`) and commits it through this manager, with `args`
+    /// after the file; the command's output.
+    fn commit(&self, id: &str, allocation: Value, extra: Value, args: &[&str]) -> String {
+        let spec = self.env.data_dir().join(format!("{id}.json"));
+        write_spec(&spec, id, allocation, extra);
+        let mut all = vec!["group", "commit", spec.to_str().unwrap()];
+        all.extend(args);
+        self.env.ok(&all, None)
     }
 
     /// `Some(term)` if this manager says it leads.
@@ -140,18 +150,6 @@ impl Cluster {
     }
 }
 
-fn instances_in(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|t| serde_json::from_str(&t).ok())
-        .collect()
-}
-
 /// Whether `m`'s controller reports group `id` converged with `n` healthy instances.
 fn converged(m: &Manager, id: &str, n: usize) -> bool {
     let (code, body) = m.daemon.http("GET", &format!("/v1/groups/{id}"), b"");
@@ -203,8 +201,6 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
 
     // Committed on a follower: written to etcd, reconciled by the leader.
     let m = c.managers[follower].as_ref().unwrap();
-    let spec = m.env.data_dir().join("web.json");
-    write_spec(&spec, "web", json!({"Size": 3}), json!({}));
     // A follower's event stream shows what the leader records.
     let mut follow = m.env.command();
     follow.args(["events", "--follow", "--group", "web", "-o", "json"]);
@@ -214,16 +210,11 @@ fn a_commit_on_a_follower_converges_under_the_leader_and_a_killed_leader_is_repl
         "infrakit events --follow",
     );
     // `--wait` on the follower follows the status the leader publishes in etcd.
-    let out = m.env.ok(
-        &[
-            "group",
-            "commit",
-            spec.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60s",
-        ],
-        None,
+    let out = m.commit(
+        "web",
+        json!({"Size": 3}),
+        json!({}),
+        &["--wait", "--timeout", "60s"],
     );
     assert!(out.contains("converged"), "{out}");
     assert_eq!(c.instances().len(), 3);
@@ -304,11 +295,9 @@ fn a_rolling_update_in_flight_when_the_leader_dies_is_finished_by_the_next() {
     };
     let (leader, _) = c.leader(Duration::from_secs(20));
     let m = c.managers[leader].as_ref().unwrap();
-    let spec = m.env.data_dir().join("zk.json");
     let pets = json!({"LogicalIDs": ["zk1", "zk2", "zk3", "zk4"]});
     let policy = json!({"Updating": {"MaxSurge": 1, "MaxUnavailable": 0}});
-    write_spec(&spec, "zk", pets.clone(), policy.clone());
-    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    m.commit("zk", pets.clone(), policy.clone(), &[]);
     wait_until("4 pets, converged", Duration::from_secs(20), &c, || {
         converged(c.managers[leader].as_ref().unwrap(), "zk", 4)
     });
@@ -329,9 +318,10 @@ fn a_rolling_update_in_flight_when_the_leader_dies_is_finished_by_the_next() {
     };
     let mut v2 = policy.clone();
     v2["Flavor"] = json!({"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}});
-    write_spec(&spec, "zk", pets, v2);
-    let m = c.managers[leader].as_ref().unwrap();
-    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    c.managers[leader]
+        .as_ref()
+        .unwrap()
+        .commit("zk", pets, v2, &[]);
     wait_until("the update under way", Duration::from_secs(20), &c, || {
         c.instances()
             .iter()
@@ -420,16 +410,13 @@ fn a_paused_leader_that_wakes_after_its_lease_makes_no_plugin_call_and_follows()
     };
     let (leader, term) = c.leader(Duration::from_secs(20));
     let other = 1 - leader;
-    let m = c.managers[leader].as_ref().unwrap();
-    let spec = m.env.data_dir().join("big.json");
     // One provision at a time: the old leader always has its next call ready when it wakes.
-    write_spec(
-        &spec,
+    c.managers[leader].as_ref().unwrap().commit(
         "big",
         json!({"Size": 150}),
         json!({"Parallelism": 1}),
+        &[],
     );
-    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
     wait_until(
         "the scale-up under way",
         Duration::from_secs(20),
@@ -525,10 +512,10 @@ fn losing_one_etcd_member_changes_nothing_and_losing_quorum_stops_all_action() {
         return;
     };
     let (leader, term) = c.leader(Duration::from_secs(20));
-    let m = c.managers[leader].as_ref().unwrap();
-    let spec = m.env.data_dir().join("q.json");
-    write_spec(&spec, "q", json!({"Size": 3}), json!({}));
-    m.env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    c.managers[leader]
+        .as_ref()
+        .unwrap()
+        .commit("q", json!({"Size": 3}), json!({}), &[]);
     // Seen listed by the leader: an instance deleted before any listing showed it would count
     // as there until its ProvisionTimeout (an eventually consistent cloud listing lags).
     wait_until(

@@ -98,6 +98,13 @@ struct StoredEvents {
     term: Option<Arc<Elector>>,
 }
 
+/// With a shared store: this manager's part in the election, and the fenced view of the store
+/// its controller writes through.
+struct Shared {
+    elector: Arc<Elector>,
+    fenced: Arc<dyn Store>,
+}
+
 /// Events waiting for the store before new ones are dropped.
 const EVENT_QUEUE: usize = 8192;
 
@@ -175,12 +182,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     // With etcd, several managers share the state and only the elected one reconciles.
-    #[allow(clippy::type_complexity)]
-    let (store, elector, fenced): (
-        Arc<dyn Store>,
-        Option<Arc<Elector>>,
-        Option<Arc<dyn Store>>,
-    ) = match &options.store {
+    let (store, shared): (Arc<dyn Store>, Option<Shared>) = match &options.store {
         Some(etcd) => {
             let store = EtcdStore::connect(etcd.clone())
                 .await
@@ -192,14 +194,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 options.lease_ttl,
             );
             let fenced: Arc<dyn Store> = store.fenced(elector.guard());
-            (store, Some(elector), Some(fenced))
+            (store, Some(Shared { elector, fenced }))
         }
         None => {
             let store_path = data_dir.join("state.redb");
             let store = EmbeddedStore::open(&store_path).context("opening the store")?;
             std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot make {} private", store_path.display()))?;
-            (Arc::new(store), None, None)
+            (Arc::new(store), None)
         }
     };
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
@@ -223,17 +225,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         });
     }
     let (live, _) = broadcast::channel(4096);
-    let (events, close_events, event_writer) =
-        StoredEvents::start(store.clone(), live.clone(), None);
+    let elector = shared.as_ref().map(|s| s.elector.clone());
+    let mut writers = Vec::new();
+    let (events, close, writer) = StoredEvents::start(store.clone(), live.clone(), None);
+    writers.push((close, writer));
     // The leader's controller writes (events, the destroy finalizer) through a fenced view:
     // etcd refuses them once its election key is gone. Other writers (the API, plugin changes
     // seen by any manager) use the store as it is.
-    let (controller_store, controller_events, close_fenced, fenced_writer) = match &fenced {
-        Some(f) => {
-            let (e, c, w) = StoredEvents::start(f.clone(), live.clone(), elector.clone());
-            (f.clone(), e, Some(c), Some(w))
+    let (controller_store, controller_events) = match &shared {
+        Some(s) => {
+            let (e, close, writer) =
+                StoredEvents::start(s.fenced.clone(), live.clone(), Some(s.elector.clone()));
+            writers.push((close, writer));
+            (s.fenced.clone(), e)
         }
-        None => (store.clone(), events.clone(), None, None),
+        None => (store.clone(), events.clone()),
     };
     let controller = Controller::new(
         registry.clone(),
@@ -251,9 +257,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let groups = store.groups().await.context("reading stored groups")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut background = Vec::new();
-    match &elector {
+    match &shared {
         None => controller.start(),
-        Some(elector) => {
+        Some(Shared { elector, fenced }) => {
             background.push(tokio::spawn(elector.clone().run(stop_rx.clone())));
             // Reconcile while leading, and only then.
             let mut leading = elector.leading();
@@ -261,7 +267,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             let mut stop = stop_rx.clone();
             background.push(tokio::spawn(publish_statuses(
                 controller.clone(),
-                fenced.clone().expect("a fenced store with an elector"),
+                fenced.clone(),
                 elector.clone(),
                 stop_rx.clone(),
             )));
@@ -422,17 +428,19 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let _ = s.await;
     }
     // What the last passes recorded reaches the store, within a bound (etcd may be away).
-    let _ = close_events.send(());
-    if let Some(c) = close_fenced {
-        let _ = c.send(());
-    }
-    let writers = async {
-        let _ = event_writer.await;
-        if let Some(w) = fenced_writer {
-            let _ = w.await;
+    let writers: Vec<_> = writers
+        .into_iter()
+        .map(|(close, writer)| {
+            let _ = close.send(());
+            writer
+        })
+        .collect();
+    let drained = async {
+        for writer in writers {
+            let _ = writer.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), writers)
+    if tokio::time::timeout(Duration::from_secs(5), drained)
         .await
         .is_err()
     {
@@ -451,40 +459,57 @@ async fn publish_statuses(
     elector: Arc<Elector>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut last: std::collections::HashMap<String, (serde_json::Value, Instant)> =
-        Default::default();
+    // Per group: its status channel, and what was last published (counters cleared) and when.
+    // A group whose channel saw no pass since is skipped without a copy of its status.
+    type Published = Option<(crate::controller::GroupStatus, Instant)>;
+    let mut groups: std::collections::HashMap<
+        String,
+        (
+            tokio::sync::watch::Receiver<crate::controller::GroupStatus>,
+            Published,
+        ),
+    > = Default::default();
+    let refresh = Duration::from_secs(5);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         if elector.leading().borrow().is_none() {
-            last.clear();
+            groups.clear();
             continue;
         }
-        for id in controller.groups() {
-            let Some(status) = controller.status(&id) else {
-                continue;
+        let ids: std::collections::HashSet<String> = controller.groups().into_iter().collect();
+        // A group whose task ended (its spec switched to a new task) is watched afresh.
+        groups.retain(|id, (channel, _)| ids.contains(id) && channel.has_changed().is_ok());
+        for id in ids {
+            let (channel, last) = match groups.entry(id.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => match controller.watch(&id) {
+                    Some(rx) => e.insert((rx, None)),
+                    None => continue,
+                },
             };
+            let due = last.as_ref().is_none_or(|(_, at)| at.elapsed() >= refresh);
+            if !due && !channel.has_changed().unwrap_or(false) {
+                continue;
+            }
+            let status = channel.borrow_and_update().clone();
+            let mut said = status.clone();
+            (
+                said.passes,
+                said.updated_ms,
+                said.last_pass_ms,
+                said.pass_ms_total,
+            ) = (0, 0, 0, 0);
+            if !due && last.as_ref().is_some_and(|(l, _)| *l == said) {
+                continue;
+            }
             let Ok(full) = serde_json::to_value(&status) else {
                 continue;
             };
-            let mut said = full.clone();
-            if let Some(o) = said.as_object_mut() {
-                for counter in ["passes", "updated_ms", "last_pass_ms", "pass_ms_total"] {
-                    o.remove(counter);
-                }
-            }
-            if last
-                .get(&id)
-                .is_some_and(|(v, at)| *v == said && at.elapsed() < Duration::from_secs(5))
-            {
-                continue;
-            }
             match store.publish_status(&id, &full).await {
-                Ok(()) => {
-                    last.insert(id, (said, Instant::now()));
-                }
+                Ok(()) => *last = Some((said, Instant::now())),
                 Err(e) => {
                     tracing::debug!(group = %id, error = %crate::error_chain(&e), "status not published")
                 }

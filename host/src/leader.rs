@@ -157,11 +157,6 @@ impl Elector {
         Some(self.clock.term.load(Ordering::SeqCst)).filter(|t| *t != 0)
     }
 
-    /// This manager's name.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     /// What `status` shows; asks etcd who leads (within a second).
     pub async fn status(&self) -> Leadership {
         let term = *self.leading.borrow();

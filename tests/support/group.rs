@@ -104,8 +104,13 @@ fn count_passes(log: &str, group: &str) -> usize {
 /// The instances `instance-file` holds in `env`, as stored (ID, Tags, LogicalID, ...).
 /// Files that vanish or are half-read while listing are skipped.
 pub fn instances(env: &Env) -> Vec<Value> {
-    let dir = env.scratch("instance-file");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    instances_in(&env.scratch("instance-file"))
+}
+
+/// The instances `instance-file` holds in `dir` (a directory granted to it), as in
+/// [`instances`].
+pub fn instances_in(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out: Vec<Value> = entries

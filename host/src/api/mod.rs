@@ -475,8 +475,9 @@ async fn events(
     let backlog = tokio_stream::iter(past.iter().map(line).collect::<Vec<_>>());
     let body = if q.follow {
         // New events are read from the store, in sequence order, whenever this manager
-        // records one and every half second: with a shared store another manager (the
-        // leader) records most of them.
+        // records one, and with a shared store also every half second: another manager (the
+        // leader) records most of them there.
+        let shared = d.elector.is_some();
         let (tx, rx) = tokio::sync::mpsc::channel::<Event>(1024);
         let store = d.store.clone();
         let group = q.group.clone();
@@ -508,7 +509,7 @@ async fn events(
                             return;
                         }
                     }
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)), if shared => {}
                     _ = tx.closed() => return,
                     _ = stopping.wait_for(|s| *s) => return,
                 }

@@ -394,13 +394,7 @@ impl EtcdStore {
 
     /// A write of desired state: this writer sees its generation at once.
     fn advanced(&self, revision: u64) {
-        self.changes.send_if_modified(|g| {
-            let newer = revision > *g;
-            if newer {
-                *g = revision;
-            }
-            newer
-        });
+        advance(&self.changes, revision);
     }
 
     fn contended(&self, operation: &'static str) -> Error {
@@ -416,7 +410,7 @@ impl EtcdStore {
         &self,
         operation: &'static str,
         id: &str,
-        must_exist: bool,
+        rollback: bool,
         make: impl Fn(
             &Option<StoredGroup>,
             &[KeyValue],
@@ -424,11 +418,12 @@ impl EtcdStore {
         ) -> Result<(StoredGroup, Revision, Event), Error>,
     ) -> Result<(StoredGroup, Event), Error> {
         for _ in 0..ATTEMPTS {
-            let (group, history, seq) = self.read_for_write(operation, id, must_exist).await?;
+            // A rollback needs the group to exist, and its whole history to choose from.
+            let (group, history, seq) = self.read_for_write(operation, id, rollback).await?;
             let current: Option<StoredGroup> =
                 group.kv.as_ref().map(|kv| self.decode(kv)).transpose()?;
             match &current {
-                None if must_exist => return Err(Error::UnknownGroup(id.into())),
+                None if rollback => return Err(Error::UnknownGroup(id.into())),
                 Some(g) if g.lifecycle == Lifecycle::Destroying => {
                     return Err(Error::BeingDestroyed(id.into()));
                 }
@@ -453,6 +448,18 @@ impl EtcdStore {
         }
         Err(self.contended(operation))
     }
+}
+
+/// Moves the generation up to `revision` (never down: the watch and a local write may report
+/// the same change in either order).
+fn advance(changes: &watch::Sender<u64>, revision: u64) {
+    changes.send_if_modified(|g| {
+        let newer = revision > *g;
+        if newer {
+            *g = revision;
+        }
+        newer
+    });
 }
 
 fn tls_options(files: &TlsFiles) -> Result<etcd_client::TlsOptions, etcd_client::Error> {
@@ -506,14 +513,7 @@ async fn follow(
                     && !resp.events().is_empty()
                 {
                     seen = seen.max(h.revision());
-                    let revision = seen as u64;
-                    changes.send_if_modified(|g| {
-                        let newer = revision > *g;
-                        if newer {
-                            *g = revision;
-                        }
-                        newer
-                    });
+                    advance(&changes, seen as u64);
                 }
             }
             Err::<(), _>(etcd_client::Error::WatchError("the watch ended".into()))
