@@ -422,12 +422,33 @@ mod transport {
         }
     }
 
+    /// The error of a request that already failed, if it did.
+    fn pending_error(
+        pending: &wasip2::http::types::FutureIncomingResponse,
+        url: &str,
+    ) -> Option<HttpError> {
+        pending.subscribe().block();
+        match pending.get()? {
+            Ok(Err(code)) => Some(from_code(code, url)),
+            _ => None,
+        }
+    }
+
     pub(super) fn send(req: &Request, url: &Url) -> Result<Response, HttpError> {
-        let entries: Vec<(String, Vec<u8>)> = req
+        let mut entries: Vec<(String, Vec<u8>)> = req
             .headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .filter(|(k, _)| k != "content-length" && k != "transfer-encoding")
             .collect();
+        // The body is in memory: say how long it is rather than sending it chunked, which
+        // simple servers (Python's http.server) read as empty.
+        if !req.body.is_empty() || matches!(req.method, super::Method::Post | super::Method::Put) {
+            entries.push((
+                "content-length".into(),
+                req.body.len().to_string().into_bytes(),
+            ));
+        }
         let headers = Fields::from_list(&entries)
             .map_err(|e| HttpError::Other(format!("bad header: {e:?}")))?;
         let outgoing = OutgoingRequest::new(headers);
@@ -458,16 +479,6 @@ mod transport {
         let body = outgoing
             .body()
             .map_err(|_| HttpError::Other("request body unavailable".into()))?;
-        if !req.body.is_empty() {
-            let stream = body
-                .write()
-                .map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
-            for chunk in req.body.chunks(4096) {
-                stream
-                    .blocking_write_and_flush(chunk)
-                    .map_err(|e| stream_error(e, &req.url))?;
-            }
-        }
 
         let options = RequestOptions::new();
         if let Some(t) = req.timeout {
@@ -476,8 +487,26 @@ mod transport {
             let _ = options.set_first_byte_timeout(Some(ns));
             let _ = options.set_between_bytes_timeout(Some(ns));
         }
+        // The request is handed over first and its body written after: the host reads the body
+        // while the request is on its way (a body written before would have nowhere to go
+        // beyond the stream's buffer, and a large one would block).
         let pending = outgoing_handler::handle(outgoing, Some(options))
             .map_err(|code| from_code(code, &req.url))?;
+        if !req.body.is_empty() {
+            let stream = body
+                .write()
+                .map_err(|_| HttpError::Other("request body stream unavailable".into()))?;
+            for chunk in req.body.chunks(4096) {
+                if let Err(e) = stream.blocking_write_and_flush(chunk) {
+                    // A refused request closes the body: report why it was refused.
+                    drop(stream);
+                    return Err(match pending_error(&pending, &req.url) {
+                        Some(refused) => refused,
+                        None => stream_error(e, &req.url),
+                    });
+                }
+            }
+        }
         OutgoingBody::finish(body, None).map_err(|code| from_code(code, &req.url))?;
 
         pending.subscribe().block();

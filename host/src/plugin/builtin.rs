@@ -11,4 +11,12 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
         "flavor-vanilla",
         include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/flavor_vanilla.wasm")),
     ),
+    (
+        "instance-docker",
+        include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/instance_docker.wasm")),
+    ),
+    (
+        "flavor-http",
+        include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/flavor_http.wasm")),
+    ),
 ];

@@ -15,8 +15,8 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::bindings;
-use crate::grants::{self, Grants};
+use super::{bindings, outbound};
+use crate::grants::{self, Grants, rules};
 
 /// How much of a call's stdout/stderr is kept (and logged); the rest is dropped.
 const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
@@ -297,29 +297,92 @@ impl WasiHttpHooks for HttpPolicy {
                 );
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
-            if grants.http.block_private {
-                let host_only = host.trim_start_matches('[').trim_end_matches(']');
-                let addrs: Vec<std::net::IpAddr> = match host_only.parse() {
-                    Ok(ip) => vec![ip],
-                    Err(_) => tokio::net::lookup_host((host_only, port))
-                        .await
-                        .map_err(|_| wasmtime_wasi_http::Error::DnsError {
-                            rcode: None,
-                            info_code: None,
-                        })?
-                        .map(|a| a.ip())
-                        .collect(),
+            let path = uri.path_and_query().map_or("/", |p| p.path()).to_string();
+            let method = request.method().as_str().to_string();
+            let deny = |reason: String| {
+                tracing::warn!(
+                    plugin = %plugin,
+                    target = %target,
+                    method = %method,
+                    path = %path,
+                    reason = %reason,
+                    "outbound HTTP denied by the grant's rules"
+                );
+                wasmtime_wasi_http::Error::HttpRequestDenied
+            };
+            let body_rules =
+                match rules::judge(&grants.http.rules, &scheme, &host, port, &method, &path) {
+                    rules::Verdict::Refused(reason) => return Err(deny(reason)),
+                    rules::Verdict::Admitted(r) if r.iter().all(|r| r.checks_body()) => r,
+                    rules::Verdict::Admitted(_) | rules::Verdict::Unruled => Vec::new(),
                 };
-                if let Some(ip) = addrs.iter().find(|ip| !grants.address_allowed(**ip)) {
-                    tracing::warn!(
-                        plugin = %plugin,
-                        target = %target,
-                        address = %ip,
-                        "outbound HTTP denied: resolves to a private or link-local address (block_private)"
-                    );
-                    return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+            let request = if body_rules.is_empty() {
+                request.map(BodyExt::boxed_unsync)
+            } else {
+                // Constraints on the body are checked on the whole of it, before any of the
+                // request leaves the host.
+                let (parts, body) = request.into_parts();
+                let body = http_body_util::Limited::new(body, rules::MAX_CHECKED_BODY)
+                    .collect()
+                    .await
+                    .map_err(|_| {
+                        deny(format!(
+                            "the body could not be read whole within {} bytes for the rule check",
+                            rules::MAX_CHECKED_BODY
+                        ))
+                    })?
+                    .to_bytes();
+                let verdicts: Vec<Result<(), String>> =
+                    body_rules.iter().map(|r| r.check_body(&body)).collect();
+                if !verdicts.iter().any(Result::is_ok) {
+                    return Err(deny(
+                        verdicts
+                            .into_iter()
+                            .find_map(Result::err)
+                            .unwrap_or_default(),
+                    ));
                 }
-            }
+                http::Request::from_parts(
+                    parts,
+                    http_body_util::Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+            };
+            let route = match grants.http.unix_socket(&scheme, &host, port) {
+                Some(socket) => outbound::Route::Unix(socket.to_path_buf()),
+                None => {
+                    // Resolved once: the connection goes to exactly the addresses checked here,
+                    // so a DNS server cannot answer a public address now and loopback later.
+                    let host_only = host.trim_start_matches('[').trim_end_matches(']');
+                    let addrs: Vec<std::net::SocketAddr> = match host_only.parse() {
+                        Ok(ip) => vec![std::net::SocketAddr::new(ip, port)],
+                        Err(_) => tokio::net::lookup_host((host_only, port))
+                            .await
+                            .map_err(|_| wasmtime_wasi_http::Error::DnsError {
+                                rcode: None,
+                                info_code: None,
+                            })?
+                            .collect(),
+                    };
+                    if addrs.is_empty() {
+                        return Err(wasmtime_wasi_http::Error::DestinationNotFound);
+                    }
+                    if let Some(a) = addrs.iter().find(|a| !grants.address_allowed(a.ip())) {
+                        tracing::warn!(
+                            plugin = %plugin,
+                            target = %target,
+                            address = %a.ip(),
+                            "outbound HTTP denied: resolves to a private or link-local address (block_private)"
+                        );
+                        return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
+                    }
+                    outbound::Route::Tcp {
+                        addrs,
+                        tls_name: (scheme == "https").then(|| host_only.to_string()),
+                    }
+                }
+            };
             // The guest's own timeouts apply. Without one, wasmtime waits 600 s; cap it just
             // past the call's wall-clock limit, so the call's own deadline decides (and reports
             // it) while a request outliving its dropped call still ends soon after.
@@ -330,8 +393,7 @@ impl WasiHttpHooks for HttpPolicy {
                 first_byte_timeout: cap(options.and_then(|o| o.first_byte_timeout)),
                 between_bytes_timeout: cap(options.and_then(|o| o.between_bytes_timeout)),
             };
-            let (response, io) =
-                wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let (response, io) = outbound::send(request, route, options).await?;
             let limit = grants.limits.http_response;
             // A declared length over the limit is refused before any of the body is read, with
             // an error code the guest sees as such; undeclared lengths are cut off while read.

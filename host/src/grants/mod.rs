@@ -14,6 +14,13 @@
 //! allow = ["https://api.example.com", "https://*.example.net", "http://127.0.0.1:*"]
 //! block_private = true         # default: on when a pattern has a wildcard host
 //!
+//! [http.unix]                  # requests to http://docker go to this unix socket (and
+//! docker = "/var/run/docker.sock"  # nowhere else); the name is granted by being here
+//!
+//! [[http.rules]]               # optional: what a plugin may do on a target (see `rules`)
+//! target = "http://docker"
+//! requests = ["GET /containers/json", "POST /containers/*/start"]
+//!
 //! [config]
 //! dir = "/instances"
 //!
@@ -34,6 +41,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub mod rules;
+pub use rules::HttpRule;
 
 /// A grant file that cannot be used: which file, which key, what is accepted there.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +251,23 @@ pub struct HttpGrant {
     pub allow: Vec<HttpTarget>,
     /// Refuse private, loopback and link-local addresses after DNS resolution.
     pub block_private: bool,
+    /// Names routed to unix sockets instead of the network: `http://NAME` → the socket.
+    pub unix: BTreeMap<String, PathBuf>,
+    /// Method, path and body rules per target; a target without rules admits any request.
+    pub rules: Vec<HttpRule>,
+}
+
+impl HttpGrant {
+    /// The unix socket a request to `scheme://host:port` goes to, if the host is a socket name.
+    pub fn unix_socket(&self, scheme: &str, host: &str, port: u16) -> Option<&Path> {
+        if scheme != "http" || port != 80 {
+            return None;
+        }
+        self.unix
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(host))
+            .map(|(_, p)| p.as_path())
+    }
 }
 
 /// Everything granted to one plugin.
@@ -281,6 +308,23 @@ struct RawHttp {
     #[serde(default)]
     allow: Vec<String>,
     block_private: Option<bool>,
+    #[serde(default)]
+    unix: BTreeMap<String, PathBuf>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    target: String,
+    requests: Vec<String>,
+    #[serde(default)]
+    deny_fields: Vec<String>,
+    #[serde(default)]
+    require_fields: Vec<String>,
+    #[serde(default)]
+    allow_values: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -351,6 +395,64 @@ impl Grants {
             http.block_private = raw_http
                 .block_private
                 .unwrap_or_else(|| http.allow.iter().any(HttpTarget::has_wildcard_host));
+            for (name, socket) in raw_http.unix {
+                let key = format!("http.unix.{name}");
+                let plain = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !plain {
+                    return Err(value_error(
+                        key,
+                        format!("{name:?} is not a plain name"),
+                        "a name of letters, digits, `-` and `_`, used as http://NAME",
+                    ));
+                }
+                if !socket.is_absolute() {
+                    return Err(value_error(
+                        key,
+                        format!("{:?} is not an absolute path", socket),
+                        "the absolute path of a unix socket such as \"/var/run/docker.sock\"",
+                    ));
+                }
+                let target = HttpTarget {
+                    scheme: "http".into(),
+                    host: name.to_ascii_lowercase(),
+                    port: None,
+                };
+                if !http.allow.contains(&target) {
+                    http.allow.push(target);
+                }
+                http.unix.insert(name.to_ascii_lowercase(), socket);
+            }
+            for (i, r) in raw_http.rules.into_iter().enumerate() {
+                http.rules
+                    .push(rule_from_raw(r).map_err(|(field, problem, accepted)| {
+                        value_error(format!("http.rules[{i}].{field}"), problem, accepted)
+                    })?);
+            }
+            if let Some((i, r)) = http.rules.iter().enumerate().find(|(_, r)| {
+                !http.allow.iter().any(|t| {
+                    *t == r.target
+                        || (!r.target.has_wildcard_host()
+                            && r.target.port != Some(0)
+                            && t.matches(
+                                &r.target.scheme,
+                                &r.target.host,
+                                r.target.port.unwrap_or(if r.target.scheme == "https" {
+                                    443
+                                } else {
+                                    80
+                                }),
+                            ))
+                })
+            }) {
+                return Err(value_error(
+                    format!("http.rules[{i}].target"),
+                    format!("{} is not granted by http.allow or http.unix", r.target),
+                    "a target listed in http.allow or named in http.unix",
+                ));
+            }
         }
 
         let mut limits = Limits::default();
@@ -394,6 +496,51 @@ impl Grants {
     pub fn address_allowed(&self, ip: IpAddr) -> bool {
         !self.http.block_private || is_public(ip)
     }
+}
+
+type RuleError = (&'static str, String, &'static str);
+
+fn rule_from_raw(raw: RawRule) -> Result<HttpRule, RuleError> {
+    const REQUEST_FORM: &str = "\"METHOD /path\" with `*` for one segment and `**` for several, e.g. \"POST /containers/*/start\"";
+    const FIELD_FORM: &str =
+        "a JSON pointer with `*` for any key or index, e.g. \"/HostConfig/Mounts/*/Source\"";
+    let target = HttpTarget::parse(&raw.target).map_err(|p| ("target", p, HTTP_FORM))?;
+    if raw.requests.is_empty() {
+        return Err((
+            "requests",
+            "no request pattern: the rule would refuse everything".into(),
+            REQUEST_FORM,
+        ));
+    }
+    let requests = raw
+        .requests
+        .iter()
+        .map(|r| rules::RequestPattern::parse(r))
+        .collect::<Result<_, _>>()
+        .map_err(|p| ("requests", p, REQUEST_FORM))?;
+    let fields = |list: &[String], key| {
+        list.iter()
+            .map(|f| rules::FieldPath::parse(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|p| (key, p, FIELD_FORM))
+    };
+    let deny_fields = fields(&raw.deny_fields, "deny_fields")?;
+    let require_fields = fields(&raw.require_fields, "require_fields")?;
+    let mut allow_values = BTreeMap::new();
+    for (field, values) in raw.allow_values {
+        let path = rules::FieldPath::parse(&field).map_err(|p| ("allow_values", p, FIELD_FORM))?;
+        allow_values.insert(
+            path,
+            values.into_iter().map(rules::ValuePattern::new).collect(),
+        );
+    }
+    Ok(HttpRule {
+        target,
+        requests,
+        deny_fields,
+        require_fields,
+        allow_values,
+    })
 }
 
 /// Not loopback, private, link-local, unspecified, multicast or otherwise special.
@@ -545,6 +692,53 @@ mod tests {
             "https://",
         ] {
             assert!(HttpTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unix_sockets_and_rules_parse() {
+        let g = parse(
+            r#"
+            [http.unix]
+            docker = "/var/run/docker.sock"
+            [[http.rules]]
+            target = "http://docker"
+            requests = ["GET /containers/json", "POST /containers/create"]
+            deny_fields = ["/HostConfig/Privileged"]
+            allow_values = { "/HostConfig/Mounts/*/Source" = ["/srv/**"] }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            g.http.unix_socket("http", "docker", 80),
+            Some(Path::new("/var/run/docker.sock"))
+        );
+        assert_eq!(g.http.unix_socket("https", "docker", 443), None);
+        assert!(
+            g.http.allow[0].matches("http", "docker", 80),
+            "the name is granted"
+        );
+        assert_eq!(g.http.rules[0].requests.len(), 2);
+        assert!(g.http.rules[0].checks_body());
+
+        for (text, key) in [
+            ("[http.unix]\n\"a.b\" = \"/s\"\n", "http.unix.a.b"),
+            ("[http.unix]\nd = \"rel\"\n", "http.unix.d"),
+            (
+                "[http]\nallow = [\"http://x\"]\n[[http.rules]]\ntarget = \"http://x\"\nrequests = [\"get /\"]\n",
+                "http.rules[0].requests",
+            ),
+            (
+                "[http]\nallow = [\"http://x\"]\n[[http.rules]]\ntarget = \"http://y\"\nrequests = [\"GET /\"]\n",
+                "http.rules[0].target",
+            ),
+            (
+                "[http]\nallow = [\"http://x\"]\n[[http.rules]]\ntarget = \"http://x\"\nrequests = []\n",
+                "http.rules[0].requests",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
         }
     }
 
