@@ -6,6 +6,7 @@ mod support;
 
 mod api;
 mod daemon;
+mod docker;
 mod groups;
 mod ha;
 mod plugin_cli;

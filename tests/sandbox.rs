@@ -6,7 +6,7 @@ use std::path::Path;
 use infrakit::plugin::{Error, Fault, InstanceSpec, Registry, RegistryConfig};
 use serde_json::json;
 
-use crate::support::http::{Behavior, TestServer};
+use crate::support::http::{Behavior, TestServer, UnixRecorder};
 use crate::support::{Env, make_fifo, release_fifo, shared_cache_dir};
 
 const PLUGIN: &str = "fixture-misbehave";
@@ -756,4 +756,121 @@ async fn batched_health_checks_answer_in_one_call_and_a_fault_spoils_only_its_ow
         "{shown:?}"
     );
     assert_eq!(shown[4], "unhealthy", "{shown:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_grant_routes_requests_and_its_rules_stop_the_rest_before_they_leave() {
+    let env = Env::new();
+    let socket = env.data_dir().join("engine.sock");
+    let engine = UnixRecorder::start(&socket);
+    let grants = format!(
+        r#"
+[http.unix]
+docker = {socket:?}
+
+[[http.rules]]
+target = "http://docker"
+requests = ["GET /containers/json", "POST /containers/*/start", "DELETE /containers/*"]
+
+[[http.rules]]
+target = "http://docker"
+requests = ["POST /containers/create"]
+deny_fields = ["/HostConfig/Privileged", "/HostConfig/Binds"]
+allow_values = {{ "/HostConfig/Mounts/*/Source" = ["/srv/www/**"] }}
+"#,
+        socket = socket.display().to_string()
+    );
+    let granted = registry(&env, &grants).await;
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let mut action =
+            json!({"Do": "http", "Method": method, "Url": format!("http://docker{path}")});
+        if let Some(b) = body {
+            action["Body"] = b;
+        }
+        attempt(&granted, action)
+    };
+
+    // Allowed requests reach the socket, body and all.
+    assert_eq!(
+        call("GET", "/containers/json?all=1", None).await.unwrap(),
+        "ok:200:{}"
+    );
+    assert_eq!(
+        call("POST", "/containers/abc/start", None).await.unwrap(),
+        "ok:200:{}"
+    );
+    let ok_body = json!({"Image": "web", "HostConfig": {"Mounts": [{"Type": "bind", "Source": "/srv/www/site"}]}});
+    assert_eq!(
+        call("POST", "/containers/create?name=x", Some(ok_body.clone()))
+            .await
+            .unwrap(),
+        "ok:200:{}"
+    );
+    let reached = engine.requests();
+    assert_eq!(
+        reached,
+        [
+            "GET /containers/json?all=1",
+            "POST /containers/abc/start",
+            "POST /containers/create?name=x"
+        ]
+    );
+    let (_, body) = engine.seen.lock().unwrap()[2].clone();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        ok_body
+    );
+
+    // Outside the rules: other routes, path tricks, forbidden body fields (in any case), mounts
+    // outside the allowed tree. All refused by the host; none reaches the socket.
+    for (method, path, body) in [
+        ("POST", "/images/create?fromImage=evil", None),
+        ("POST", "/containers/abc/exec", Some(json!({"Cmd": ["sh"]}))),
+        ("POST", "/containers/abc/../../images/create", None),
+        ("POST", "/containers/abc%2F..%2Fexec/start", None),
+        ("GET", "/containers/abc/json", None),
+        (
+            "POST",
+            "/containers/create",
+            Some(json!({"HostConfig": {"Privileged": true}})),
+        ),
+        (
+            "POST",
+            "/containers/create",
+            Some(json!({"hostconfig": {"privileged": true}})),
+        ),
+        (
+            "POST",
+            "/containers/create",
+            Some(json!({"HostConfig": {"Binds": ["/:/host"]}})),
+        ),
+        (
+            "POST",
+            "/containers/create",
+            Some(
+                json!({"HostConfig": {"Mounts": [{"Type": "bind", "Source": "/srv/www/../../etc"}]}}),
+            ),
+        ),
+    ] {
+        let msg = denied(call(method, path, body).await);
+        assert!(msg.contains("HttpRequestDenied"), "{method} {path}: {msg}");
+    }
+    assert_eq!(
+        engine.requests(),
+        reached,
+        "a refused request reached the socket"
+    );
+
+    // A plugin without the socket grant cannot reach it at all, by name or otherwise.
+    let env2 = Env::new();
+    let bare = registry(&env2, "").await;
+    let msg = denied(
+        attempt(
+            &bare,
+            json!({"Do": "http", "Url": "http://docker/containers/json"}),
+        )
+        .await,
+    );
+    assert!(msg.contains("HttpRequestDenied"), "{msg}");
+    assert_eq!(engine.requests(), reached);
 }

@@ -87,3 +87,93 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// An HTTP/1.1 server on a unix socket that records every request that reaches it
+/// (`"METHOD /path?query"` and the body) and answers 200 `{}`: a stand-in for the Docker
+/// socket where a test must prove a request never arrived.
+pub struct UnixRecorder {
+    pub path: std::path::PathBuf,
+    pub seen: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UnixRecorder {
+    pub fn start(path: &std::path::Path) -> UnixRecorder {
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind unix socket");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 8192];
+                let mut data = Vec::new();
+                let head_end = loop {
+                    if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i + 4);
+                    }
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while data.len() < head_end + length {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = head.lines().next().unwrap_or("").to_string();
+                let request = line
+                    .rsplit_once(' ')
+                    .map_or(line.clone(), |(r, _)| r.to_string());
+                let body = String::from_utf8_lossy(&data[head_end..]).to_string();
+                seen2.lock().unwrap().push((request, body));
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                );
+            }
+        });
+        UnixRecorder {
+            path: path.to_path_buf(),
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The requests seen so far, as `"METHOD /path?query"`.
+    pub fn requests(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+}
+
+impl Drop for UnixRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = std::os::unix::net::UnixStream::connect(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

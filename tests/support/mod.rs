@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod docker;
 pub mod etcd;
 pub mod group;
 pub mod http;

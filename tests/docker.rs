@@ -1,0 +1,322 @@
+//! instance-docker and flavor-http against the machine's real Docker Engine (issue 12), with the
+//! example's recommended grants (`examples/docker/infrakit.toml`) as they ship.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::Env;
+use crate::support::daemon::Daemon;
+use crate::support::docker::{self, Cleanup, containers, docker, inspect, running};
+
+/// The daemon's poll interval: long enough that the fixed cost of a replacement (plugin calls,
+/// the engine's create) on two busy cores is small next to it.
+const POLL: Duration = Duration::from_secs(2);
+
+fn example_grants() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker/infrakit.toml")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        // Each check runs the docker CLI: poll gently, the daemon shares the two cores.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn web_spec(id: &str, image: &str, env: &[&str]) -> Value {
+    json!({
+        "ID": id,
+        "Properties": {
+            "Allocation": {"Size": 3},
+            "Instance": {"Plugin": "instance-docker", "Properties": {
+                "Image": image,
+                "Ports": ["80"],
+                "InitAs": "command",
+                "Env": env,
+                "StopTimeout": 1,
+            }},
+            "Flavor": {"Plugin": "flavor-http", "Properties": {
+                // httpd in the background and a sleeping PID 1: the container outlives its
+                // server, which is what an application-aware check must notice.
+                "Init": ["httpd -p 80 -h /www && exec sleep 2147483647"],
+                "Url": "http://127.0.0.1:{port:80}/",
+                "Timeout": "500ms",
+                "FailureThreshold": 2,
+            }},
+            "Health": {"CheckInterval": "250ms", "GracePeriod": "3s"},
+            "Updating": {"MaxSurge": 1, "MaxUnavailable": 0},
+        }
+    })
+}
+
+struct Manager<'a> {
+    env: &'a Env,
+    config: String,
+}
+
+impl Manager<'_> {
+    fn cli(&self, args: &[&str]) -> String {
+        let mut all = vec!["--config", self.config.as_str()];
+        all.extend(args);
+        self.env.ok(&all, None)
+    }
+
+    fn serve(&self) -> Daemon {
+        let poll = format!("{}ms", POLL.as_millis());
+        Daemon::start(
+            self.env,
+            &["--config", &self.config, "--poll-interval", &poll],
+        )
+    }
+
+    fn commit(&self, spec: &Value) {
+        let path = self.env.data_dir().join("spec.json");
+        std::fs::write(&path, spec.to_string()).unwrap();
+        self.cli(&["group", "commit", path.to_str().unwrap()]);
+    }
+
+    fn status(&self, id: &str) -> Value {
+        let out = self.cli(&["group", "describe", id, "-o", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+    }
+
+    /// Converged with every instance healthy and current.
+    fn healthy(&self, id: &str) -> bool {
+        let st = self.status(id);
+        st["phase"] == "converged"
+            && st["instances"].as_array().is_some_and(|i| {
+                i.len() == 3
+                    && i.iter()
+                        .all(|i| i["health"] == "healthy" && i["current"] == true)
+            })
+    }
+}
+
+#[test]
+fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroyed() {
+    if docker::engine().is_none() {
+        return;
+    }
+    let image = docker::image();
+    let env = Env::new();
+    let group = format!("web-{}", std::process::id());
+    let label = format!("infrakit.group={group}");
+    let other = format!("other-{}", std::process::id());
+    let stranger = format!("stranger-{}", std::process::id());
+    let _cleanup = Cleanup(vec![
+        label.clone(),
+        format!("infrakit.group={other}"),
+        format!("test.stranger={stranger}"),
+    ]);
+    let m = Manager {
+        env: &env,
+        config: example_grants().display().to_string(),
+    };
+    let mut daemon = m.serve();
+
+    // Two containers that are not ours: no group label, and another group's label. Started by
+    // hand, their start also measures what the engine takes for `docker run -d`.
+    let started = Instant::now();
+    docker(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("test.stranger={stranger}"),
+        image,
+        "sleep",
+        "600",
+    ]);
+    let docker_run = started.elapsed();
+    docker(&[
+        "run",
+        "-d",
+        "--label",
+        &format!("test.stranger={stranger}"),
+        "--label",
+        &format!("infrakit.group={other}"),
+        image,
+        "sleep",
+        "600",
+    ]);
+
+    m.commit(&web_spec(&group, image, &["VERSION=1"]));
+    wait_until("3 healthy containers", Duration::from_secs(60), || {
+        m.healthy(&group)
+    });
+    let first = running(&label);
+    assert_eq!(first.len(), 3, "{:?}", containers(&label));
+    for id in &first {
+        assert_eq!(inspect(id, "{{.HostConfig.Privileged}}"), "false");
+        let ports = inspect(id, "{{json .NetworkSettings.Ports}}");
+        assert!(
+            ports.contains("\"HostIp\":\"127.0.0.1\""),
+            "published on loopback only: {ports}"
+        );
+    }
+
+    // A container removed behind our back is replaced within two poll intervals: the engine's
+    // own record of the replacement's create is the measure (the test's polling of `docker ps`
+    // competes for the same two cores).
+    docker(&["rm", "-f", &first[0]]);
+    let removed = std::time::SystemTime::now();
+    wait_until("a replacement", Duration::from_secs(30), || {
+        running(&label).len() == 3
+    });
+    let since = removed.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let created = docker(&[
+        "events",
+        "--since",
+        &format!("{}.{:09}", since.as_secs(), since.subsec_nanos()),
+        "--until",
+        &format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 1
+        ),
+        "--filter",
+        &format!("label={label}"),
+        "--filter",
+        "event=create",
+        "--format",
+        "{{.TimeNano}}",
+    ]);
+    let created: u128 = created
+        .lines()
+        .next()
+        .expect("a create event")
+        .parse()
+        .unwrap();
+    let took = Duration::from_nanos((created - since.as_nanos()) as u64);
+    eprintln!(
+        "lost container replaced (created) {took:?} after its removal; docker run -d takes {docker_run:?}"
+    );
+    assert!(
+        took <= 2 * POLL,
+        "replacement created {took:?} after the removal; allowed 2 poll intervals"
+    );
+    assert!(!running(&label).contains(&first[0]));
+    wait_until("healthy again", Duration::from_secs(30), || {
+        m.healthy(&group)
+    });
+
+    // A container whose server dies while the container lives on is judged by flavor-http:
+    // unhealthy after its threshold, then replaced.
+    let victim = running(&label)[1].clone();
+    docker(&["exec", &victim, "killall", "httpd"]);
+    wait_until(
+        "the unhealthy container replaced",
+        Duration::from_secs(60),
+        || !running(&label).contains(&victim) && m.healthy(&group),
+    );
+    let events = m.cli(&["events", "-o", "json"]);
+    assert!(
+        events.contains(&victim[..12]) && events.contains("unhealthy"),
+        "no event says why {victim} went: {events}"
+    );
+
+    // A rolling update (new Env) never runs fewer than 3 or more than 3 + MaxSurge containers,
+    // and ends with all 3 on the new configuration.
+    m.commit(&web_spec(&group, image, &["VERSION=2"]));
+    let (mut low, mut high) = (usize::MAX, 0);
+    wait_until("the rolling update", Duration::from_secs(120), || {
+        let n = running(&label).len();
+        low = low.min(n);
+        high = high.max(n);
+        m.healthy(&group)
+            && running(&label)
+                .iter()
+                .all(|id| inspect(id, "{{json .Config.Env}}").contains("VERSION=2"))
+    });
+    assert!(
+        low >= 3 && high <= 4,
+        "running containers ranged {low}..={high}; allowed 3..=4"
+    );
+    eprintln!("rolling update: {low}..={high} containers running");
+    let rolled = running(&label);
+    assert_eq!(rolled.len(), 3);
+
+    // A restarted daemon finds its containers by label and leaves them alone.
+    let started_at: Vec<String> = rolled
+        .iter()
+        .map(|id| inspect(id, "{{.State.StartedAt}}"))
+        .collect();
+    daemon.terminate();
+    let _daemon = m.serve();
+    std::thread::sleep(3 * POLL);
+    assert!(m.healthy(&group), "{}", m.status(&group));
+    assert_eq!(
+        running(&label),
+        rolled,
+        "the restart touched the containers"
+    );
+    let again: Vec<String> = rolled
+        .iter()
+        .map(|id| inspect(id, "{{.State.StartedAt}}"))
+        .collect();
+    assert_eq!(again, started_at);
+
+    // Destroying the group removes its containers and no one else's.
+    m.cli(&["group", "destroy", &group, "--wait"]);
+    wait_until("no container of the group", Duration::from_secs(30), || {
+        containers(&label).is_empty()
+    });
+    let strangers = running(&format!("test.stranger={stranger}"));
+    assert_eq!(strangers.len(), 2, "a stranger container was touched");
+}
+
+#[test]
+fn a_missing_image_is_invalid_and_an_unreachable_engine_transient() {
+    if docker::engine().is_none() {
+        return;
+    }
+    let env = Env::new();
+    let config = example_grants().display().to_string();
+    let spec = json!({"Properties": {"Image": "infrakit-no-such-image:404"}, "Tags": {"infrakit.group": "nope"}})
+        .to_string();
+    let run = env.run(
+        &[
+            "--config",
+            &config,
+            "instance",
+            "provision",
+            "--plugin",
+            "instance-docker",
+        ],
+        Some(&spec),
+    );
+    let err = run.assert_failure();
+    assert!(
+        err.contains("infrakit-no-such-image:404") && err.contains("invalid"),
+        "{err}"
+    );
+
+    // The same grants pointing at a socket where no engine listens.
+    let text = std::fs::read_to_string(example_grants()).unwrap();
+    let gone = env.data_dir().join("no-engine.sock");
+    let moved = text.replace("/var/run/docker.sock", gone.to_str().unwrap());
+    let moved_path = env.data_dir().join("moved.toml");
+    std::fs::write(&moved_path, moved).unwrap();
+    let run = env.run(
+        &[
+            "--config",
+            moved_path.to_str().unwrap(),
+            "instance",
+            "describe",
+            "--plugin",
+            "instance-docker",
+        ],
+        None,
+    );
+    let err = run.assert_failure();
+    assert!(err.contains("transient"), "{err}");
+}
