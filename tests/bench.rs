@@ -24,12 +24,15 @@ use serde_json::{Value, json};
 // The tests' real etcd, started on loopback ports for the "several managers" rows.
 #[allow(dead_code)]
 mod support {
+    #[path = "../support/docker.rs"]
+    pub mod docker;
     #[path = "../support/etcd.rs"]
     pub mod etcd;
     #[path = "../support/process.rs"]
     pub mod process;
     #[path = "../support/tools.rs"]
     pub mod tools;
+    pub use tools::external_tool;
 }
 
 const GUEST: &str = env!("INFRAKIT_GUEST_DIR");
@@ -1203,6 +1206,8 @@ async fn main() {
         controller.shutdown().await;
     }
     api_under_load(&mut report, work.path(), quick).await;
+    eprintln!("docker");
+    docker_rows(&mut report, work.path(), quick).await;
     eprintln!("several managers");
     managers(&mut report, work.path(), quick).await;
 
@@ -1568,4 +1573,62 @@ async fn api_under_load(report: &mut Report, work: &Path, quick: bool) {
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
+}
+
+/// Provision (create + start) of one container through `instance-docker`, with the example's
+/// grants checking every request, against `docker run -d` from the shell; the same image,
+/// alternating, so both see the same engine.
+async fn docker_rows(report: &mut Report, work: &Path, quick: bool) {
+    use support::docker;
+    if docker::engine().is_none() {
+        return;
+    }
+    let image = docker::image();
+    let data = work.join("docker");
+    let mut config = RegistryConfig::under(&data);
+    let grants = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker/infrakit.toml");
+    config.builtin_grants = infrakit::config::Config::load(&grants).unwrap().plugins;
+    let registry = Registry::load(config).await.unwrap();
+    let plugin = registry.instance("instance-docker").unwrap();
+    let label = format!("infrakit-bench={}", std::process::id());
+    let _cleanup = docker::Cleanup(vec![label.clone()]);
+    let (key, value) = label.split_once('=').unwrap();
+    let spec = InstanceSpec {
+        properties: json!({"Image": image, "Cmd": ["sleep", "600"], "StopTimeout": 1}),
+        tags: [(key.to_string(), value.to_string())].into(),
+        ..Default::default()
+    };
+    let n = if quick { 3 } else { 15 };
+    let (mut ours, mut shell) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        plugin.provision(&spec).await.unwrap();
+        ours.push(t.elapsed());
+        let t = Instant::now();
+        docker::docker(&["run", "-d", "--label", &label, image, "sleep", "600"]);
+        shell.push(t.elapsed());
+    }
+    let (ours, _) = stats(ours);
+    let (shell, _) = stats(shell);
+    report.add(
+        "docker",
+        "provision one container (create + start) via instance-docker, median",
+        ours / 1000.0,
+        "ms",
+        None,
+    );
+    report.add(
+        "docker",
+        "`docker run -d` from the shell, median",
+        shell / 1000.0,
+        "ms",
+        None,
+    );
+    report.add(
+        "docker",
+        "instance-docker ÷ docker run -d",
+        ours / shell,
+        "x",
+        None,
+    );
 }

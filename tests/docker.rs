@@ -300,6 +300,36 @@ fn a_missing_image_is_invalid_and_an_unreachable_engine_transient() {
         "{err}"
     );
 
+    // `plugin inspect` shows the socket and the rules the host enforces.
+    let view = env
+        .run(
+            &[
+                "--config",
+                &config,
+                "plugin",
+                "inspect",
+                "instance-docker",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    let granted = &view["granted"];
+    assert_eq!(
+        granted["http_unix"],
+        json!(["http://docker -> /var/run/docker.sock"])
+    );
+    let rules = granted["http_rules"].to_string();
+    assert!(
+        rules.contains("POST /containers/create") && rules.contains("/HostConfig/Privileged"),
+        "{rules}"
+    );
+    assert!(
+        !rules.contains("/exec") && !rules.contains("/images/create"),
+        "{rules}"
+    );
+
     // The same grants pointing at a socket where no engine listens.
     let text = std::fs::read_to_string(example_grants()).unwrap();
     let gone = env.data_dir().join("no-engine.sock");

@@ -201,6 +201,12 @@ pub struct GrantedView {
     pub http: Vec<String>,
     /// Whether private and loopback addresses are refused.
     pub block_private: bool,
+    /// `http://NAME -> /path/to.sock` per granted unix socket.
+    #[serde(default)]
+    pub http_unix: Vec<String>,
+    /// One line per request rule: the target, the requests it admits and its body constraints.
+    #[serde(default)]
+    pub http_rules: Vec<String>,
     /// Configuration keys.
     pub config: Vec<String>,
     /// Environment variables.
@@ -313,6 +319,13 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 .collect(),
             http: g.http.allow.iter().map(ToString::to_string).collect(),
             block_private: g.http.block_private,
+            http_unix: g
+                .http
+                .unix
+                .iter()
+                .map(|(name, path)| format!("http://{name} -> {}", path.display()))
+                .collect(),
+            http_rules: g.http.rules.iter().map(ToString::to_string).collect(),
             config: g.config.keys().cloned().collect(),
             env: g.env.keys().cloned().collect(),
             limits: LimitsView {

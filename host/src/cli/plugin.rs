@@ -92,6 +92,8 @@ fn print_inspect(v: &PluginDetail) {
     for (label, items) in [
         ("files", &g.files),
         ("http", &g.http),
+        ("http unix socket", &g.http_unix),
+        ("http rule", &g.http_rules),
         ("config", &g.config),
         ("env", &g.env),
     ] {

@@ -353,6 +353,36 @@ impl HttpRule {
     }
 }
 
+impl fmt::Display for HttpRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |items: Vec<String>| items.join(", ");
+        write!(
+            f,
+            "{}: {}",
+            self.target,
+            list(self.requests.iter().map(ToString::to_string).collect())
+        )?;
+        if !self.deny_fields.is_empty() {
+            let fields = list(self.deny_fields.iter().map(ToString::to_string).collect());
+            write!(f, "; body must not set {fields}")?;
+        }
+        if !self.require_fields.is_empty() {
+            let fields = list(
+                self.require_fields
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            );
+            write!(f, "; body must set {fields}")?;
+        }
+        for (field, values) in &self.allow_values {
+            let values = list(values.iter().map(ToString::to_string).collect());
+            write!(f, "; {field} only {values}")?;
+        }
+        Ok(())
+    }
+}
+
 fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
