@@ -139,6 +139,24 @@ impl From<HttpError> for crate::Error {
     }
 }
 
+/// Percent-encodes `text` for use as one path segment or query value: everything but ASCII
+/// letters, digits and `-_.~` is escaped, so a value can never add a `/`, `?`, `&` or `#`.
+///
+/// ```
+/// assert_eq!(infrakit_sdk::http::encode("a b/c=d"), "a%20b%2Fc%3Dd");
+/// ```
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A request being built. Start with [`get`], [`post`], [`put`] or [`delete`].
 ///
 /// ```no_run

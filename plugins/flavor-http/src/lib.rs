@@ -146,18 +146,6 @@ fn placeholders(template: &str) -> std::result::Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// The probe URL for `instance`, or why it cannot be made yet.
 fn probe_url(template: &str, instance: &Description) -> std::result::Result<String, String> {
     let ports: BTreeMap<String, u16> = instance
@@ -174,8 +162,8 @@ fn probe_url(template: &str, instance: &Description) -> std::result::Result<Stri
                 .next()
                 .map(u16::to_string)
                 .ok_or("no published port yet")?,
-            "id" => encode(&instance.id),
-            "logical_id" => encode(instance.logical_id.as_deref().ok_or("no logical id")?),
+            "id" => http::encode(&instance.id),
+            "logical_id" => http::encode(instance.logical_id.as_deref().ok_or("no logical id")?),
             other => match (other.strip_prefix("port:"), other.strip_prefix("tag:")) {
                 (Some(p), _) => {
                     let key = if p.contains('/') {
@@ -188,7 +176,9 @@ fn probe_url(template: &str, instance: &Description) -> std::result::Result<Stri
                         .map(u16::to_string)
                         .ok_or_else(|| format!("port {key} is not published"))?
                 }
-                (_, Some(k)) => encode(instance.tag(k).ok_or_else(|| format!("no tag {k:?}"))?),
+                (_, Some(k)) => {
+                    http::encode(instance.tag(k).ok_or_else(|| format!("no tag {k:?}"))?)
+                }
                 _ => unreachable!("placeholders() checked the names"),
             },
         };

@@ -325,19 +325,6 @@ impl Default for DockerPlugin {
     }
 }
 
-/// Percent-encodes a query value.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// An id as given to us, checked before it goes into a path.
 fn container_id(id: &str) -> Result<&str> {
     let ok = !id.is_empty()
@@ -404,7 +391,7 @@ impl DockerPlugin {
         }
         let url = self.url(&format!(
             "/containers/json?all=1&limit={PAGE}&filters={}",
-            encode(&filters.to_string())
+            http::encode(&filters.to_string())
         ));
         http::get(url)
             .send()
@@ -493,7 +480,7 @@ impl InstancePlugin for DockerPlugin {
         );
         let body = props.create_body(&spec);
         let created: Value =
-            http::post(self.url(&format!("/containers/create?name={}", encode(&name))))
+            http::post(self.url(&format!("/containers/create?name={}", http::encode(&name))))
                 .json(&body)
                 .send()
                 .and_then(|r| r.error_for_status())
