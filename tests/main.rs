@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod aws;
 mod daemon;
 mod docker;
 mod groups;

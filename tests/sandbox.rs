@@ -6,7 +6,7 @@ use std::path::Path;
 use infrakit::plugin::{Error, Fault, InstanceSpec, Registry, RegistryConfig};
 use serde_json::json;
 
-use crate::support::http::{Behavior, TestServer, UnixRecorder};
+use crate::support::http::{Behavior, Recorder, TestServer};
 use crate::support::{Env, make_fifo, release_fifo, shared_cache_dir};
 
 const PLUGIN: &str = "fixture-misbehave";
@@ -762,7 +762,7 @@ async fn batched_health_checks_answer_in_one_call_and_a_fault_spoils_only_its_ow
 async fn a_unix_socket_grant_routes_requests_and_its_rules_stop_the_rest_before_they_leave() {
     let env = Env::new();
     let socket = env.data_dir().join("engine.sock");
-    let engine = UnixRecorder::start(&socket);
+    let engine = Recorder::unix(&socket);
     let grants = format!(
         r#"
 [http.unix]
@@ -815,7 +815,7 @@ allow_values = {{ "/HostConfig/Mounts/*/Source" = ["/srv/www/**"] }}
             "POST /containers/create?name=x"
         ]
     );
-    let (_, body) = engine.seen.lock().unwrap()[2].clone();
+    let body = engine.seen.lock().unwrap()[2].body.clone();
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap(),
         ok_body

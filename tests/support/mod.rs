@@ -8,6 +8,7 @@ pub mod docker;
 pub mod etcd;
 pub mod group;
 pub mod http;
+pub mod moto;
 pub mod process;
 pub mod tools;
 
@@ -56,6 +57,8 @@ pub fn shared_cache_dir() -> PathBuf {
 /// A private data directory and a way to run the binary against it.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Extra environment variables for every command run (the rest is cleared).
+    vars: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -65,6 +68,7 @@ impl Env {
                 .prefix("infrakit-test-")
                 .tempdir()
                 .expect("temp dir"),
+            vars: Default::default(),
         }
     }
 
@@ -113,7 +117,13 @@ impl Env {
             .env("INFRAKIT_DATA_DIR", self.data_dir())
             .env("INFRAKIT_CACHE_DIR", shared_cache_dir())
             .env("INFRAKIT_LOG", "warn");
+        cmd.envs(self.vars.borrow().iter().map(|(k, v)| (k, v)));
         cmd
+    }
+
+    /// Sets an environment variable for every command run from now on.
+    pub fn set_var(&self, key: &str, value: &str) {
+        self.vars.borrow_mut().push((key.into(), value.into()));
     }
 
     /// Runs the binary with `args`, feeding `stdin`.

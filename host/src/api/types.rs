@@ -207,6 +207,9 @@ pub struct GrantedView {
     /// One line per request rule: the target, the requests it admits and its body constraints.
     #[serde(default)]
     pub http_rules: Vec<String>,
+    /// One line per signed target: how, and whose credentials (never the secret).
+    #[serde(default)]
+    pub http_signed: Vec<String>,
     /// Configuration keys.
     pub config: Vec<String>,
     /// Environment variables.
@@ -326,6 +329,7 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 .map(|(name, path)| format!("http://{name} -> {}", path.display()))
                 .collect(),
             http_rules: g.http.rules.iter().map(ToString::to_string).collect(),
+            http_signed: g.http.sign.iter().map(ToString::to_string).collect(),
             config: g.config.keys().cloned().collect(),
             env: g.env.keys().cloned().collect(),
             limits: LimitsView {

@@ -94,6 +94,7 @@ fn print_inspect(v: &PluginDetail) {
         ("http", &g.http),
         ("http unix socket", &g.http_unix),
         ("http rule", &g.http_rules),
+        ("http signed", &g.http_signed),
         ("config", &g.config),
         ("env", &g.env),
     ] {

@@ -21,6 +21,10 @@
 //! target = "http://docker"
 //! requests = ["GET /containers/json", "POST /containers/*/start"]
 //!
+//! [[http.sign]]                # the host signs requests to this target (AWS Signature V4)
+//! target = "https://*.amazonaws.com"  # with credentials the plugin never sees: the host's
+//! profile = "prod"             # AWS_* environment, or this profile of its credentials file
+//!
 //! [config]
 //! dir = "/instances"
 //!
@@ -255,6 +259,54 @@ pub struct HttpGrant {
     pub unix: BTreeMap<String, PathBuf>,
     /// Method, path and body rules per target; a target without rules admits any request.
     pub rules: Vec<HttpRule>,
+    /// Targets whose requests the host signs.
+    pub sign: Vec<SignGrant>,
+}
+
+/// Requests to `target` are signed by the host with AWS Signature V4. The plugin builds the
+/// request; the credentials stay in the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignGrant {
+    /// The granted target whose requests are signed.
+    pub target: HttpTarget,
+    /// The service name in the signature; default: the first label of the host
+    /// (`ec2` of `ec2.eu-west-1.amazonaws.com`).
+    pub service: Option<String>,
+    /// The region; default: the second label of an `*.amazonaws.com` host.
+    pub region: Option<String>,
+    /// A profile of the shared credentials file; default: the host's `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` (`AWS_SESSION_TOKEN`), else `AWS_PROFILE` or `default`.
+    pub profile: Option<String>,
+}
+
+impl fmt::Display for SignGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: signed with AWS SigV4", self.target)?;
+        match &self.service {
+            Some(s) => write!(f, ", service {s}")?,
+            None => write!(f, ", service from the host name")?,
+        }
+        match &self.region {
+            Some(r) => write!(f, ", region {r}")?,
+            None => write!(f, ", region from the host name")?,
+        }
+        match &self.profile {
+            Some(p) => write!(f, ", credentials of profile {p}"),
+            None => write!(
+                f,
+                ", credentials from the host's AWS environment or default profile"
+            ),
+        }
+    }
+}
+
+impl HttpGrant {
+    /// The signer of a request to `scheme://host:port`, if one is granted.
+    pub fn signer(&self, scheme: &str, host: &str, port: u16) -> Option<&SignGrant> {
+        self.sign
+            .iter()
+            .find(|s| s.target.matches(scheme, host, port))
+    }
 }
 
 impl HttpGrant {
@@ -312,6 +364,20 @@ struct RawHttp {
     unix: BTreeMap<String, PathBuf>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    #[serde(default)]
+    sign: Vec<RawSign>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSign {
+    target: String,
+    /// The signature scheme; `aws-sigv4`, the only one, is the default.
+    #[serde(default)]
+    with: Option<String>,
+    service: Option<String>,
+    region: Option<String>,
+    profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +496,56 @@ impl Grants {
                     .push(rule_from_raw(r).map_err(|(field, problem, accepted)| {
                         value_error(format!("http.rules[{i}].{field}"), problem, accepted)
                     })?);
+            }
+            for (i, raw) in raw_http.sign.into_iter().enumerate() {
+                let key = |field: &str| format!("http.sign[{i}].{field}");
+                let target = HttpTarget::parse(&raw.target)
+                    .map_err(|p| value_error(key("target"), p, HTTP_FORM))?;
+                if let Some(with) = raw.with.as_deref().filter(|w| *w != "aws-sigv4") {
+                    return Err(value_error(
+                        key("with"),
+                        format!("{with:?} is not a known signature"),
+                        "\"aws-sigv4\"",
+                    ));
+                }
+                let loopback = matches!(target.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+                if target.scheme != "https" && !loopback {
+                    return Err(value_error(
+                        key("target"),
+                        format!(
+                            "{target} is not https: signed requests would cross the network in the clear"
+                        ),
+                        "an https:// target, or http:// on loopback (an emulator)",
+                    ));
+                }
+                if !http.allow.contains(&target) {
+                    return Err(value_error(
+                        key("target"),
+                        format!("{target} is not in http.allow"),
+                        "a target listed, exactly, in http.allow",
+                    ));
+                }
+                let amazon = target.host.ends_with(".amazonaws.com");
+                if raw.region.is_none() && !amazon {
+                    return Err(value_error(
+                        key("region"),
+                        format!("{target} is not an *.amazonaws.com host to take the region from"),
+                        "a region such as \"us-east-1\"",
+                    ));
+                }
+                if raw.service.is_none() && !amazon {
+                    return Err(value_error(
+                        key("service"),
+                        format!("{target} is not an *.amazonaws.com host to take the service from"),
+                        "a service name such as \"ec2\"",
+                    ));
+                }
+                http.sign.push(SignGrant {
+                    target,
+                    service: raw.service,
+                    region: raw.region,
+                    profile: raw.profile,
+                });
             }
             if let Some((i, r)) = http.rules.iter().enumerate().find(|(_, r)| {
                 !http.allow.iter().any(|t| {

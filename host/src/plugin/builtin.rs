@@ -19,4 +19,8 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
         "flavor-http",
         include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/flavor_http.wasm")),
     ),
+    (
+        "instance-aws",
+        include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/instance_aws.wasm")),
+    ),
 ];

@@ -13,6 +13,7 @@ pub mod engine;
 mod outbound;
 pub mod registry;
 pub mod sandbox;
+mod signing;
 
 use std::fmt;
 use std::future::Future;

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use super::{bindings, outbound};
+use super::{bindings, outbound, signing};
 use crate::grants::{self, Grants, rules};
 
 /// How much of a call's stdout/stderr is kept (and logged); the rest is dropped.
@@ -316,38 +316,55 @@ impl WasiHttpHooks for HttpPolicy {
                     rules::Verdict::Admitted(r) if r.iter().all(|r| r.checks_body()) => r,
                     rules::Verdict::Admitted(_) | rules::Verdict::Unruled => Vec::new(),
                 };
-            let request = if body_rules.is_empty() {
+            let signer = grants.http.signer(&scheme, &host, port);
+            let request = if body_rules.is_empty() && signer.is_none() {
                 request.map(BodyExt::boxed_unsync)
             } else {
-                // Constraints on the body are checked on the whole of it, before any of the
-                // request leaves the host.
+                // Constraints on the body are checked, and a signature computed, on the whole of
+                // it, before any of the request leaves the host.
                 let (parts, body) = request.into_parts();
                 let body = http_body_util::Limited::new(body, rules::MAX_CHECKED_BODY)
                     .collect()
                     .await
                     .map_err(|_| {
                         deny(format!(
-                            "the body could not be read whole within {} bytes for the rule check",
+                            "the body could not be read whole within {} bytes to check or sign it",
                             rules::MAX_CHECKED_BODY
                         ))
                     })?
                     .to_bytes();
-                let verdicts: Vec<Result<(), String>> =
-                    body_rules.iter().map(|r| r.check_body(&body)).collect();
-                if !verdicts.iter().any(Result::is_ok) {
-                    return Err(deny(
-                        verdicts
-                            .into_iter()
-                            .find_map(Result::err)
-                            .unwrap_or_default(),
-                    ));
+                if !body_rules.is_empty() {
+                    let verdicts: Vec<Result<(), String>> =
+                        body_rules.iter().map(|r| r.check_body(&body)).collect();
+                    if !verdicts.iter().any(Result::is_ok) {
+                        return Err(deny(
+                            verdicts
+                                .into_iter()
+                                .find_map(Result::err)
+                                .unwrap_or_default(),
+                        ));
+                    }
                 }
-                http::Request::from_parts(
-                    parts,
+                let mut request = http::Request::from_parts(parts, ());
+                if let Some(signer) = signer {
+                    let host_only = host.trim_start_matches('[').trim_end_matches(']');
+                    signing::sign_request(&mut request, &body, signer, host_only).map_err(
+                        |reason| {
+                            tracing::warn!(
+                                plugin = %plugin,
+                                target = %target,
+                                reason = %reason,
+                                "outbound HTTP not sent: the host could not sign it"
+                            );
+                            wasmtime_wasi_http::Error::ConfigurationError
+                        },
+                    )?;
+                }
+                request.map(|()| {
                     http_body_util::Full::new(body)
                         .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
+                        .boxed_unsync()
+                })
             };
             let route = match grants.http.unix_socket(&scheme, &host, port) {
                 Some(socket) => outbound::Route::Unix(socket.to_path_buf()),
