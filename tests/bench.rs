@@ -28,6 +28,8 @@ mod support {
     pub mod docker;
     #[path = "../support/etcd.rs"]
     pub mod etcd;
+    #[path = "../support/moto.rs"]
+    pub mod moto;
     #[path = "../support/process.rs"]
     pub mod process;
     #[path = "../support/tools.rs"]
@@ -1208,6 +1210,8 @@ async fn main() {
     api_under_load(&mut report, work.path(), quick).await;
     eprintln!("docker");
     docker_rows(&mut report, work.path(), quick).await;
+    eprintln!("aws");
+    aws_rows(&mut report, work.path(), quick).await;
     eprintln!("several managers");
     managers(&mut report, work.path(), quick).await;
 
@@ -1631,4 +1635,85 @@ async fn docker_rows(report: &mut Report, work: &Path, quick: bool) {
         "x",
         None,
     );
+}
+
+/// `describe` of 1,000 EC2 instances, 100 a page, through `instance-aws` (every page signed by the
+/// host) against boto3's paginator, both against the same moto server.
+async fn aws_rows(report: &mut Report, work: &Path, quick: bool) {
+    let Some(moto) = support::moto::Moto::start(work, false) else {
+        return;
+    };
+    let n = if quick { 200 } else { 1000 };
+    moto.boto(&format!(
+        r#"
+ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.nano", MinCount={n}, MaxCount={n},
+    TagSpecifications=[{{"ResourceType": "instance", "Tags": [{{"Key": "infrakit.group", "Value": "bench"}}]}}])
+"#
+    ));
+    let data = work.join("aws");
+    std::fs::create_dir_all(&data).unwrap();
+    let credentials = data.join("credentials");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = AKIDBENCH\naws_secret_access_key = bench\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{}credentials_file = {:?}\n",
+        moto.config("default", 100),
+        credentials.display().to_string()
+    );
+    let mut config = RegistryConfig::under(&data);
+    config.builtin_grants = infrakit::config::Config::parse(&text, &data.join("infrakit.toml"))
+        .unwrap()
+        .plugins;
+    let registry = Registry::load(config).await.unwrap();
+    let plugin = registry.instance("instance-aws").unwrap();
+    let filter: Tags = [("infrakit.group".to_string(), "bench".to_string())].into();
+    let runs = if quick { 3 } else { 7 };
+    let mut ours = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let found = plugin.describe(&filter, false).await.unwrap();
+        ours.push(t.elapsed());
+        assert_eq!(found.len(), n);
+    }
+    let out = moto.boto(&format!(
+        r#"
+import time
+times = []
+for _ in range({runs}):
+    t = time.perf_counter()
+    found = 0
+    for page in ec2.get_paginator("describe_instances").paginate(
+            Filters=[{{"Name": "tag:infrakit.group", "Values": ["bench"]}},
+                     {{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}}],
+            PaginationConfig={{"PageSize": 100}}):
+        found += sum(len(r["Instances"]) for r in page["Reservations"])
+    times.append(time.perf_counter() - t)
+    assert found == {n}, found
+times.sort()
+print(times[len(times) // 2])
+"#
+    ));
+    let boto = out.trim().parse::<f64>().unwrap() * 1000.0;
+    let (ours, _) = stats(ours);
+    let ours = ours / 1000.0;
+    report.add(
+        "aws",
+        format!(
+            "describe {n} instances, 100 a page, via instance-aws (signed by the host), median"
+        ),
+        ours,
+        "ms",
+        None,
+    );
+    report.add(
+        "aws",
+        format!("describe {n} instances, 100 a page, via boto3, median"),
+        boto,
+        "ms",
+        None,
+    );
+    report.add("aws", "instance-aws ÷ boto3", ours / boto, "x", None);
 }

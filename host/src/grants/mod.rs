@@ -24,6 +24,7 @@
 //! [[http.sign]]                # the host signs requests to this target (AWS Signature V4)
 //! target = "https://*.amazonaws.com"  # with credentials the plugin never sees: the host's
 //! profile = "prod"             # AWS_* environment, or this profile of its credentials file
+//! credentials_file = "/etc/infrakit/aws"  # optional: the file (default ~/.aws/credentials)
 //!
 //! [config]
 //! dir = "/instances"
@@ -277,6 +278,9 @@ pub struct SignGrant {
     /// A profile of the shared credentials file; default: the host's `AWS_ACCESS_KEY_ID` /
     /// `AWS_SECRET_ACCESS_KEY` (`AWS_SESSION_TOKEN`), else `AWS_PROFILE` or `default`.
     pub profile: Option<String>,
+    /// The shared credentials file to read the profile from; default:
+    /// `AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`.
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl fmt::Display for SignGrant {
@@ -378,6 +382,7 @@ struct RawSign {
     service: Option<String>,
     region: Option<String>,
     profile: Option<String>,
+    credentials_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -540,11 +545,19 @@ impl Grants {
                         "a service name such as \"ec2\"",
                     ));
                 }
+                if let Some(file) = raw.credentials_file.as_ref().filter(|f| !f.is_absolute()) {
+                    return Err(value_error(
+                        key("credentials_file"),
+                        format!("{file:?} is not an absolute path"),
+                        "the absolute path of an AWS shared credentials file",
+                    ));
+                }
                 http.sign.push(SignGrant {
                     target,
                     service: raw.service,
                     region: raw.region,
                     profile: raw.profile,
+                    credentials_file: raw.credentials_file,
                 });
             }
             if let Some((i, r)) = http.rules.iter().enumerate().find(|(_, r)| {
@@ -851,6 +864,44 @@ mod tests {
             (
                 "[http]\nallow = [\"http://x\"]\n[[http.rules]]\ntarget = \"http://x\"\nrequests = []\n",
                 "http.rules[0].requests",
+            ),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn signed_targets_are_https_or_loopback_and_granted() {
+        let g = parse(
+            "[http]\nallow = [\"https://*.amazonaws.com\", \"http://127.0.0.1:5000\"]\n\
+             [[http.sign]]\ntarget = \"https://*.amazonaws.com\"\nprofile = \"prod\"\n\
+             [[http.sign]]\ntarget = \"http://127.0.0.1:5000\"\nservice = \"ec2\"\nregion = \"us-east-1\"\n",
+        )
+        .unwrap();
+        assert!(
+            g.http
+                .signer("https", "ec2.eu-west-1.amazonaws.com", 443)
+                .is_some()
+        );
+        assert!(g.http.signer("https", "example.com", 443).is_none());
+        assert!(g.http.sign[0].to_string().contains("profile prod"));
+        for (text, key) in [
+            (
+                "[http]\nallow = [\"http://api.example.com\"]\n[[http.sign]]\ntarget = \"http://api.example.com\"\nservice = \"s\"\nregion = \"r\"\n",
+                "http.sign[0].target",
+            ),
+            (
+                "[http]\nallow = []\n[[http.sign]]\ntarget = \"https://ec2.us-east-1.amazonaws.com\"\n",
+                "http.sign[0].target",
+            ),
+            (
+                "[http]\nallow = [\"http://127.0.0.1:1\"]\n[[http.sign]]\ntarget = \"http://127.0.0.1:1\"\nservice = \"ec2\"\n",
+                "http.sign[0].region",
+            ),
+            (
+                "[http]\nallow = [\"https://x.amazonaws.com\"]\n[[http.sign]]\ntarget = \"https://x.amazonaws.com\"\nwith = \"basic\"\n",
+                "http.sign[0].with",
             ),
         ] {
             let err = parse(text).unwrap_err().to_string();

@@ -38,10 +38,13 @@ fn credentials_file() -> Option<PathBuf> {
         .or_else(|| dirs::home_dir().map(|h| h.join(".aws").join("credentials")))
 }
 
-/// Reads the credentials a grant names: a profile when it names one, else the host's `AWS_*`
-/// environment, else `AWS_PROFILE` (or `default`) from the shared credentials file.
-pub fn credentials(profile: Option<&str>) -> Result<Credentials, String> {
+/// Reads the credentials a grant names: a profile (of its file, when it names one) when it
+/// names one, else the host's `AWS_*` environment, else `AWS_PROFILE` (or `default`) from the
+/// shared credentials file.
+pub fn credentials(grant: &SignGrant) -> Result<Credentials, String> {
+    let profile = grant.profile.as_deref();
     if profile.is_none()
+        && grant.credentials_file.is_none()
         && let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
     {
         return Ok(Credentials {
@@ -54,7 +57,11 @@ pub fn credentials(profile: Option<&str>) -> Result<Credentials, String> {
         .map(str::to_string)
         .or_else(|| env("AWS_PROFILE"))
         .unwrap_or_else(|| "default".into());
-    let path = credentials_file().ok_or("no home directory for ~/.aws/credentials")?;
+    let path = grant
+        .credentials_file
+        .clone()
+        .or_else(credentials_file)
+        .ok_or("no home directory for ~/.aws/credentials")?;
     let text = std::fs::read_to_string(&path).map_err(|e| {
         format!(
             "no AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the host's environment, and {}: {e}",
@@ -135,7 +142,7 @@ pub fn sign_request<B>(
     host: &str,
 ) -> Result<(), String> {
     let (service, region) = scope(grant, host)?;
-    let creds = credentials(grant.profile.as_deref())?;
+    let creds = credentials(grant)?;
     sign_with(request, body, creds, &service, &region)
 }
 
@@ -203,6 +210,7 @@ mod tests {
             service: None,
             region: None,
             profile: None,
+            credentials_file: None,
         }
     }
 
@@ -238,6 +246,27 @@ mod tests {
         assert_eq!(profile_from(text, "default").unwrap().key, "AKD");
         assert!(profile_from(text, "none").is_none());
         assert!(!format!("{p:?}").contains("sp"), "Debug shows no secret");
+    }
+
+    #[test]
+    fn a_grant_may_name_its_credentials_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(
+            &file,
+            "[ops]\naws_access_key_id = AKOPS\naws_secret_access_key = s\n",
+        )
+        .unwrap();
+        let mut g = grant("https://*.amazonaws.com");
+        g.credentials_file = Some(file.clone());
+        assert!(
+            credentials(&g).unwrap_err().contains("[default]"),
+            "no default profile there"
+        );
+        g.profile = Some("ops".into());
+        assert_eq!(credentials(&g).unwrap().key, "AKOPS");
+        g.credentials_file = Some(dir.path().join("missing"));
+        assert!(credentials(&g).unwrap_err().contains("missing"));
     }
 
     #[test]
