@@ -13,3 +13,4 @@ mod ha;
 mod plugin_cli;
 mod sandbox;
 mod store;
+mod ui;

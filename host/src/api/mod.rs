@@ -10,6 +10,7 @@
 
 mod openapi;
 pub mod types;
+pub mod ui;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -587,7 +588,7 @@ pub fn openapi_document() -> serde_json::Value {
 
 /// The routes, and their OpenAPI document as served at `/openapi.json`.
 pub fn router(daemon: AppState) -> (axum::Router, serde_json::Value) {
-    let (router, api) = routes().with_state(daemon).split_for_parts();
+    let (router, api) = routes().with_state(daemon.clone()).split_for_parts();
     let doc = Arc::new(openapi::document(api));
     let served = doc.clone();
     let router = router
@@ -598,6 +599,7 @@ pub fn router(daemon: AppState) -> (axum::Router, serde_json::Value) {
                 async move { Json(doc.as_ref().clone()) }
             }),
         )
+        .merge(ui::routes().with_state(daemon.clone()))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json")
         })
@@ -605,22 +607,96 @@ pub fn router(daemon: AppState) -> (axum::Router, serde_json::Value) {
     (router, doc.as_ref().clone())
 }
 
-/// Requires `Authorization: Bearer <token>` (TCP listener), compared in constant time.
+/// Requires `Authorization: Bearer <token>` (TCP listener), compared in constant time. The
+/// status page's own `GET`s may carry the token in its cookie instead (set by `/?token=` or the
+/// login form; see `ui`), never the API's.
 pub async fn require_token(token: Arc<String>, req: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
-    let given = req
+    let valid = |given: &str| {
+        given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    };
+    let path = req.uri().path().to_string();
+    if req.method() == axum::http::Method::POST && path == "/ui/login" {
+        let body = axum::body::to_bytes(req.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        let given = form_value(&String::from_utf8_lossy(&body), "token").unwrap_or_default();
+        return if valid(&given) {
+            ui::signed_in(&given)
+        } else {
+            ui::login_page(true)
+        };
+    }
+    let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let ok = given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()));
-    if !ok {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "a bearer token is required on the TCP listener (Authorization: Bearer <token>)",
-        )
-        .into_response();
+    if valid(bearer) {
+        return next.run(req).await;
     }
-    next.run(req).await
+    let page = ui::is_page_path(&path)
+        && matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+    if page {
+        let cookie = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == ui::COOKIE)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default();
+        if valid(&cookie) {
+            return next.run(req).await;
+        }
+        if path == "/"
+            && let Some(given) = req.uri().query().and_then(|q| form_value(q, "token"))
+            && valid(&given)
+        {
+            // Trade the token in the address for a cookie, and take it out of the address.
+            return ui::signed_in(&given);
+        }
+        if path == "/" {
+            return ui::login_page(false);
+        }
+    }
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "a bearer token is required on the TCP listener (Authorization: Bearer <token>)",
+    )
+    .into_response()
+}
+
+/// The value of `key` in `a=1&key=v` (form or query encoding).
+fn form_value(text: &str, key: &str) -> Option<String> {
+    text.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = s.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
