@@ -963,6 +963,26 @@ async fn main() {
         Some(("<=", 50.0)),
     );
 
+    // A new group of 100,000: every step a provision with a fresh index.
+    let mut grown = d.clone();
+    grown.allocation = infrakit::model::Allocation::Size(100_000);
+    let new_runs: Vec<Duration> = (0..runs(5))
+        .map(|_| {
+            let t = Instant::now();
+            let p = plan::plan(&grown, &[], now_ms());
+            assert_eq!(p.steps.len(), 100_000);
+            t.elapsed()
+        })
+        .collect();
+    let (new_ms, _) = stats(new_runs);
+    report.add(
+        "scale",
+        "pure plan, a new group of 100k (100k provisions)",
+        new_ms / 1e3,
+        "ms",
+        Some(("<=", 50.0)),
+    );
+
     let (tx, _) = tokio::sync::broadcast::channel(100_000);
     let events = Arc::new(Events { tx: tx.clone() });
     let (controller, store) = managed(

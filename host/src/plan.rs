@@ -311,6 +311,10 @@ struct Builder {
     messages: Vec<String>,
     paused: bool,
     used_indexes: BTreeSet<u32>,
+    /// No index below this is free: indexes are only ever taken while planning, so the search
+    /// for the next free one resumes here instead of from 0 (from 0 made a scale-up quadratic:
+    /// 10,000 new instances planned in 17 s).
+    free_from: u32,
 }
 
 impl Builder {
@@ -321,12 +325,16 @@ impl Builder {
             messages: Vec::new(),
             paused: false,
             used_indexes: members.iter().filter_map(|v| v.m.index).collect(),
+            free_from: 0,
         }
     }
 
     fn next_index(&mut self) -> u32 {
-        let i = (0..).find(|i| !self.used_indexes.contains(i)).unwrap_or(0);
+        let i = (self.free_from..)
+            .find(|i| !self.used_indexes.contains(i))
+            .unwrap_or(0);
         self.used_indexes.insert(i);
+        self.free_from = i.saturating_add(1);
         i
     }
 
@@ -562,11 +570,19 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
             "rolling update: made from an older configuration".to_string(),
         );
     }
-    for _ in 0..adds_left {
+    for k in 0..adds_left {
+        // Each step says which one it is, so the events of a scale-up tell them apart.
         let reason = if !old.is_empty() {
-            "rolling update: new configuration".to_string()
+            format!(
+                "rolling update: new configuration ({} of {adds_left})",
+                k + 1
+            )
         } else {
-            format!("{} of {n} instances exist", cur.len())
+            format!(
+                "{} of {n} instances exist; adding {} of {adds_left}",
+                cur.len(),
+                k + 1
+            )
         };
         b.provision(None, None, reason);
     }

@@ -63,6 +63,44 @@ fn an_empty_group_is_provisioned_with_distinct_indexes() {
         .collect();
     assert_eq!(idx, vec![0, 1, 2]);
     assert_eq!(p.phase, Phase::Converging);
+    let reasons: std::collections::BTreeSet<String> = p
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::Provision { reason, .. } => reason.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        reasons.len(),
+        3,
+        "each step has its own reason: {reasons:?}"
+    );
+    assert!(
+        reasons.contains("0 of 3 instances exist; adding 3 of 3"),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn new_instances_fill_the_holes_in_the_indexes_first() {
+    let ms: Vec<Member> = [0u32, 2, 5]
+        .iter()
+        .map(|i| Member {
+            index: Some(*i),
+            ..member(&format!("i{i}"), SHA, Health::Healthy, OLD_AGE)
+        })
+        .collect();
+    let p = plan(&desired(Allocation::Size(7)), &ms, NOW);
+    let idx: Vec<u32> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Provision { index, .. } => Some(*index),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(idx, vec![1, 3, 4, 6]);
 }
 
 #[test]
