@@ -142,7 +142,11 @@ async fn stream(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = events.recv() => {}
+                r = events.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                        return;
+                    }
+                }
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = stopping.changed() => return,
             }

@@ -222,6 +222,26 @@ impl HttpFlavor {
             .unwrap_or(0)
     }
 
+    /// Removes counts untouched for an hour: those of instances that went away without a
+    /// drain (lost ones). A failing instance's count is rewritten at every check.
+    fn prune_stale(&self) {
+        let Ok(entries) = fs::read_dir(self.state_dir.join("failures")) else {
+            return;
+        };
+        let hour = Duration::from_secs(3600);
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > hour);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn set_failures(&self, id: &str, n: u32) {
         let path = self.count_file(id);
         let result = if n == 0 {
@@ -291,6 +311,7 @@ impl FlavorPlugin for HttpFlavor {
                 Ok(Health::Healthy)
             }
             Some(why) => {
+                self.prune_stale();
                 let n = self.failures(&instance.id).saturating_add(1);
                 self.set_failures(&instance.id, n);
                 infrakit_sdk::debug!(
