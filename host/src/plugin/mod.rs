@@ -859,7 +859,32 @@ const WALL_GRACE: Duration = Duration::from_millis(250);
 /// before further calls are refused (so a plugin cannot pile up threads call after call).
 const MAX_BLOCKED_CALLS: usize = 4;
 
-/// Runs one call on a thread of the blocking pool, never on a worker of the caller's runtime:
+/// How much less CPU priority plugin threads get than the daemon's own (a `nice` value).
+const PLUGIN_NICENESS: i32 = 10;
+
+/// The runtime whose threads run guest code: its own, at a lower CPU priority, so that plugins
+/// spinning on every core still leave the API and the controller (on the caller's runtime) the
+/// CPU they need. Linux keeps the nice value per thread.
+fn plugin_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1024)
+            .thread_name("infrakit-plugin")
+            .on_thread_start(|| {
+                let tid = rustix::thread::gettid();
+                if let Err(e) = rustix::process::setpriority_process(Some(tid), PLUGIN_NICENESS) {
+                    tracing::debug!(error = %e, "plugin thread keeps the daemon's CPU priority");
+                }
+            })
+            .enable_all()
+            .build()
+            .expect("a runtime for plugin calls")
+    })
+}
+
+/// Runs one call on a thread of the plugins' blocking pool, never on a worker of the caller's runtime:
 /// guest code and the file I/O it does on its own thread (a FIFO, a hung network filesystem)
 /// can then never hold up the API or the controller. The wall-clock limit is enforced twice:
 /// inside the call by its own timer, and here, by the caller's runtime, which a thread blocked
@@ -882,8 +907,8 @@ async fn run_isolated<T: Send + 'static>(
     let task = {
         let core = core.clone();
         let state = state.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
+        let runtime = plugin_runtime().handle().clone();
+        runtime.clone().spawn_blocking(move || {
             let outcome = runtime.block_on(work(core.clone()));
             if state
                 .compare_exchange(RUNNING, DONE, Ordering::SeqCst, Ordering::SeqCst)
