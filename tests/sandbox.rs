@@ -874,3 +874,46 @@ allow_values = {{ "/HostConfig/Mounts/*/Source" = ["/srv/www/**"] }}
     assert!(msg.contains("HttpRequestDenied"), "{msg}");
     assert_eq!(engine.requests(), reached);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_directory_scan_that_fails_changes_nothing() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    let dir = env.plugins_dir();
+    // The directory replaced by a file: reading it fails (ENOTDIR), as it would out of
+    // descriptors (EMFILE). Root ignores permissions, so this is the failure a test can cause.
+    std::fs::rename(&dir, env.data_dir().join("plugins-aside")).unwrap();
+    std::fs::write(&dir, "not a directory").unwrap();
+    for _ in 0..2 {
+        assert!(registry.rescan().await.is_empty());
+    }
+    assert!(
+        registry.instance(PLUGIN).is_ok(),
+        "a failed scan unloaded the plugin in service"
+    );
+    // No directory at all is an answer: its plugins go.
+    std::fs::remove_file(&dir).unwrap();
+    registry.rescan().await;
+    assert!(registry.instance(PLUGIN).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_named_exactly_stays_reachable_next_to_a_wildcard() {
+    let env = Env::new();
+    let named = TestServer::start(Behavior::Respond("named".into()));
+    let other = TestServer::start(Behavior::Respond("other".into()));
+    // The wildcard turns private-address blocking on; it must not take away the loopback
+    // target the operator named.
+    let grants = format!(
+        "[http]\nallow = [\"http://127.0.0.1:{}\", \"http://*:*\"]\n",
+        named.port()
+    );
+    let registry = registry(&env, &grants).await;
+    let got = attempt(&registry, json!({"Do": "http", "Url": named.url("/")}))
+        .await
+        .unwrap();
+    assert_eq!(got, "ok:200:named");
+    let msg = denied(attempt(&registry, json!({"Do": "http", "Url": other.url("/")})).await);
+    assert!(msg.contains("HttpRequestDenied"), "{msg}");
+    assert_eq!(other.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

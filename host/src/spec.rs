@@ -376,6 +376,17 @@ impl GroupSpec {
     pub fn parse(text: &str, origin: &str, yaml: bool) -> Result<GroupSpec, Error> {
         let as_yaml = yaml || !text.trim_start().starts_with('{');
         let spec: GroupSpec = if as_yaml {
+            if let Err((line, depth)) = yaml_nesting(text) {
+                return Err(Error::Parse {
+                    file: origin.to_string(),
+                    field: String::new(),
+                    position: format!(" (line {line})"),
+                    message: format!(
+                        "nesting deeper than {MAX_YAML_DEPTH} levels ({depth}); specs are \
+                         bounded as JSON ones are"
+                    ),
+                });
+            }
             let de = yaml_serde::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
@@ -615,6 +626,52 @@ fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Deepest YAML nesting accepted (serde_json stops JSON at 128).
+pub const MAX_YAML_DEPTH: usize = 128;
+
+/// Checks a YAML text's nesting before it is parsed: the parser's time grows faster than
+/// linearly with depth (100,000 levels of `[` took 45 s, holding a thread of the API). Counts
+/// flow brackets outside quotes and comments, plus, on each line, the block markers (`- `,
+/// `? `) that open a level without indentation; indentation itself bounds the rest, since a
+/// level needs at least one more space. `Err((line, depth))` names the first line too deep.
+fn yaml_nesting(text: &str) -> Result<(), (usize, usize)> {
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start_matches(' ');
+        let indent = line.len() - trimmed.len();
+        let mut markers = 0;
+        let mut rest = trimmed;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            markers += 1;
+            rest = r.trim_start_matches(' ');
+        }
+        let mut quote: Option<char> = None;
+        let mut previous = ' ';
+        for c in rest.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '#') if previous == ' ' => break,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    if flow + markers + indent / 2 > MAX_YAML_DEPTH {
+                        return Err((n + 1, flow + markers + indent / 2));
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+            previous = c;
+        }
+        let depth = flow + markers + indent / 2;
+        if depth > MAX_YAML_DEPTH || flow > MAX_YAML_DEPTH {
+            return Err((n + 1, depth));
+        }
+    }
+    Ok(())
+}
+
 /// serde_json and yaml_serde append " at line L column C"; the position is reported separately.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -638,6 +695,37 @@ mod tests {
         assert_eq!(spec.size(), 3);
         assert_eq!(spec.properties.updating, Updating::default());
         assert_eq!(spec.properties.health.max_unhealthy.resolve(3), 1);
+    }
+
+    #[test]
+    fn deeply_nested_yaml_is_refused_before_parsing() {
+        for (deep, line) in [
+            (
+                format!(
+                    "ID: x\nProperties:\n  A: {}{}\n",
+                    "[".repeat(100_000),
+                    "]".repeat(100_000)
+                ),
+                3,
+            ),
+            (format!("ID: x\nP:\n{}1\n", "- ".repeat(200)), 3),
+            (format!("ID: x\nP:\n  - {{\n{}\n", "{ ".repeat(300)), 4),
+        ] {
+            let err = GroupSpec::parse(&deep, "deep.yaml", true)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("nesting deeper than 128") && err.contains(&format!("line {line}")),
+                "{err}"
+            );
+        }
+        // Brackets in strings and comments do not count.
+        let text = format!(
+            "ID: x # {}\nProperties: {{Allocation: {{Size: 1}}}}\nX: \"{}\"\n",
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(yaml_nesting(&text).is_ok());
     }
 
     #[test]

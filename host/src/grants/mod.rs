@@ -621,6 +621,37 @@ impl Grants {
         })
     }
 
+    /// What in these grants an operator should look at twice, one sentence each: read-write
+    /// access to the daemon's own data, a grant hiding the scratch directory, private-address
+    /// blocking turned off next to a wildcard.
+    pub fn warnings(&self, data_dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, f) in self.files.iter().enumerate() {
+            if f.mode == Mode::ReadWrite
+                && (f.host == Path::new("/") || data_dir.starts_with(&f.host))
+            {
+                out.push(format!(
+                    "files[{i}]: read-write access to {}, which holds the daemon's data \
+                     directory (its store, every plugin's scratch directory)",
+                    f.host.display()
+                ));
+            }
+            if f.guest.trim_end_matches('/') == "/data" {
+                out.push(format!(
+                    "files[{i}]: guest path /data hides the plugin's own scratch directory"
+                ));
+            }
+        }
+        if !self.http.block_private && self.http.allow.iter().any(HttpTarget::has_wildcard_host) {
+            out.push(
+                "http: block_private = false next to a wildcard host: the plugin can reach \
+                 loopback, the private network and the cloud's metadata address"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Whether a resolved address may be contacted under `block_private`.
     pub fn address_allowed(&self, ip: IpAddr) -> bool {
         !self.http.block_private || is_public(ip)
@@ -907,6 +938,24 @@ mod tests {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn risky_grants_are_named() {
+        let g = parse(
+            "[[files]]\nhost = \"/\"\nguest = \"/host\"\nmode = \"read-write\"\n\
+             [[files]]\nhost = \"/srv\"\nguest = \"/data/\"\n\
+             [http]\nallow = [\"https://*.example.com\"]\nblock_private = false\n",
+        )
+        .unwrap();
+        let w = g.warnings(Path::new("/var/lib/infrakit"));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w[0].contains("files[0]")
+                && w[1].contains("files[1]")
+                && w[2].contains("block_private")
+        );
+        assert!(parse("").unwrap().warnings(Path::new("/x")).is_empty());
     }
 
     #[test]

@@ -81,16 +81,22 @@ struct Stamp {
     grants: Option<(u64, Option<std::time::SystemTime>)>,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+/// The stamp of a plugin file: `Ok(None)` when it vanished, an error when it cannot be looked
+/// at (out of descriptors, say), which must not read as "gone".
+fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
     let meta = |p: &Path| {
         std::fs::metadata(p)
             .ok()
             .map(|m| (m.len(), m.modified().ok()))
     };
-    Some(Stamp {
-        wasm: meta(path)?,
-        grants: meta(&path.with_extension("toml")),
-    })
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(Stamp {
+            wasm: (m.len(), m.modified().ok()),
+            grants: meta(&path.with_extension("toml")),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Default)]
@@ -168,7 +174,12 @@ impl Registry {
             .map(|(n, _)| n.to_string())
             .collect();
         if let Some(dir) = &config.plugins_dir {
-            loading.extend(wasm_files(dir).iter().map(|p| name_of(p)));
+            loading.extend(
+                wasm_files(dir)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| name_of(p)),
+            );
         }
         Ok(Registry {
             engine,
@@ -243,10 +254,29 @@ impl Registry {
             return Vec::new();
         };
         let mut state = self.dir.lock().await;
-        let present: BTreeMap<PathBuf, Stamp> = wasm_files(&dir)
-            .into_iter()
-            .filter_map(|path| Some((path.clone(), stamp(&path)?)))
-            .collect();
+        // A scan that fails (out of descriptors, the directory replaced by a file) changes
+        // nothing: read as "no plugins", it would unload every plugin in service.
+        let listed = wasm_files(&dir).and_then(|files| {
+            files
+                .into_iter()
+                .filter_map(|path| match stamp(&path) {
+                    Ok(Some(s)) => Some(Ok((path, s))),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<std::io::Result<BTreeMap<PathBuf, Stamp>>>()
+        });
+        let present = match listed {
+            Ok(present) => present,
+            Err(e) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot scan the plugin directory; the plugins in service stay as they are"
+                );
+                return Vec::new();
+            }
+        };
         let mut changes = Vec::new();
         // Removed files.
         let gone: Vec<PathBuf> = state
@@ -411,6 +441,9 @@ impl Registry {
                     scratch.display()
                 ),
             })?;
+        for warning in grants.warnings(&self.config.data_dir) {
+            tracing::warn!(plugin = name, "grant to look at: {warning}");
+        }
         let sandbox = Sandbox {
             plugin: Arc::from(name),
             scratch,
@@ -493,16 +526,22 @@ impl Registry {
     }
 }
 
-/// The `*.wasm` files in the plugin directory (none when it cannot be read).
-fn wasm_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+/// The `*.wasm` files in the plugin directory: none when there is no directory, an error when
+/// it cannot be read whole.
+fn wasm_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect()
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 fn name_of(path: &Path) -> String {

@@ -385,7 +385,18 @@ impl WasiHttpHooks for HttpPolicy {
                     if addrs.is_empty() {
                         return Err(wasmtime_wasi_http::Error::DestinationNotFound);
                     }
-                    if let Some(a) = addrs.iter().find(|a| !grants.address_allowed(a.ip())) {
+                    // `block_private` guards what a wildcard admits; a target the operator
+                    // named exactly (an internal API, an emulator on loopback) is reachable
+                    // wherever it resolves, or granting it next to a wildcard would undo it.
+                    let named = grants
+                        .http
+                        .allow
+                        .iter()
+                        .any(|t| !t.has_wildcard_host() && t.matches(&scheme, &host, port));
+                    if let Some(a) = addrs
+                        .iter()
+                        .find(|a| !named && !grants.address_allowed(a.ip()))
+                    {
                         tracing::warn!(
                             plugin = %plugin,
                             target = %target,
