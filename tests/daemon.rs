@@ -142,6 +142,33 @@ fn commit_heal_scale_update_and_destroy_through_the_daemon() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events in order");
 
+    // The newest by default; `--tail N` the newest N, of the group when one is named, in
+    // order; `--after SEQ` the oldest after it.
+    let json_lines = |args: &[&str]| -> Vec<u64> {
+        env.ok(args, None)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let all = json_lines(&["events", "-o", "json"]);
+    assert!(all.len() >= seqs.len() && all.len() > 4);
+    assert_eq!(
+        json_lines(&["events", "--tail", "3", "-o", "json"]),
+        all[all.len() - 3..]
+    );
+    assert_eq!(
+        json_lines(&["events", "--group", "web", "--tail", "4", "-o", "json"]),
+        seqs[seqs.len() - 4..]
+    );
+    assert_eq!(
+        json_lines(&["events", "--after", &all[1].to_string(), "-o", "json"]),
+        all[2..]
+    );
+
     // Destroy, followed to the end.
     let out = env.ok(&["group", "destroy", "web", "--wait"], None);
     assert!(out.contains("group web destroyed"), "{out}");

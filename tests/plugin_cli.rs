@@ -484,3 +484,22 @@ async fn describe_never_returns_a_partial_list_while_files_come_and_go() {
         "{complete} complete listings, {refused} refused"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let env = Env::new();
+    // `infrakit plugin ls | head -0`: the reader is gone before the first line is printed
+    // (loading the plugins takes longer than closing our end).
+    let mut child = env
+        .command()
+        .args(["plugin", "ls"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

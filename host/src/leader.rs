@@ -274,10 +274,21 @@ impl Elector {
             loop {
                 let (keeper, replies) = match &mut stream {
                     Some(s) => s,
-                    None => match self.client.lease_client().keep_alive(lease).await {
-                        Ok(s) => stream.insert(s),
-                        Err(e) => {
-                            tracing::warn!(node = %self.node, error = %e, "cannot open the lease renewal stream; retrying");
+                    // Opening can hang on a member that just died (the client's connect
+                    // timeout is longer than a short lease): give up on it in time to retry.
+                    None => match tokio::time::timeout(
+                        ttl / 3,
+                        self.client.lease_client().keep_alive(lease),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => stream.insert(s),
+                        outcome => {
+                            let why = match outcome {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "no answer".into(),
+                            };
+                            tracing::warn!(node = %self.node, error = %why, "cannot open the lease renewal stream; retrying");
                             tokio::time::sleep(ttl / 10).await;
                             continue;
                         }

@@ -4,7 +4,30 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Exit status of a command whose reader went away (`infrakit group describe web | head -3`):
+/// what a shell reports for a process killed by SIGPIPE, which is how other CLIs end there.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// Rust ignores SIGPIPE, so printing to a closed pipe fails and `println!` panics with a
+/// backtrace. A reader that has seen enough is not an error: end quietly.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Broken pipe") && message.starts_with("failed printing to std") {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = infrakit::cli::Cli::parse();
     // The daemon logs what it does; a one-shot command only what went wrong.
     let default = match cli.command {

@@ -73,8 +73,9 @@ impl Method {
 pub enum HttpError {
     /// The URL cannot be used (no scheme, unsupported scheme, no host).
     InvalidUrl(String),
-    /// The host refused the request: the target is not granted to this plugin, or it resolves
-    /// to a private address the grant blocks.
+    /// The host refused the request: the target is not granted to this plugin, the grant's
+    /// rules do not admit its method, path or body, or it resolves to a private address the
+    /// grant blocks.
     Denied {
         /// The URL that was refused.
         url: String,
@@ -106,8 +107,9 @@ impl fmt::Display for HttpError {
             HttpError::InvalidUrl(m) => write!(f, "invalid URL: {m}"),
             HttpError::Denied { url } => write!(
                 f,
-                "HTTP request to {url} denied by the host (HttpRequestDenied): the target is not \
-                 granted to this plugin"
+                "HTTP request to {url} denied by the host (HttpRequestDenied): the target, or \
+                 this method, path or body, is not granted to this plugin, or the name resolves \
+                 to an address the grant blocks (the host's log says which)"
             ),
             HttpError::Timeout(m) => write!(f, "HTTP timeout: {m}"),
             HttpError::Dns(m) => write!(f, "DNS failure: {m}"),

@@ -443,6 +443,29 @@ async fn destroy(
     Ok(Json(Destroying { destroying: id }))
 }
 
+/// The newest `tail` events (of `group`), oldest first, and the sequence number they follow:
+/// windows of the log further and further back until they hold enough (the log keeps at most
+/// 100,000, so this ends).
+async fn newest(
+    store: &dyn crate::store::Store,
+    group: Option<&str>,
+    tail: usize,
+) -> Result<(Vec<Event>, u64), ApiError> {
+    let last = store.last_event().await?;
+    let mut window = (tail as u64).max(256);
+    loop {
+        let after = last.saturating_sub(window);
+        let got = store
+            .events(after, group, window.min(100_000) as usize)
+            .await?;
+        if got.len() >= tail || after == 0 || window >= 100_000 {
+            let from = got.len().saturating_sub(tail);
+            return Ok((got[from..].to_vec(), last));
+        }
+        window = window.saturating_mul(4);
+    }
+}
+
 /// Past events, and with `follow=true` new ones as they happen: one JSON event per line. A
 /// followed stream ends only when the client goes or the daemon stops.
 #[utoipa::path(get, path = "/v1/events", operation_id = "events", params(EventsQuery),
@@ -461,13 +484,24 @@ async fn events(
             format!("query string: limit {limit} is above 100000 (the events kept)"),
         ));
     }
+    if q.tail.is_some_and(|t| t > 100_000) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "query string: tail is above 100000 (the events kept)",
+        ));
+    }
     // Subscribe before reading the log, so nothing falls between the two.
     let live = d.events.subscribe();
-    let past = d
-        .store
-        .events(q.after, q.group.as_deref(), limit as usize)
-        .await?;
-    let last = past.last().map(|e| e.seq).unwrap_or(q.after);
+    let (past, after) = match q.tail {
+        Some(tail) => newest(d.store.as_ref(), q.group.as_deref(), tail as usize).await?,
+        None => (
+            d.store
+                .events(q.after, q.group.as_deref(), limit as usize)
+                .await?,
+            q.after,
+        ),
+    };
+    let last = past.last().map(|e| e.seq).unwrap_or(after);
     let line = |e: &Event| {
         let mut s = serde_json::to_string(e).unwrap_or_default();
         s.push('\n');

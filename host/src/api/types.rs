@@ -121,6 +121,10 @@ pub struct EventsQuery {
     /// At most this many past events (default 1000; the log keeps the last 100,000).
     #[param(maximum = 100000)]
     pub limit: Option<u32>,
+    /// The newest this many past events (of `group`, when given) instead of the oldest after
+    /// `after`.
+    #[param(maximum = 100000)]
+    pub tail: Option<u32>,
 }
 
 /// Whether a plugin is in service.

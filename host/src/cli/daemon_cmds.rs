@@ -67,9 +67,12 @@ pub struct EventsArgs {
     /// Only this group's events.
     #[arg(long)]
     pub group: Option<String>,
-    /// Only events after this sequence number.
-    #[arg(long, default_value_t = 0)]
-    pub after: u64,
+    /// The oldest events after this sequence number (up to 1000), instead of the newest.
+    #[arg(long, conflicts_with = "tail")]
+    pub after: Option<u64>,
+    /// The newest this many events (the default, without `--after`, is the newest 1000).
+    #[arg(long, value_name = "N")]
+    pub tail: Option<u32>,
     /// Output format: a line per event, or JSON lines.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -181,7 +184,14 @@ fn store_options(
 
 pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let client = cli.daemon()?;
-    let mut path = format!("/v1/events?after={}&follow={}", args.after, args.follow);
+    let mut path = match args.after {
+        Some(after) => format!("/v1/events?after={after}&follow={}", args.follow),
+        None => format!(
+            "/v1/events?tail={}&follow={}",
+            args.tail.unwrap_or(1000),
+            args.follow
+        ),
+    };
     if let Some(g) = &args.group {
         path.push_str(&format!("&group={g}"));
     }
