@@ -3,25 +3,14 @@
 //! signatures (moto's authentication on), credentials that never reach a guest, and a group that
 //! converges, heals, rolls and is destroyed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::support::daemon::Daemon;
 use crate::support::http::Recorder;
 use crate::support::moto::Moto;
-use crate::support::{Env, guest};
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use crate::support::{Env, guest, wait_until};
 
 /// An environment whose commands sign with `secret` for moto's key, through a credentials
 /// file and profile (the host's environment has no AWS variables).
@@ -47,6 +36,26 @@ fn cli(env: &Env, config: &str, args: &[&str], stdin: Option<&str>) -> crate::su
     let mut all = vec!["--config", config];
     all.extend(args);
     env.run(&all, stdin)
+}
+
+/// `instance describe --plugin instance-aws --tag TAG -o json`.
+fn describe(env: &Env, config: &str, tag: &str) -> Value {
+    cli(
+        env,
+        config,
+        &[
+            "instance",
+            "describe",
+            "--plugin",
+            "instance-aws",
+            "--tag",
+            tag,
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .json()
 }
 
 #[test]
@@ -104,22 +113,7 @@ print(json.dumps({{"tags": {{t["Key"]: t["Value"] for t in i["Tags"]}}, "type": 
     assert_eq!(seen["user_data"], "#!/bin/sh\necho hello");
 
     // describe by tag, label, destroy.
-    let described = cli(
-        &env,
-        &config,
-        &[
-            "instance",
-            "describe",
-            "--plugin",
-            "instance-aws",
-            "--tag",
-            "role=db",
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .json();
+    let described = describe(&env, &config, "role=db");
     assert_eq!(described.as_array().unwrap().len(), 1, "{described}");
     assert_eq!(described[0]["ID"], id.as_str());
     cli(
@@ -158,22 +152,7 @@ print({{t["Key"]: t["Value"] for t in i["Tags"]}}["color"])
             .all(|(_, s, _)| s == "terminated" || s == "shutting-down"),
         "{state:?}"
     );
-    let described = cli(
-        &env,
-        &config,
-        &[
-            "instance",
-            "describe",
-            "--plugin",
-            "instance-aws",
-            "--tag",
-            "role=db",
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .json();
+    let described = describe(&env, &config, "role=db");
     assert_eq!(described, json!([]), "terminated instances are not listed");
 
     // More than a page: 120 instances, 10 a page.
@@ -183,22 +162,7 @@ ec2.run_instances(ImageId="ami-12c6146b", InstanceType="t3.nano", MinCount=120, 
     TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "infrakit.group", "Value": "paged"}]}])
 "#,
     );
-    let described = cli(
-        &env,
-        &config,
-        &[
-            "instance",
-            "describe",
-            "--plugin",
-            "instance-aws",
-            "--tag",
-            "infrakit.group=paged",
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .json();
+    let described = describe(&env, &config, "infrakit.group=paged");
     assert_eq!(described.as_array().unwrap().len(), 120);
 
     // A malformed property is refused at validate, with its path.

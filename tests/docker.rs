@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::Env;
 use crate::support::daemon::Daemon;
 use crate::support::docker::{self, Cleanup, containers, docker, inspect, running};
+use crate::support::{Env, wait_until};
 
 /// The daemon's poll interval: long enough that the fixed cost of a replacement (plugin calls,
 /// the engine's create) on two busy cores is small next to it.
@@ -16,18 +16,6 @@ const POLL: Duration = Duration::from_secs(2);
 
 fn example_grants() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/docker/infrakit.toml")
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        // Each check runs the docker CLI: poll gently, the daemon shares the two cores.
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 fn web_spec(id: &str, image: &str, env: &[&str]) -> Value {

@@ -18,6 +18,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Waits until `cond` holds, checking every 250 ms (checks that run a CLI such as `docker`
+/// share the two cores with the daemon under test), failing with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 /// The compiled guests (plugins and fixtures), built by the build script.
 pub fn guest(name: &str) -> PathBuf {
     let path =

@@ -314,6 +314,20 @@ impl HttpGrant {
 }
 
 impl HttpGrant {
+    /// Whether `target` is granted: a concrete target when a pattern admits it, a pattern only
+    /// by an identical pattern.
+    pub fn admits(&self, target: &HttpTarget) -> bool {
+        if target.has_wildcard_host() || target.port == Some(0) {
+            return self.allow.contains(target);
+        }
+        let port = target
+            .port
+            .unwrap_or(if target.scheme == "https" { 443 } else { 80 });
+        self.allow
+            .iter()
+            .any(|t| t.matches(&target.scheme, &target.host, port))
+    }
+
     /// The unix socket a request to `scheme://host:port` goes to, if the host is a socket name.
     pub fn unix_socket(&self, scheme: &str, host: &str, port: u16) -> Option<&Path> {
         if scheme != "http" || port != 80 {
@@ -560,22 +574,12 @@ impl Grants {
                     credentials_file: raw.credentials_file,
                 });
             }
-            if let Some((i, r)) = http.rules.iter().enumerate().find(|(_, r)| {
-                !http.allow.iter().any(|t| {
-                    *t == r.target
-                        || (!r.target.has_wildcard_host()
-                            && r.target.port != Some(0)
-                            && t.matches(
-                                &r.target.scheme,
-                                &r.target.host,
-                                r.target.port.unwrap_or(if r.target.scheme == "https" {
-                                    443
-                                } else {
-                                    80
-                                }),
-                            ))
-                })
-            }) {
+            if let Some((i, r)) = http
+                .rules
+                .iter()
+                .enumerate()
+                .find(|(_, r)| !http.admits(&r.target))
+            {
                 return Err(value_error(
                     format!("http.rules[{i}].target"),
                     format!("{} is not granted by http.allow or http.unix", r.target),

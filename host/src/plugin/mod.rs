@@ -679,22 +679,9 @@ fn granted(grants: &crate::grants::Grants, capability: &Capability) -> bool {
                         && (!writable || f.mode == crate::grants::Mode::ReadWrite)
                 })
         }
-        Capability::Http(target) => match crate::grants::HttpTarget::parse(target) {
-            // A concrete target is granted when a pattern admits it; a pattern only by an
-            // identical pattern.
-            Ok(asked) if !asked.has_wildcard_host() && asked.port != Some(0) => {
-                let port = asked
-                    .port
-                    .unwrap_or(if asked.scheme == "https" { 443 } else { 80 });
-                grants
-                    .http
-                    .allow
-                    .iter()
-                    .any(|t| t.matches(&asked.scheme, &asked.host, port))
-            }
-            Ok(asked) => grants.http.allow.contains(&asked),
-            Err(_) => false,
-        },
+        Capability::Http(target) => {
+            crate::grants::HttpTarget::parse(target).is_ok_and(|asked| grants.http.admits(&asked))
+        }
         Capability::Config(key) => grants.config.contains_key(key),
     }
 }

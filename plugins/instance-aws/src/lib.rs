@@ -448,6 +448,21 @@ impl AwsPlugin {
         }
     }
 
+    /// The properties, parsed and checked against this plugin's region.
+    fn properties(&self, properties: &Properties) -> Result<AwsProperties> {
+        let props = AwsProperties::parse(properties)?;
+        if let (Some(wanted), Some(mine)) = (&props.region, &self.region)
+            && wanted != mine
+        {
+            return Err(Error::invalid(format!(
+                "properties at `Region`: {wanted:?}, but this plugin manages {mine:?} (its \
+                 `region` config value); install a copy of the plugin under another name for \
+                 {wanted:?}"
+            )));
+        }
+        Ok(props)
+    }
+
     fn endpoint(&self) -> Result<String> {
         match (&self.endpoint, &self.region) {
             (Some(e), _) => Ok(e.trim_end_matches('/').to_string()),
@@ -499,22 +514,11 @@ impl InstancePlugin for AwsPlugin {
     }
 
     fn validate(&self, properties: &Properties) -> Result<()> {
-        let props = AwsProperties::parse(properties)?;
-        if let (Some(wanted), Some(mine)) = (&props.region, &self.region)
-            && wanted != mine
-        {
-            return Err(Error::invalid(format!(
-                "properties at `Region`: {wanted:?}, but this plugin manages {mine:?} (its \
-                 `region` config value); install a copy of the plugin under another name for \
-                 {wanted:?}"
-            )));
-        }
-        Ok(())
+        self.properties(properties).map(|_| ())
     }
 
     fn provision(&self, spec: InstanceSpec) -> Result<String> {
-        self.validate(&spec.properties)?;
-        let props = AwsProperties::parse(&spec.properties)?;
+        let props = self.properties(&spec.properties)?;
         let xml = self.call("RunInstances", &props.params(&spec))?;
         let doc = roxmltree::Document::parse(&xml)
             .map_err(|e| Error::other(format!("RunInstances: the answer is not XML: {e}")))?;
