@@ -14,3 +14,4 @@ mod plugin_cli;
 mod sandbox;
 mod store;
 mod ui;
+mod zookeeper;

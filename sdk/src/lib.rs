@@ -49,6 +49,7 @@ mod error;
 pub mod http;
 mod log;
 mod plugin;
+pub mod process;
 mod properties;
 pub mod testing;
 mod types;

@@ -11,6 +11,7 @@ pub mod http;
 pub mod moto;
 pub mod process;
 pub mod tools;
+pub mod zookeeper;
 
 pub use tools::external_tool;
 

@@ -214,6 +214,12 @@ pub struct GrantedView {
     /// One line per signed target: how, and whose credentials (never the secret).
     #[serde(default)]
     pub http_signed: Vec<String>,
+    /// Executables the plugin may start as local processes, with the limit on how many run.
+    #[serde(default)]
+    pub process: Vec<String>,
+    /// Processes the plugin started that are running now.
+    #[serde(default)]
+    pub processes_running: usize,
     /// Configuration keys.
     pub config: Vec<String>,
     /// Environment variables.
@@ -334,6 +340,8 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 .collect(),
             http_rules: g.http.rules.iter().map(ToString::to_string).collect(),
             http_signed: g.http.sign.iter().map(ToString::to_string).collect(),
+            process: crate::plugin::process::describe(g),
+            processes_running: plugin.running_processes(),
             config: g.config.keys().cloned().collect(),
             env: g.env.keys().cloned().collect(),
             limits: LimitsView {

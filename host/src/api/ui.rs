@@ -383,6 +383,7 @@ async fn render(d: &Daemon) -> String {
                     parts.push(format!("{} request rule(s)", g.http_rules.len()));
                 }
                 parts.extend(g.http_signed.iter().map(|x| format!("signed {x}")));
+                parts.extend(g.process.iter().map(|x| format!("exec {x}")));
                 parts.extend(g.config.iter().map(|c| format!("config {c}")));
                 if parts.is_empty() {
                     "scratch directory only".to_string()

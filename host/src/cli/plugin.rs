@@ -95,12 +95,16 @@ fn print_inspect(v: &PluginDetail) {
         ("http unix socket", &g.http_unix),
         ("http rule", &g.http_rules),
         ("http signed", &g.http_signed),
+        ("process", &g.process),
         ("config", &g.config),
         ("env", &g.env),
     ] {
         for item in items {
             println!("  {label}: {item}");
         }
+    }
+    if !g.process.is_empty() {
+        println!("  processes running: {}", g.processes_running);
     }
     let l = &g.limits;
     println!(

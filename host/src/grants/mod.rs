@@ -26,6 +26,10 @@
 //! profile = "prod"             # AWS_* environment, or this profile of its credentials file
 //! credentials_file = "/etc/infrakit/aws"  # optional: the file (default ~/.aws/credentials)
 //!
+//! [process]                  # local processes the plugin may start (see `plugin::process`)
+//! executables = ["/bin/sh"]    # exact paths; nothing else can be spawned
+//! max = 16                     # live processes at once (default 32)
+//!
 //! [config]
 //! dir = "/instances"
 //!
@@ -340,6 +344,34 @@ impl HttpGrant {
     }
 }
 
+/// Local processes a plugin may start. Denied (no executables) by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessGrant {
+    /// The only executables the plugin may start, by exact absolute path.
+    pub executables: Vec<PathBuf>,
+    /// Live processes of the plugin at once.
+    pub max: u32,
+}
+
+impl Default for ProcessGrant {
+    fn default() -> Self {
+        ProcessGrant {
+            executables: Vec::new(),
+            max: 32,
+        }
+    }
+}
+
+impl ProcessGrant {
+    /// Whether `program`, as the plugin wrote it, names a granted executable. Exact text only:
+    /// `/bin/../bin/sh` or `/bin//sh` name nothing granted, however they resolve.
+    pub fn grants(&self, program: &str) -> bool {
+        self.executables
+            .iter()
+            .any(|e| e.as_os_str() == std::ffi::OsStr::new(program))
+    }
+}
+
 /// Everything granted to one plugin.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -351,6 +383,8 @@ pub struct Grants {
     pub config: BTreeMap<String, String>,
     /// Environment variables, passed explicitly (the host's own are never inherited).
     pub env: BTreeMap<String, String>,
+    /// Local processes.
+    pub process: ProcessGrant,
     /// Per-call limits.
     pub limits: Limits,
 }
@@ -369,7 +403,16 @@ pub struct RawGrants {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
+    process: Option<RawProcess>,
+    #[serde(default)]
     limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    executables: Vec<PathBuf>,
+    max: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -588,6 +631,51 @@ impl Grants {
             }
         }
 
+        let mut process = ProcessGrant::default();
+        if let Some(raw_process) = raw.process {
+            for (i, exe) in raw_process.executables.iter().enumerate() {
+                let text = exe.to_string_lossy();
+                let plain = exe.is_absolute()
+                    && !text.ends_with('/')
+                    && text[1..]
+                        .split('/')
+                        .all(|c| !c.is_empty() && c != "." && c != "..");
+                if !plain {
+                    return Err(value_error(
+                        format!("process.executables[{i}]"),
+                        format!("{exe:?} is not a plain absolute path"),
+                        "the absolute path of an executable, without `.`, `..` or `//`, such as \"/bin/sh\"",
+                    ));
+                }
+                if let Some(f) = raw
+                    .files
+                    .iter()
+                    .find(|f| f.mode == Mode::ReadWrite && exe.starts_with(&f.host))
+                {
+                    return Err(value_error(
+                        format!("process.executables[{i}]"),
+                        format!(
+                            "{} is inside the read-write grant {}: the plugin could replace it",
+                            exe.display(),
+                            f.host.display()
+                        ),
+                        "an executable outside every read-write grant",
+                    ));
+                }
+            }
+            process.executables = raw_process.executables;
+            if let Some(max) = raw_process.max {
+                if max == 0 {
+                    return Err(value_error(
+                        "process.max".into(),
+                        "0 would refuse every spawn".into(),
+                        "a count of 1 or more (leave [process] out to grant none)",
+                    ));
+                }
+                process.max = max;
+            }
+        }
+
         let mut limits = Limits::default();
         let size = |key: &str, v: &str| {
             v.parse::<bytesize::ByteSize>()
@@ -621,6 +709,7 @@ impl Grants {
             http,
             config: raw.config,
             env: raw.env,
+            process,
             limits,
         })
     }
@@ -643,6 +732,19 @@ impl Grants {
             if f.guest.trim_end_matches('/') == "/data" {
                 out.push(format!(
                     "files[{i}]: guest path /data hides the plugin's own scratch directory"
+                ));
+            }
+        }
+        for exe in &self.process.executables {
+            let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if matches!(
+                name,
+                "sh" | "bash" | "dash" | "zsh" | "busybox" | "env" | "python3"
+            ) {
+                out.push(format!(
+                    "process: {} runs whatever it is given: the plugin can start any program \
+                     the daemon's user can",
+                    exe.display()
                 ));
             }
         }

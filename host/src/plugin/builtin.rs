@@ -23,4 +23,18 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
         "instance-aws",
         include_bytes!(concat!(env!("INFRAKIT_GUEST_DIR"), "/instance_aws.wasm")),
     ),
+    (
+        "instance-process",
+        include_bytes!(concat!(
+            env!("INFRAKIT_GUEST_DIR"),
+            "/instance_process.wasm"
+        )),
+    ),
+    (
+        "flavor-zookeeper",
+        include_bytes!(concat!(
+            env!("INFRAKIT_GUEST_DIR"),
+            "/flavor_zookeeper.wasm"
+        )),
+    ),
 ];

@@ -11,6 +11,7 @@ pub mod builtin;
 pub mod cache;
 pub mod engine;
 mod outbound;
+pub mod process;
 pub mod registry;
 pub mod sandbox;
 mod signing;
@@ -311,6 +312,15 @@ impl Plugin {
     /// Its private scratch directory on the host.
     pub fn scratch_dir(&self) -> &std::path::Path {
         &self.core.sandbox.scratch
+    }
+
+    /// How many processes the plugin started are running now.
+    pub fn running_processes(&self) -> usize {
+        if self.core.sandbox.grants.process.executables.is_empty() {
+            0
+        } else {
+            self.core.sandbox.processes.live()
+        }
     }
 
     /// What the plugin asked for in its metadata that its grants do not give it. Such a plugin

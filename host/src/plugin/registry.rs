@@ -444,10 +444,17 @@ impl Registry {
         for warning in grants.warnings(&self.config.data_dir) {
             tracing::warn!(plugin = name, "grant to look at: {warning}");
         }
+        let processes = Arc::new(super::process::Ledger::new(
+            self.config
+                .data_dir
+                .join("processes")
+                .join(format!("{name}.json")),
+        ));
         let sandbox = Sandbox {
             plugin: Arc::from(name),
             scratch,
             grants: Arc::new(grants),
+            processes,
         };
         let plugin = super::bind(
             &self.engine,

@@ -34,6 +34,8 @@ pub struct Sandbox {
     pub scratch: std::path::PathBuf,
     /// What the operator granted.
     pub grants: Arc<Grants>,
+    /// The processes the plugin started (see `plugin::process`).
+    pub processes: Arc<super::process::Ledger>,
 }
 
 /// The guest path of a plugin's private scratch directory.
@@ -48,6 +50,8 @@ pub struct State {
     hooks: HttpPolicy,
     pub(super) limiter: MemoryLimiter,
     config: Arc<Grants>,
+    scratch: std::path::PathBuf,
+    ledger: Arc<super::process::Ledger>,
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: usize,
@@ -109,11 +113,31 @@ impl State {
             },
             limiter: MemoryLimiter::new(grants.limits.memory),
             config: grants.clone(),
+            scratch: sandbox.scratch.clone(),
+            ledger: sandbox.processes.clone(),
             stdout,
             stderr,
             log_lines: 0,
             cpu_ticks_left: 0,
         })
+    }
+}
+
+impl State {
+    pub(super) fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    pub(super) fn grants(&self) -> &Grants {
+        &self.config
+    }
+
+    pub(super) fn scratch(&self) -> &std::path::Path {
+        &self.scratch
+    }
+
+    pub(super) fn ledger(&self) -> &super::process::Ledger {
+        &self.ledger
     }
 }
 
@@ -457,11 +481,15 @@ impl WasiHttpHooks for HttpPolicy {
 }
 
 /// The linker every plugin instantiates against: WASI p2, wasi:http (with the policy above)
-/// and the infrakit `host` interface.
+/// and the infrakit `host` and `process` interfaces.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::host::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+    bindings::instance_world::infrakit::plugin::process::add_to_linker::<State, HasSelf<State>>(
+        &mut linker,
+        |s| s,
+    )?;
     Ok(linker)
 }
