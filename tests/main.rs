@@ -10,6 +10,7 @@ mod daemon;
 mod docker;
 mod groups;
 mod ha;
+mod instance_process;
 mod plugin_cli;
 mod sandbox;
 mod store;

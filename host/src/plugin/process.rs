@@ -93,6 +93,42 @@ impl Ledger {
     }
 }
 
+/// Environment variables that make a granted program load or run code of the caller's choosing
+/// (the dynamic loader's, glibc's own list for setuid programs, and common interpreters'
+/// start-up hooks). With them, granting `/usr/bin/java` would grant everything.
+const UNSAFE_ENV: &[&str] = &[
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "MALLOC_TRACE",
+    "NIS_PATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "RES_OPTIONS",
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "PS4",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PERL5LIB",
+    "PERL5OPT",
+    "RUBYOPT",
+    "RUBYLIB",
+    "NODE_OPTIONS",
+];
+
+fn unsafe_env(key: &str) -> bool {
+    key.starts_with("LD_") || key.starts_with("BASH_FUNC_") || UNSAFE_ENV.contains(&key)
+}
+
 /// State (one letter, `Z` for a zombie) and start time of a process, from `/proc/PID/stat`.
 fn stat(pid: u32) -> Option<(char, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -243,6 +279,11 @@ fn spawn(state: &State, cmd: wit::Command) -> Result<wit::ProcessId, WitError> {
         .find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
     {
         return Err(denied(format!("environment variable {k:?} is not valid")));
+    }
+    if let Some((k, _)) = cmd.env.iter().find(|(k, _)| unsafe_env(k)) {
+        return Err(denied(format!(
+            "environment variable {k} would let the caller choose code the program loads"
+        )));
     }
     let dir = host_path(state, &cmd.dir, false, true).map_err(|e| denied(format!("dir {e}")))?;
     if !dir.is_dir() {
