@@ -202,6 +202,7 @@ macro_rules! glue {
                         }),
                         Capability::Http(target) => pi::Capability::Http(target),
                         Capability::Config(key) => pi::Capability::Config(key),
+                        Capability::Process(exe) => pi::Capability::Process(exe),
                     })
                     .collect(),
             }
