@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::daemon::Daemon;
 use crate::support::docker::{self, Cleanup, containers, docker, inspect, running};
+use crate::support::manager::Manager;
 use crate::support::{Env, wait_until};
 
 /// The daemon's poll interval: long enough that the fixed cost of a replacement (plugin calls,
@@ -44,47 +44,15 @@ fn web_spec(id: &str, image: &str, env: &[&str]) -> Value {
     })
 }
 
-struct Manager<'a> {
-    env: &'a Env,
-    config: String,
-}
-
-impl Manager<'_> {
-    fn cli(&self, args: &[&str]) -> String {
-        let mut all = vec!["--config", self.config.as_str()];
-        all.extend(args);
-        self.env.ok(&all, None)
-    }
-
-    fn serve(&self) -> Daemon {
-        let poll = format!("{}ms", POLL.as_millis());
-        Daemon::start(
-            self.env,
-            &["--config", &self.config, "--poll-interval", &poll],
-        )
-    }
-
-    fn commit(&self, spec: &Value) {
-        let path = self.env.data_dir().join("spec.json");
-        std::fs::write(&path, spec.to_string()).unwrap();
-        self.cli(&["group", "commit", path.to_str().unwrap()]);
-    }
-
-    fn status(&self, id: &str) -> Value {
-        let out = self.cli(&["group", "describe", id, "-o", "json"]);
-        serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
-    }
-
-    /// Converged with every instance healthy and current.
-    fn healthy(&self, id: &str) -> bool {
-        let st = self.status(id);
-        st["phase"] == "converged"
-            && st["instances"].as_array().is_some_and(|i| {
-                i.len() == 3
-                    && i.iter()
-                        .all(|i| i["health"] == "healthy" && i["current"] == true)
-            })
-    }
+/// Converged with every instance healthy and current.
+fn healthy(m: &Manager, id: &str) -> bool {
+    let st = m.status(id);
+    st["phase"] == "converged"
+        && st["instances"].as_array().is_some_and(|i| {
+            i.len() == 3
+                && i.iter()
+                    .all(|i| i["health"] == "healthy" && i["current"] == true)
+        })
 }
 
 #[test]
@@ -103,10 +71,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
         format!("infrakit.group={other}"),
         format!("test.stranger={stranger}"),
     ]);
-    let m = Manager {
-        env: &env,
-        config: example_grants().display().to_string(),
-    };
+    let m = Manager::new(&env, &example_grants(), POLL);
     let mut daemon = m.serve();
 
     // Two containers that are not ours: no group label, and another group's label. Started by
@@ -136,7 +101,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
 
     m.commit(&web_spec(&group, image, &["VERSION=1"]));
     wait_until("3 healthy containers", Duration::from_secs(60), || {
-        m.healthy(&group)
+        healthy(&m, &group)
     });
     let first = running(&label);
     assert_eq!(first.len(), 3, "{:?}", containers(&label));
@@ -194,7 +159,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
     );
     assert!(!running(&label).contains(&first[0]));
     wait_until("healthy again", Duration::from_secs(30), || {
-        m.healthy(&group)
+        healthy(&m, &group)
     });
 
     // A container whose server dies while the container lives on is judged by flavor-http:
@@ -204,7 +169,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
     wait_until(
         "the unhealthy container replaced",
         Duration::from_secs(60),
-        || !running(&label).contains(&victim) && m.healthy(&group),
+        || !running(&label).contains(&victim) && healthy(&m, &group),
     );
     let events = m.cli(&["events", "-o", "json"]);
     assert!(
@@ -220,7 +185,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
         let n = running(&label).len();
         low = low.min(n);
         high = high.max(n);
-        m.healthy(&group)
+        healthy(&m, &group)
             && running(&label)
                 .iter()
                 .all(|id| inspect(id, "{{json .Config.Env}}").contains("VERSION=2"))
@@ -241,7 +206,7 @@ fn a_group_of_containers_converges_heals_rolls_survives_a_restart_and_is_destroy
     daemon.terminate();
     let _daemon = m.serve();
     std::thread::sleep(3 * POLL);
-    assert!(m.healthy(&group), "{}", m.status(&group));
+    assert!(healthy(&m, &group), "{}", m.status(&group));
     assert_eq!(
         running(&label),
         rolled,

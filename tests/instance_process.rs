@@ -60,6 +60,21 @@ fn describe(env: &Env, config: &str) -> Vec<String> {
         .collect()
 }
 
+fn destroy(env: &Env, config: &str, id: &str) -> crate::support::Run {
+    env.run(
+        &[
+            "--config",
+            config,
+            "instance",
+            "destroy",
+            "--plugin",
+            "instance-process",
+            id,
+        ],
+        None,
+    )
+}
+
 fn record_path(env: &Env, id: &str) -> std::path::PathBuf {
     env.scratch("instance-process")
         .join("instances")
@@ -263,18 +278,7 @@ fn a_dead_process_is_lost_and_a_reused_pid_is_not_an_instance() {
         )
         .unwrap();
     }
-    let run = env.run(
-        &[
-            "--config",
-            &cfg,
-            "instance",
-            "destroy",
-            "--plugin",
-            "instance-process",
-            &b,
-        ],
-        None,
-    );
+    let run = destroy(&env, &cfg, &b);
     assert!(
         !run.output.status.success(),
         "a stranger's process was 'destroyed'"
@@ -287,18 +291,7 @@ fn a_dead_process_is_lost_and_a_reused_pid_is_not_an_instance() {
     // With its true record, b is destroyed: TERM, and it is gone.
     std::fs::write(record_path(&env, &b), real_b.to_string()).unwrap();
     assert_eq!(describe(&env, &cfg), vec![b.clone()]);
-    env.ok(
-        &[
-            "--config",
-            &cfg,
-            "instance",
-            "destroy",
-            "--plugin",
-            "instance-process",
-            &b,
-        ],
-        None,
-    );
+    destroy(&env, &cfg, &b).assert_success();
     assert!(!alive(pid_b));
     assert!(describe(&env, &cfg).is_empty());
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::daemon::Daemon;
+use crate::support::manager::Manager;
 use crate::support::zookeeper::{self, Cleanup, mode, pids_with};
 use crate::support::{Env, wait_until};
 
@@ -54,53 +54,19 @@ fn spec(data_dir: &Path, ports: &Ports, tick: u32) -> Value {
     })
 }
 
-struct Manager<'a> {
-    env: &'a Env,
-    config: String,
+/// Converged: three members, healthy and current.
+fn healthy(m: &Manager) -> bool {
+    let i = m.instances("zk");
+    i.len() == 3
+        && i.iter()
+            .all(|i| i["health"] == "healthy" && i["current"] == true)
 }
 
-impl Manager<'_> {
-    fn cli(&self, args: &[&str]) -> String {
-        let mut all = vec!["--config", self.config.as_str()];
-        all.extend(args);
-        self.env.ok(&all, None)
-    }
-
-    fn serve(&self) -> Daemon {
-        Daemon::start(
-            self.env,
-            &["--config", &self.config, "--poll-interval", "500ms"],
-        )
-    }
-
-    fn commit(&self, spec: &Value) {
-        let path = self.env.data_dir().join("zk.json");
-        std::fs::write(&path, spec.to_string()).unwrap();
-        self.cli(&["group", "commit", path.to_str().unwrap()]);
-    }
-
-    fn instances(&self) -> Vec<Value> {
-        let out = self.cli(&["group", "describe", "zk", "-o", "json"]);
-        serde_json::from_str::<Value>(&out).unwrap()["status"]["instances"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Converged: three members, healthy and current.
-    fn healthy(&self) -> bool {
-        let i = self.instances();
-        i.len() == 3
-            && i.iter()
-                .all(|i| i["health"] == "healthy" && i["current"] == true)
-    }
-
-    fn id_of(&self, logical_id: &str) -> Option<String> {
-        self.instances()
-            .iter()
-            .find(|i| i["logical_id"] == logical_id)
-            .and_then(|i| i["id"].as_str().map(str::to_string))
-    }
+fn id_of(m: &Manager, logical_id: &str) -> Option<String> {
+    m.instances("zk")
+        .iter()
+        .find(|i| i["logical_id"] == logical_id)
+        .and_then(|i| i["id"].as_str().map(str::to_string))
 }
 
 /// The modes `srvr` reports for the three members, sorted.
@@ -135,10 +101,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     let ports = Ports {
         base: zookeeper::free_ports(12),
     };
-    let m = Manager {
-        env: &env,
-        config: example_grants().display().to_string(),
-    };
+    let m = Manager::new(&env, &example_grants(), Duration::from_millis(500));
     let mut daemon = m.serve();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -149,7 +112,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     let started = Instant::now();
     m.commit(&spec(&data_dir, &ports, 500));
     wait_until("3 healthy members", Duration::from_secs(120), || {
-        m.healthy()
+        healthy(&m)
     });
     eprintln!("ensemble converged in {:?}", started.elapsed());
     wait_until("one leader, two followers", Duration::from_secs(30), || {
@@ -181,7 +144,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     let zk2 = data_dir.join("zk2").join("zoo.cfg").display().to_string();
     let victim = pids_with(&zk2);
     assert_eq!(victim.len(), 1, "one process runs member 2: {victim:?}");
-    let before = m.id_of("zk2").unwrap();
+    let before = id_of(&m, "zk2").unwrap();
     let status = std::process::Command::new("kill")
         .args(["-9", &victim[0].to_string()])
         .status()
@@ -189,7 +152,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     assert!(status.success());
     let killed = Instant::now();
     wait_until("zk2 replaced and healthy", Duration::from_secs(90), || {
-        m.id_of("zk2").is_some_and(|id| id != before) && m.healthy()
+        id_of(&m, "zk2").is_some_and(|id| id != before) && healthy(&m)
     });
     wait_until("zk2 back in the quorum", Duration::from_secs(30), || {
         quorum(&ports)
@@ -262,12 +225,12 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     let mut fewest = 3;
     wait_until("the rolling update", Duration::from_secs(180), || {
         let present = m
-            .instances()
+            .instances("zk")
             .iter()
             .filter(|i| i["health"] == "healthy")
             .count();
         fewest = fewest.min(present);
-        m.healthy()
+        healthy(&m)
             && MEMBERS.iter().all(|lid| {
                 std::fs::read_to_string(data_dir.join(lid).join("zoo.cfg"))
                     .is_ok_and(|c| c.contains("tickTime=400"))
@@ -297,7 +260,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
 
     // The daemon dies (SIGKILL); the members run on, and a new daemon re-adopts them: same
     // instances, same processes, nothing provisioned.
-    let ids: Vec<String> = MEMBERS.iter().map(|l| m.id_of(l).unwrap()).collect();
+    let ids: Vec<String> = MEMBERS.iter().map(|l| id_of(&m, l).unwrap()).collect();
     let pids: Vec<Vec<u32>> = MEMBERS
         .iter()
         .map(|l| pids_with(&data_dir.join(l).join("zoo.cfg").display().to_string()))
@@ -311,8 +274,8 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     );
     let _daemon = m.serve();
     std::thread::sleep(Duration::from_secs(3));
-    assert!(m.healthy(), "{:?}", m.instances());
-    let again: Vec<String> = MEMBERS.iter().map(|l| m.id_of(l).unwrap()).collect();
+    assert!(healthy(&m), "{:?}", m.instances("zk"));
+    let again: Vec<String> = MEMBERS.iter().map(|l| id_of(&m, l).unwrap()).collect();
     assert_eq!(again, ids, "the restart replaced members");
     for (l, p) in MEMBERS.iter().zip(&pids) {
         assert_eq!(

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod etcd;
 pub mod group;
 pub mod http;
+pub mod manager;
 pub mod moto;
 pub mod process;
 pub mod tools;
