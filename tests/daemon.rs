@@ -1044,7 +1044,9 @@ fn serve_is_ready_at_once_and_a_plugin_with_slow_metadata_is_listed_as_loading()
     let env = Env::new();
     env.install_plugin(
         "fixture-misbehave",
-        Some("[config]\nslow_metadata_ms = \"8000\"\n[limits]\nwall = \"20s\"\n"),
+        Some(
+            "[config]\nslow_metadata_ms = \"8000\"\n[limits]\nwall = \"20s\"\nmetadata = \"20s\"\n",
+        ),
     );
     let started = std::time::Instant::now();
     let _daemon = Daemon::start_serving(&env, &[]);

@@ -486,6 +486,65 @@ async fn describe_never_returns_a_partial_list_while_files_come_and_go() {
 }
 
 #[test]
+fn a_plugin_whose_metadata_hangs_fails_its_load_and_passive_commands_name_why() {
+    let env = Env::new();
+    // Metadata that takes a minute: over the default 5 s metadata limit, however long the
+    // plugin's per-call limits.
+    env.install_plugin(
+        "fixture-misbehave",
+        Some("[config]\nslow_metadata_ms = \"60000\"\n[limits]\nwall = \"2m\"\ncpu = \"2m\"\n"),
+    );
+    let row = env.plugin_row(&[], "fixture-misbehave");
+    assert_eq!(row["status"], "error", "{row}");
+    let msg = row["error"].as_str().unwrap();
+    assert!(
+        msg.contains("metadata") && msg.contains("limit of 5s"),
+        "{msg}"
+    );
+    // A passive command on another plugin loads that plugin alone.
+    let out = env.ok(
+        &[
+            "instance",
+            "describe",
+            "--plugin",
+            "instance-file",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(out.trim(), "[]");
+    // One on the failed plugin says why it is not there, not just "no plugin named".
+    let err = env
+        .run(
+            &["instance", "describe", "--plugin", "fixture-misbehave"],
+            None,
+        )
+        .assert_failure();
+    assert!(
+        err.contains("did not load") && err.contains("metadata exceeded its wall-clock limit"),
+        "{err}"
+    );
+
+    // A plugin whose metadata answers has it cached with its compiled artifact: the next load
+    // does not ask again.
+    let env = Env::new();
+    env.install_plugin("fixture-misbehave", None);
+    env.set_var("INFRAKIT_LOG", "infrakit=debug");
+    let first = env.run(&["plugin", "ls"], None);
+    first.assert_success();
+    let second = env.run(&["plugin", "ls"], None);
+    assert!(
+        second
+            .stderr()
+            .lines()
+            .any(|l| l.contains("metadata read from the cache") && l.contains("fixture-misbehave")),
+        "no cached metadata on the second load: {}",
+        second.stderr()
+    );
+}
+
+#[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     let env = Env::new();
     // `infrakit plugin ls | head -0`: the reader is gone before the first line is printed

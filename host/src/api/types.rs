@@ -239,6 +239,9 @@ pub struct LimitsView {
     pub wall: String,
     /// Largest HTTP response body, in bytes.
     pub http_response: u64,
+    /// Time for the `metadata` call at load, e.g. `5s`.
+    #[serde(default)]
+    pub metadata: String,
 }
 
 /// `plugin ls`: loaded plugins, then those loading, then files that failed (when an earlier
@@ -349,6 +352,7 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 cpu: humantime::format_duration(g.limits.cpu).to_string(),
                 wall: humantime::format_duration(g.limits.wall).to_string(),
                 http_response: g.limits.http_response,
+                metadata: humantime::format_duration(g.limits.metadata).to_string(),
             },
         },
     })

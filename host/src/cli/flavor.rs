@@ -102,7 +102,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
             allocation,
         } => {
             let props: serde_json::Value = input::read_json(file.as_deref(), "flavor properties")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             registry
                 .flavor(plugin)?
                 .validate(&props, &allocation.allocation())
@@ -120,7 +120,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
         } => {
             let props = input::json_arg(properties, "flavor properties")?;
             let spec: InstanceSpec = input::read_json(file.as_deref(), "instance spec")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let index = Index {
                 group: group.clone(),
                 sequence: *index,
@@ -139,7 +139,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
         } => {
             let props = input::json_arg(properties, "flavor properties")?;
             let instance: Description = input::read_json(file.as_deref(), "instance description")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let health = registry.flavor(plugin)?.healthy(&props, &instance).await?;
             match output {
                 Format::Table => println!("{health}"),
@@ -158,7 +158,7 @@ pub async fn run(cli: &Cli, cmd: &FlavorCommand) -> anyhow::Result<ExitCode> {
         } => {
             let props = input::json_arg(properties, "flavor properties")?;
             let instance: Description = input::read_json(file.as_deref(), "instance description")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             registry.flavor(plugin)?.drain(&props, &instance).await?;
             println!("drained {}", instance.id);
         }

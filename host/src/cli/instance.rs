@@ -86,7 +86,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         InstanceCommand::Validate { plugin, file } => {
             let spec: InstanceSpec = input::read_json(file.as_deref(), "instance spec")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             registry
                 .instance(plugin)?
                 .validate(&spec.properties)
@@ -99,7 +99,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let spec: InstanceSpec = input::read_json(file.as_deref(), "instance spec")?;
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let id = registry.instance(plugin)?.provision(&spec).await?;
             match output {
                 Format::Table => println!("{id}"),
@@ -112,7 +112,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             properties,
             output,
         } => {
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let filter: Tags = tags.iter().cloned().collect();
             let found = registry
                 .instance(plugin)?
@@ -140,7 +140,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             }
         }
         InstanceCommand::Label { plugin, id, tags } => {
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let labels: Tags = tags.iter().cloned().collect();
             registry.instance(plugin)?.label(id, &labels).await?;
         }
@@ -149,7 +149,7 @@ pub async fn run(cli: &Cli, cmd: &InstanceCommand) -> anyhow::Result<ExitCode> {
             ids,
             context,
         } => {
-            let registry = cli.registry().await?;
+            let registry = cli.registry_for(plugin).await?;
             let plugin = registry.instance(plugin)?;
             let context = match context {
                 ContextArg::Terminate => DestroyContext::Terminate,

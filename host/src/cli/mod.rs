@@ -179,6 +179,15 @@ impl Cli {
         Ok(config)
     }
 
+    /// A registry with only the plugin `name` loaded (see [`Registry::load_named`]).
+    async fn registry_for(&self, name: &str) -> anyhow::Result<Registry> {
+        let config = self.registry_config()?;
+        Registry::load_named(config, name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
+            .context("cannot start the WebAssembly engine")
+    }
+
     async fn registry(&self) -> anyhow::Result<Registry> {
         let config = self.registry_config()?;
         let registry = Registry::load(config)

@@ -41,6 +41,7 @@
 //! cpu = "2s"                   # compute per call (epoch deadline)
 //! wall = "30s"                 # wall-clock time per call, host I/O included
 //! http_response = "4 MiB"      # largest response body the plugin may read
+//! metadata = "5s"              # compute and wall-clock time of the metadata call at load
 //! ```
 
 use std::collections::BTreeMap;
@@ -129,6 +130,10 @@ pub struct Limits {
     pub wall: Duration,
     /// Largest HTTP response body a call may read.
     pub http_response: u64,
+    /// Time (compute and wall-clock) for the `metadata` call at load: short, since loading
+    /// waits for it.
+    #[serde(with = "humantime_serde_compat")]
+    pub metadata: Duration,
 }
 
 impl Default for Limits {
@@ -138,6 +143,7 @@ impl Default for Limits {
             cpu: Duration::from_secs(5),
             wall: Duration::from_secs(30),
             http_response: 8 << 20,
+            metadata: Duration::from_secs(5),
         }
     }
 }
@@ -462,6 +468,7 @@ struct RawLimits {
     cpu: Option<String>,
     wall: Option<String>,
     http_response: Option<String>,
+    metadata: Option<String>,
 }
 
 const SIZE_FORM: &str = "a size such as \"64 MiB\" or \"512KiB\"";
@@ -702,6 +709,9 @@ impl Grants {
         }
         if let Some(v) = &raw.limits.wall {
             limits.wall = duration("wall", v)?;
+        }
+        if let Some(v) = &raw.limits.metadata {
+            limits.metadata = duration("metadata", v)?;
         }
 
         Ok(Grants {

@@ -43,6 +43,17 @@ impl ArtifactCache {
         Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
+    /// Where the metadata of the component with `sha256` is kept, for a plugin loaded under
+    /// `grants` (a plugin may answer by its configuration, so each grant has its own entry).
+    pub fn metadata_path(&self, sha256: &str, grants: &crate::grants::Grants) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let grants_key = &sha256_hex(format!("{grants:?}").as_bytes())[..16];
+        Some(dir.join(format!(
+            "{sha256}-{}-{grants_key}.metadata.json",
+            self.engine_key
+        )))
+    }
+
     /// Loads the compiled form of `bytes` from the cache, or compiles and stores it.
     /// Returns the component and whether it came from the cache.
     pub fn load(

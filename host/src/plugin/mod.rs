@@ -133,6 +133,14 @@ pub enum Error {
         /// The names that exist.
         known: String,
     },
+    /// A plugin of that name exists but did not load; the reason is its load failure.
+    #[error("plugin {name:?} did not load: {reason}")]
+    NotLoaded {
+        /// The name asked for.
+        name: String,
+        /// Why it did not load (as `plugin ls` shows it).
+        reason: String,
+    },
     /// The plugin is still being loaded (compiled, or answering `metadata`); try again soon.
     #[error("plugin {name:?} is still loading")]
     Loading {
@@ -1041,6 +1049,7 @@ async fn bind(
     source: &Source,
     sandbox: Sandbox,
     sha256: String,
+    metadata_cache: Option<PathBuf>,
 ) -> Result<Plugin, Error> {
     let exports: Vec<String> = component
         .component_type()
@@ -1082,6 +1091,50 @@ async fn bind(
         )));
     };
 
+    let cached: Option<Metadata> = metadata_cache
+        .as_deref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let from_cache = cached.is_some();
+    if from_cache {
+        tracing::debug!(plugin = %sandbox.plugin, "metadata read from the cache");
+    }
+    let metadata = match cached {
+        Some(m) => m,
+        None => {
+            // Loading waits for this call (a passive command loads every plugin first), so it
+            // runs under the plugin's short `metadata` limit, not its per-call ones.
+            let mut grants = (*sandbox.grants).clone();
+            let limit = grants.limits.metadata;
+            grants.limits.cpu = grants.limits.cpu.min(limit);
+            grants.limits.wall = grants.limits.wall.min(limit);
+            let probe = Arc::new(Core {
+                engine: engine.clone(),
+                pre: pre.clone(),
+                sandbox: Sandbox {
+                    grants: Arc::new(grants),
+                    ..sandbox.clone()
+                },
+                source: source.clone(),
+                blocked: AtomicUsize::new(0),
+            });
+            let body: Body<_> = Box::new(|store, bound| {
+                Box::pin(async move {
+                    let m = match bound {
+                        Bound::Instance(b) => {
+                            b.infrakit_plugin_instance().call_metadata(store).await?
+                        }
+                        Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
+                    };
+                    Ok(Ok::<_, WitError>(m))
+                })
+            });
+            let work: Work<Result<_, Error>> =
+                Box::new(move |core| Box::pin(async move { call(&core, "metadata", body).await }));
+            let metadata = run_isolated(&probe, "metadata", work, Err).await?;
+            bindings::metadata_from_wit(metadata)
+        }
+    };
     let core = Arc::new(Core {
         engine: engine.clone(),
         pre,
@@ -1089,19 +1142,6 @@ async fn bind(
         source: source.clone(),
         blocked: AtomicUsize::new(0),
     });
-    let body: Body<_> = Box::new(|store, bound| {
-        Box::pin(async move {
-            let m = match bound {
-                Bound::Instance(b) => b.infrakit_plugin_instance().call_metadata(store).await?,
-                Bound::Flavor(b) => b.infrakit_plugin_flavor().call_metadata(store).await?,
-            };
-            Ok(Ok::<_, WitError>(m))
-        })
-    });
-    let work: Work<Result<_, Error>> =
-        Box::new(move |core| Box::pin(async move { call(&core, "metadata", body).await }));
-    let metadata = run_isolated(&core, "metadata", work, Err).await?;
-    let metadata = bindings::metadata_from_wit(metadata);
     let world_kind = match core.pre {
         Pre::Instance(_) => PluginKind::Instance,
         Pre::Flavor(_) => PluginKind::Flavor,
@@ -1114,6 +1154,18 @@ async fn bind(
                 metadata.kind
             ),
         });
+    }
+    if !from_cache && let Some(path) = &metadata_cache {
+        // Best effort: without it the next load asks again.
+        let written = serde_json::to_vec(&metadata)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+            });
+        if let Err(e) = written {
+            tracing::debug!(path = %path.display(), error = %e, "metadata not cached");
+        }
     }
     Ok(Plugin {
         stats: CallStats::default(),

@@ -194,29 +194,31 @@ impl Registry {
         })
     }
 
-    /// Loads the built-ins and every plugin in the plugin directory.
-    pub async fn load_all(&self) {
-        let registry = self;
-        for (name, bytes) in builtin::BUILTINS {
-            let grants = registry
-                .config
-                .builtin_grants
-                .get(*name)
-                .cloned()
-                .unwrap_or_default();
-            let path = PathBuf::from(format!("built-in:{name}"));
-            match registry
-                .load_one(name, Source::Builtin, bytes, grants)
-                .await
-            {
-                Ok(plugin) => {
+    /// Creates the engine and loads only the plugin `name` (a built-in, else `NAME.wasm` of the
+    /// plugin directory): a passive command on one plugin does not wait for every other
+    /// plugin's load, nor for one whose load fails. When `name` loads from neither place, every
+    /// plugin is loaded, so that the caller's "no plugin named" error can list what there is.
+    pub async fn load_named(config: RegistryConfig, name: &str) -> wasmtime::Result<Registry> {
+        let registry = Registry::empty(config)?;
+        if let Some((_, bytes)) = builtin::BUILTINS.iter().find(|(n, _)| *n == name) {
+            registry.load_builtin(name, bytes).await;
+        } else if let Some(path) = registry
+            .config
+            .plugins_dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}.wasm")))
+            .filter(|p| p.is_file())
+        {
+            let loaded = registry.load_file(name, &path, None).await;
+            match loaded {
+                Ok(Some(plugin)) => {
                     registry
                         .plugins
                         .write()
                         .expect("lock")
                         .insert(name.to_string(), plugin);
                 }
-                // A built-in that does not load is a build defect; still, report, don't die.
+                Ok(None) => {}
                 Err(error) => {
                     registry.failures.write().expect("lock").insert(
                         path.clone(),
@@ -229,7 +231,49 @@ impl Registry {
                     );
                 }
             }
-            registry.loading.write().expect("lock").remove(*name);
+        } else {
+            registry.load_all().await;
+        }
+        registry.loading.write().expect("lock").clear();
+        Ok(registry)
+    }
+
+    async fn load_builtin(&self, name: &str, bytes: &[u8]) {
+        let grants = self
+            .config
+            .builtin_grants
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let path = PathBuf::from(format!("built-in:{name}"));
+        match self.load_one(name, Source::Builtin, bytes, grants).await {
+            Ok(plugin) => {
+                self.plugins
+                    .write()
+                    .expect("lock")
+                    .insert(name.to_string(), plugin);
+            }
+            // A built-in that does not load is a build defect; still, report, don't die.
+            Err(error) => {
+                self.failures.write().expect("lock").insert(
+                    path.clone(),
+                    LoadFailure {
+                        name: name.to_string(),
+                        path,
+                        message: crate::error_chain(&error),
+                        previous_kept: false,
+                    },
+                );
+            }
+        }
+        self.loading.write().expect("lock").remove(name);
+    }
+
+    /// Loads the built-ins and every plugin in the plugin directory.
+    pub async fn load_all(&self) {
+        let registry = self;
+        for (name, bytes) in builtin::BUILTINS {
+            registry.load_builtin(name, bytes).await;
         }
         registry.scan(false).await;
         // Whatever was listed as loading and is not in the directory any more.
@@ -450,6 +494,7 @@ impl Registry {
                 .join("processes")
                 .join(format!("{name}.json")),
         ));
+        let metadata_cache = self.cache.metadata_path(&sha256, &grants);
         let sandbox = Sandbox {
             plugin: Arc::from(name),
             scratch,
@@ -463,6 +508,7 @@ impl Registry {
             &source,
             sandbox,
             sha256,
+            metadata_cache,
         )
         .await?;
         if plugin.metadata.name != name {
@@ -486,7 +532,22 @@ impl Registry {
                 name: name.to_string(),
             });
         }
-        plugins.get(name).cloned().ok_or_else(|| Error::Unknown {
+        if let Some(p) = plugins.get(name) {
+            return Ok(p.clone());
+        }
+        if let Some(failure) = self
+            .failures
+            .read()
+            .expect("lock")
+            .values()
+            .find(|f| f.name == name)
+        {
+            return Err(Error::NotLoaded {
+                name: name.to_string(),
+                reason: failure.message.clone(),
+            });
+        }
+        Err(Error::Unknown {
             name: name.to_string(),
             known: plugins.keys().cloned().collect::<Vec<_>>().join(", "),
         })
