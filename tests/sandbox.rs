@@ -917,3 +917,34 @@ async fn a_target_named_exactly_stays_reachable_next_to_a_wildcard() {
     assert!(msg.contains("HttpRequestDenied"), "{msg}");
     assert_eq!(other.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_errors_are_clipped_and_unusable_instance_ids_are_refused() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    // A 4 MiB error reaches the caller (and so logs and events) cut to a few KiB, saying so.
+    let err = attempt(
+        &registry,
+        json!({"Do": "huge", "What": "error", "Bytes": 4 << 20}),
+    )
+    .await
+    .unwrap_err();
+    let msg = message(&err);
+    assert!(msg.len() < 8 << 10, "{} bytes", msg.len());
+    assert!(
+        msg.contains("more bytes cut]"),
+        "{}",
+        &msg[msg.len() - 100..]
+    );
+    // An instance id of 100 KB is a fault of the plugin, not a name the group keeps.
+    let (cause, msg) = fault_of(
+        attempt(
+            &registry,
+            json!({"Do": "huge", "What": "id", "Bytes": 100_000}),
+        )
+        .await,
+    );
+    assert!(matches!(cause, Fault::BadAnswer(_)), "{msg}");
+    assert!(msg.contains("100000 bytes (at most 512)"), "{msg}");
+    still_works(&registry).await;
+}

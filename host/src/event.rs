@@ -70,6 +70,27 @@ pub struct Event {
     pub term: Option<i64>,
 }
 
+/// Longest event message kept; the rest is cut, with a marker saying how much. A plugin's
+/// error text ends up here, and a plugin may answer every call with megabytes.
+pub const MESSAGE_MAX: usize = 2048;
+
+/// `text` cut to at most `max` bytes (on a character boundary), with a marker saying how much
+/// was cut.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… [{} more bytes cut]",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
 impl Event {
     /// An event happening now.
     pub fn now(
@@ -84,7 +105,13 @@ impl Event {
             group: group.to_string(),
             kind,
             instance: instance.map(str::to_string),
-            message: message.into(),
+            message: {
+                let message = message.into();
+                match clip(&message, MESSAGE_MAX) {
+                    std::borrow::Cow::Borrowed(_) => message,
+                    std::borrow::Cow::Owned(cut) => cut,
+                }
+            },
             term: None,
         }
     }

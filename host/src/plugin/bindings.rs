@@ -144,9 +144,13 @@ pub(crate) fn destroy_context_to_wit(c: DestroyContext) -> wit::DestroyContext {
     }
 }
 
+/// Longest error message kept from a plugin.
+const GUEST_MESSAGE_MAX: usize = 4096;
+
 pub(crate) fn error_from_wit(e: wit::Error) -> GuestError {
     // A plugin's message ends up in terminals, logs and the event log: no control characters.
-    let p = |m: String| super::printable(&m).into_owned();
+    // And bounded: a plugin may answer every call with megabytes of error text.
+    let p = |m: String| super::printable(&crate::event::clip(&m, GUEST_MESSAGE_MAX)).into_owned();
     match e {
         wit::Error::Invalid(m) => GuestError::Invalid(p(m)),
         wit::Error::NotFound(m) => GuestError::NotFound(p(m)),

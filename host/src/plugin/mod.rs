@@ -69,6 +69,10 @@ pub enum Fault {
     /// Tried to grow its memories past the limit.
     #[error("exceeded its memory limit of {}", bytesize::ByteSize(*.0))]
     Memory(u64),
+    /// Answered something the host cannot keep (an instance id that is empty, too long or
+    /// holds control characters).
+    #[error("answered what the host cannot accept: {0}")]
+    BadAnswer(String),
     /// Too many of its earlier calls are still blocked in the kernel past their wall-clock
     /// limit (a FIFO, a hung network filesystem), each holding a host thread.
     #[error(
@@ -470,13 +474,35 @@ impl InstanceClient {
     /// Provisions an instance; returns its id.
     pub async fn provision(&self, spec: &InstanceSpec) -> Result<String, Error> {
         let spec = bindings::spec_to_wit(spec);
-        self.run(
-            "provision",
-            Box::new(move |store, bound| {
-                Box::pin(async move { instance_of(bound)?.call_provision(store, &spec).await })
-            }),
-        )
-        .await
+        let id = self
+            .run(
+                "provision",
+                Box::new(move |store, bound| {
+                    Box::pin(async move { instance_of(bound)?.call_provision(store, &spec).await })
+                }),
+            )
+            .await?;
+        // The id is stored with the group, shown in every listing and event, and passed back
+        // to the plugin: it must be a short, printable name.
+        let problem = if id.is_empty() {
+            Some("an empty instance id".to_string())
+        } else if id.len() > MAX_INSTANCE_ID {
+            Some(format!(
+                "an instance id of {} bytes (at most {MAX_INSTANCE_ID})",
+                id.len()
+            ))
+        } else if id.chars().any(char::is_control) {
+            Some(format!(
+                "the instance id {:?} with control characters",
+                printable(&id)
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => Err(self.core.fault("provision", Fault::BadAnswer(p))),
+            None => Ok(id),
+        }
     }
 
     /// Merges labels into an instance's tags.
@@ -856,6 +882,9 @@ fn meter_cpu(store: &mut Store<State>, cpu: Duration) {
         ))
     });
 }
+
+/// Longest instance id the host accepts from a plugin.
+const MAX_INSTANCE_ID: usize = 512;
 
 /// A call still running this long after its wall-clock limit is abandoned by its caller: its
 /// own timer could not fire, so its thread is blocked in the kernel.

@@ -7,8 +7,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::{
-    EVENTS_KEPT, Error, Lifecycle, Revision, Store, StoredGroup, committed, encode,
-    rollback_target, rolled_back,
+    EVENTS_BYTES_KEPT, EVENTS_KEPT, Error, Lifecycle, Revision, Store, StoredGroup, committed,
+    encode, rollback_target, rolled_back,
 };
 use crate::event::{Event, now_ms};
 use crate::spec::GroupSpec;
@@ -16,12 +16,16 @@ use crate::spec::GroupSpec;
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const HISTORY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("history");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Running totals kept with the tables they count (`event-bytes`).
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
 /// The default store: one redb file in the data directory.
 pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
     changes: watch::Sender<u64>,
+    /// Events kept: at most this many, of at most this many bytes in all.
+    events_kept: (u64, u64),
 }
 
 impl EmbeddedStore {
@@ -54,6 +58,7 @@ impl EmbeddedStore {
             db,
             path,
             changes: watch::Sender::new(0),
+            events_kept: (EVENTS_KEPT, EVENTS_BYTES_KEPT),
         };
         // Create the tables so that readers never meet a missing one.
         store.write("create tables", |txn| {
@@ -153,15 +158,37 @@ impl<E: Into<redb::Error>> From<E> for StoreFail {
     }
 }
 
-fn append_in(txn: &redb::WriteTransaction, mut event: Event) -> Result<Event, StoreFail> {
+fn append_in(
+    txn: &redb::WriteTransaction,
+    mut event: Event,
+    (count_kept, bytes_kept): (u64, u64),
+) -> Result<Event, StoreFail> {
     let mut events = txn.open_table(EVENTS)?;
     let last = events.last()?.map(|(k, _)| k.value()).unwrap_or(0);
     event.seq = last + 1;
-    events.insert(event.seq, encode(&event).as_slice())?;
-    if event.seq > EVENTS_KEPT {
-        let cutoff = event.seq - EVENTS_KEPT;
-        events.retain_in(..cutoff, |_, _| false)?;
+    let bytes = encode(&event);
+    events.insert(event.seq, bytes.as_slice())?;
+    // Bounded by count and by bytes: many events of long messages must not fill the disk.
+    // Sequence numbers are contiguous (trimmed from the front only), so the count is the
+    // span. The byte total starts at the first append of a store that had none; an older
+    // store's events weigh nothing until the count trims them.
+    let mut counters = txn.open_table(COUNTERS)?;
+    let mut total = counters.get("event-bytes")?.map_or(0, |v| v.value()) + bytes.len() as u64;
+    loop {
+        let oldest = events
+            .first()?
+            .map(|(k, v)| (k.value(), v.value().len() as u64));
+        let Some((first, len)) = oldest else {
+            break;
+        };
+        let count = event.seq - first + 1;
+        if first == event.seq || (count <= count_kept && total <= bytes_kept) {
+            break;
+        }
+        events.remove(first)?;
+        total = total.saturating_sub(len);
     }
+    counters.insert("event-bytes", total)?;
     Ok(event)
 }
 
@@ -193,6 +220,7 @@ fn put_group(
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn commit(&self, spec: &GroupSpec, event: Event) -> Result<(StoredGroup, Event), Error> {
+        let kept = self.events_kept;
         self.write_desired("commit", |txn| {
             if self
                 .stored_in(txn, &spec.id)?
@@ -202,12 +230,13 @@ impl Store for EmbeddedStore {
             }
             let (stored, rev) = committed(spec, next_revision(txn, &spec.id)?, now_ms());
             put_group(txn, &stored, &rev)?;
-            let event = append_in(txn, event)?;
+            let event = append_in(txn, event, kept)?;
             Ok((stored, event))
         })
     }
 
     async fn rollback(&self, id: &str) -> Result<(StoredGroup, Event), Error> {
+        let kept = self.events_kept;
         self.write_desired("rollback", |txn| {
             let current = self
                 .stored_in(txn, id)?
@@ -219,12 +248,13 @@ impl Store for EmbeddedStore {
             let target = rollback_target(&current, &history).map_err(StoreFail::Store)?;
             let (stored, rev, event) = rolled_back(id, next_revision(txn, id)?, &target, now_ms());
             put_group(txn, &stored, &rev)?;
-            let event = append_in(txn, event)?;
+            let event = append_in(txn, event, kept)?;
             Ok((stored, event))
         })
     }
 
     async fn mark_destroying(&self, id: &str, event: Event) -> Result<(StoredGroup, Event), Error> {
+        let kept = self.events_kept;
         self.write_desired("mark destroying", |txn| {
             let mut stored = self
                 .stored_in(txn, id)?
@@ -232,18 +262,19 @@ impl Store for EmbeddedStore {
             stored.lifecycle = Lifecycle::Destroying;
             txn.open_table(GROUPS)?
                 .insert(id, encode(&stored).as_slice())?;
-            let event = append_in(txn, event)?;
+            let event = append_in(txn, event, kept)?;
             Ok((stored, event))
         })
     }
 
     async fn forget(&self, id: &str, event: Event) -> Result<Event, Error> {
+        let kept = self.events_kept;
         self.write_desired("forget", |txn| {
             let removed = txn.open_table(GROUPS)?.remove(id)?.is_some();
             if !removed {
                 return Err(StoreFail::Store(Error::UnknownGroup(id.into())));
             }
-            append_in(txn, event)
+            append_in(txn, event, kept)
         })
     }
 
@@ -284,7 +315,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn append(&self, event: Event) -> Result<Event, Error> {
-        self.write("append event", |txn| append_in(txn, event))
+        let kept = self.events_kept;
+        self.write("append event", |txn| append_in(txn, event, kept))
     }
 
     async fn last_event(&self) -> Result<u64, Error> {
@@ -346,6 +378,48 @@ mod tests {
             false,
         )
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_event_log_is_bounded_by_count_and_by_bytes() {
+        let event = |n: usize| {
+            Event::now(
+                "g",
+                crate::event::EventKind::StepFailed,
+                None,
+                format!("{n} {}", "x".repeat(1 << 20)),
+            )
+        };
+        let mut store = EmbeddedStore::in_memory().unwrap();
+        store.events_kept = (1000, 64 << 10);
+        for n in 0..200 {
+            store.append(event(n)).await.unwrap();
+        }
+        let kept = store.events(0, None, 10_000).await.unwrap();
+        // Each message was clipped to its bound, with a marker.
+        assert!(
+            kept.iter()
+                .all(|e| e.message.len() < crate::event::MESSAGE_MAX + 64)
+        );
+        assert!(
+            kept[0].message.ends_with("more bytes cut]"),
+            "{}",
+            kept[0].message
+        );
+        let bytes: usize = kept.iter().map(|e| encode(e).len()).sum();
+        assert!(bytes <= 64 << 10, "{bytes} bytes kept");
+        assert!(kept.len() > 20, "only {} kept", kept.len());
+        let seqs: Vec<u64> = kept.iter().map(|e| e.seq).collect();
+        assert_eq!(*seqs.last().unwrap(), 200, "the newest stay");
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+        store.events_kept = (10, 64 << 10);
+        store.append(event(200)).await.unwrap();
+        let kept = store.events(0, None, 10_000).await.unwrap();
+        assert_eq!(
+            kept.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (192..=201).collect::<Vec<_>>()
+        );
     }
 
     // The behaviour both backends share is checked in tests/store.rs; this is what only a

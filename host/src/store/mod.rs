@@ -21,6 +21,9 @@ pub use etcd::{EtcdOptions, EtcdStore, Guard, TlsFiles};
 
 /// Events kept; older ones are trimmed as new ones arrive.
 const EVENTS_KEPT: u64 = 100_000;
+/// Bytes of events kept by the embedded store; older ones are trimmed as new ones arrive.
+/// (etcd bounds its own database with its space quota.)
+const EVENTS_BYTES_KEPT: u64 = 64 << 20;
 
 /// A store that cannot do what was asked.
 #[derive(Debug, thiserror::Error)]
