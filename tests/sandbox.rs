@@ -948,3 +948,25 @@ async fn huge_errors_are_clipped_and_unusable_instance_ids_are_refused() {
     assert!(msg.contains("100000 bytes (at most 512)"), "{msg}");
     still_works(&registry).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_hoarding_files_is_stopped_at_its_resource_limit() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\nresources = 64\n").await;
+    // Within the limit, files are files.
+    assert_eq!(
+        attempt(&registry, json!({"Do": "hoard", "Count": 20}))
+            .await
+            .unwrap(),
+        "ok:20"
+    );
+    // Past it, the call fails there: the host holds 64 entries of this call at most, not
+    // the 20,000 descriptors a guest once opened.
+    let err = attempt(&registry, json!({"Do": "hoard", "Count": 20_000}))
+        .await
+        .unwrap_err();
+    let (cause, msg) = fault_of(Err(err));
+    assert!(matches!(cause, Fault::Resources(64)), "{msg}");
+    assert!(msg.contains("limits.resources"), "{msg}");
+    still_works(&registry).await;
+}

@@ -171,10 +171,27 @@ impl EventSink for StoredEvents {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as servers do (Go's runtime does it
+/// for every program): the API's connections and every concurrent plugin call's files and
+/// sockets count against it, and the usual soft limit of 1,024 is soon reached.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(?before, now = ?limit.current, "open files limit raised"),
+            Err(e) => tracing::debug!(error = %e, "open files limit left as it is"),
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let data_dir = options.registry.data_dir.clone();
     let _lock = DataDirLock::acquire(&data_dir)?;
+    raise_open_files_limit();
     if options.tcp.is_some() && options.token.as_deref().is_none_or(str::is_empty) {
         anyhow::bail!(
             "--tcp needs a bearer token: set INFRAKIT_TOKEN or --token-file (the unix socket needs none)"

@@ -242,6 +242,9 @@ pub struct LimitsView {
     /// Time for the `metadata` call at load, e.g. `5s`.
     #[serde(default)]
     pub metadata: String,
+    /// Host resources (open files, HTTP requests, header maps...) a call may hold at once.
+    #[serde(default)]
+    pub resources: usize,
 }
 
 /// `plugin ls`: loaded plugins, then those loading, then files that failed (when an earlier
@@ -353,6 +356,7 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 wall: humantime::format_duration(g.limits.wall).to_string(),
                 http_response: g.limits.http_response,
                 metadata: humantime::format_duration(g.limits.metadata).to_string(),
+                resources: g.limits.resources,
             },
         },
     })

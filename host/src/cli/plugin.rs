@@ -108,11 +108,13 @@ fn print_inspect(v: &PluginDetail) {
     }
     let l = &g.limits;
     println!(
-        "  limits: memory {}, cpu {}, wall {}, http response {}",
+        "  limits: memory {}, cpu {}, wall {}, http response {}, metadata {}, resources {}",
         bytesize::ByteSize(l.memory),
         l.cpu,
         l.wall,
         bytesize::ByteSize(l.http_response),
+        l.metadata,
+        l.resources,
     );
 }
 

@@ -42,6 +42,7 @@
 //! wall = "30s"                 # wall-clock time per call, host I/O included
 //! http_response = "4 MiB"      # largest response body the plugin may read
 //! metadata = "5s"              # compute and wall-clock time of the metadata call at load
+//! resources = 256              # open files, HTTP requests, header maps... held at once
 //! ```
 
 use std::collections::BTreeMap;
@@ -134,6 +135,10 @@ pub struct Limits {
     /// waits for it.
     #[serde(with = "humantime_serde_compat")]
     pub metadata: Duration,
+    /// Host resources a call may hold at once: open files and directories, HTTP requests,
+    /// header maps, streams. Each open file is a host descriptor, each header map up to
+    /// 64 KiB of host memory, so this bounds both.
+    pub resources: usize,
 }
 
 impl Default for Limits {
@@ -144,6 +149,7 @@ impl Default for Limits {
             wall: Duration::from_secs(30),
             http_response: 8 << 20,
             metadata: Duration::from_secs(5),
+            resources: 256,
         }
     }
 }
@@ -469,6 +475,7 @@ struct RawLimits {
     wall: Option<String>,
     http_response: Option<String>,
     metadata: Option<String>,
+    resources: Option<usize>,
 }
 
 const SIZE_FORM: &str = "a size such as \"64 MiB\" or \"512KiB\"";
@@ -712,6 +719,16 @@ impl Grants {
         }
         if let Some(v) = &raw.limits.metadata {
             limits.metadata = duration("metadata", v)?;
+        }
+        if let Some(n) = raw.limits.resources {
+            if !(16..=65_536).contains(&n) {
+                return Err(value_error(
+                    "limits.resources".into(),
+                    format!("{n} is out of range"),
+                    "a count from 16 to 65536",
+                ));
+            }
+            limits.resources = n;
         }
 
         Ok(Grants {

@@ -69,6 +69,12 @@ pub enum Fault {
     /// Tried to grow its memories past the limit.
     #[error("exceeded its memory limit of {}", bytesize::ByteSize(*.0))]
     Memory(u64),
+    /// Held more host resources at once than its limit.
+    #[error(
+        "held more than its limit of {0} host resources at once (open files, HTTP requests, \
+         header maps, streams; `limits.resources` of its grant)"
+    )]
+    Resources(usize),
     /// Answered something the host cannot keep (an instance id that is empty, too long or
     /// holds control characters).
     #[error("answered what the host cannot accept: {0}")]
@@ -1026,6 +1032,11 @@ fn classify<R>(
                 Fault::Memory(limits.memory)
             } else if trap.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
                 Fault::CpuDeadline(limits.cpu)
+            } else if trap.chain().any(|e| {
+                e.downcast_ref::<wasmtime::component::ResourceTableError>()
+                    .is_some()
+            }) {
+                Fault::Resources(limits.resources)
             } else {
                 Fault::Trap(describe_trap(&trap, &state.stderr.contents()))
             };
@@ -1058,7 +1069,13 @@ async fn call<R>(core: &Core, export: &'static str, body: Body<R>) -> Result<R, 
 /// panics by writing to stderr and then trapping on `unreachable`.
 fn describe_trap(trap: &wasmtime::Error, stderr: &[u8]) -> String {
     let trap_text = format!("{trap:#}");
-    let first = trap_text.lines().next().unwrap_or("").trim().to_string();
+    let mut first = trap_text.lines().next().unwrap_or("").trim().to_string();
+    // With a wasm backtrace the first line is only its header; the cause is the innermost
+    // error (`wasm trap: call stack exhausted`, say).
+    if first.starts_with("error while executing") {
+        let root = trap.root_cause().to_string();
+        first = root.lines().next().unwrap_or("").trim().to_string();
+    }
     let stderr = String::from_utf8_lossy(stderr);
     match stderr.lines().find(|l| l.contains("panicked at")).map(|l| {
         let rest: Vec<&str> = stderr.lines().skip_while(|x| *x != l).take(2).collect();

@@ -22,6 +22,9 @@ use crate::grants::{self, Grants, rules};
 const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
 /// Longest single log message accepted from a plugin.
 const LOG_MESSAGE_BYTES: usize = 8 * 1024;
+/// Bytes of one HTTP header map a guest may build; with `limits.resources` this bounds the
+/// host memory a call can hold through `wasi:http` fields.
+const HTTP_FIELDS_BYTES: usize = 64 * 1024;
 /// Log lines accepted from a plugin per call; more are counted and dropped.
 const LOG_LINES_PER_CALL: usize = 1000;
 
@@ -102,11 +105,18 @@ impl State {
                 ))
             })?;
         }
+        // Every open file, directory, stream, request and header map is an entry here: the cap
+        // bounds the host descriptors and host memory one call can hold (a guest opened
+        // 19,983 files, or kept 20,000 header maps of 100 KB, before there was one).
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(grants.limits.resources);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(HTTP_FIELDS_BYTES);
         Ok(State {
             plugin: sandbox.plugin.clone(),
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: HttpPolicy {
                 plugin: sandbox.plugin.clone(),
                 grants: grants.clone(),
