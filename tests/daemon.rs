@@ -1215,3 +1215,60 @@ fn compiling_new_plugins_blocks_neither_the_api_nor_healing() {
         "the compiles were over before the heal, so this shows nothing: {all:?}"
     );
 }
+
+#[test]
+fn scale_commits_a_new_size_down_to_zero_and_a_size_over_the_bound_is_refused() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("sc.json");
+    write_spec(&spec, "sc", json!({"Size": 2}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let count = |env: &Env| {
+        describe(env, "sc")["status"]["instances"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count(&env), 2);
+
+    let out = env.ok(&["group", "scale", "sc", "4", "--wait"], None);
+    assert!(out.contains("scaled from 2 to 4: revision 2"), "{out}");
+    assert_eq!(count(&env), 4);
+    assert_eq!(
+        describe(&env, "sc")["spec"]["Properties"]["Allocation"]["Size"],
+        4
+    );
+
+    // Zero instances, still a managed group that scales back up.
+    env.ok(&["group", "scale", "sc", "0", "--wait"], None);
+    assert_eq!(count(&env), 0);
+    let listed = env.ok(&["group", "ls", "-o", "json"], None);
+    assert!(listed.contains("\"sc\""), "{listed}");
+    env.ok(&["group", "scale", "sc", "1", "--wait"], None);
+    assert_eq!(count(&env), 1);
+    assert_eq!(describe(&env, "sc")["revision"], 4);
+
+    // Pets are not scaled by a number.
+    let pets = env.data_dir().join("pets.json");
+    write_spec(&pets, "pets", json!({"LogicalIDs": ["a", "b"]}), json!({}));
+    env.ok(&["group", "commit", pets.to_str().unwrap(), "--wait"], None);
+    let err = env
+        .run(&["group", "scale", "pets", "3"], None)
+        .assert_failure();
+    assert!(err.contains("LogicalIDs"), "{err}");
+
+    // A Size over the bound is refused at once, naming the field and the bound.
+    let huge = env.data_dir().join("huge.json");
+    write_spec(&huge, "huge", json!({"Size": 1_000_000_000u32}), json!({}));
+    let err = env
+        .run(&["group", "commit", huge.to_str().unwrap()], None)
+        .assert_failure();
+    assert!(
+        err.contains("Properties.Allocation.Size") && err.contains("bound of 100000"),
+        "{err}"
+    );
+    let err = env
+        .run(&["group", "scale", "sc", "100001"], None)
+        .assert_failure();
+    assert!(err.contains("bound of 100000"), "{err}");
+}

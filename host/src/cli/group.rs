@@ -68,6 +68,16 @@ pub enum GroupCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Set a group's number of cattle (a new revision, like `kubectl scale`); 0 keeps the
+    /// group managed with no instances.
+    Scale {
+        /// The group id.
+        id: String,
+        /// The new `Allocation.Size`.
+        size: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Stop managing a group; leave its instances as they are.
     Free {
         /// The group id.
@@ -537,6 +547,31 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             let revision = answer.revision.unwrap_or(0);
             println!(
                 "group {id} rolled back: revision {revision} (config {})",
+                answer.config_sha
+            );
+            if wait.wait {
+                return wait_converged(&client, id, revision, wait, from).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Scale { id, size, wait } => {
+            let client = cli.daemon()?;
+            let group: GroupView = client.get(&format!("/v1/groups/{id}")).await?;
+            let mut spec = group.spec;
+            if spec.properties.allocation.logical_ids.is_some() {
+                anyhow::bail!(
+                    "group {id} is a set of pets (Allocation.LogicalIDs): add or remove logical ids \
+                     in its spec instead of scaling it"
+                );
+            }
+            let from_size = spec.size();
+            spec.properties.allocation.size = Some(*size);
+            let from = latest_seq(&client).await;
+            let text = serde_json::to_string(&spec)?;
+            let answer: CommitResponse = client.post("/v1/groups", Some(text)).await?;
+            let revision = answer.revision.unwrap_or(0);
+            println!(
+                "group {id} scaled from {from_size} to {size}: revision {revision} (config {})",
                 answer.config_sha
             );
             if wait.wait {
