@@ -1247,6 +1247,17 @@ fn scale_commits_a_new_size_down_to_zero_and_a_size_over_the_bound_is_refused() 
     env.ok(&["group", "scale", "sc", "1", "--wait"], None);
     assert_eq!(count(&env), 1);
     assert_eq!(describe(&env, "sc")["revision"], 4);
+    // Back to a named revision, not only the previous one.
+    let out = env.ok(&["group", "rollback", "sc", "--to", "2", "--wait"], None);
+    assert!(out.contains("revision 5"), "{out}");
+    assert_eq!(count(&env), 4);
+    let err = env
+        .run(&["group", "rollback", "sc", "--to", "42"], None)
+        .assert_failure();
+    assert!(
+        err.contains("revision 42") && err.contains("not in its history"),
+        "{err}"
+    );
 
     // Pets are not scaled by a number.
     let pets = env.data_dir().join("pets.json");

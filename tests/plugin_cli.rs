@@ -1,6 +1,6 @@
 //! Passive use of plugins from the CLI (issue 2): the real binary, the real built-in plugins.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Env, guest};
 
@@ -561,4 +561,33 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+#[test]
+fn a_plugin_built_against_the_earlier_wit_still_loads_and_works() {
+    let env = Env::new();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/compat/instance-bench-wit-0.1.0.wasm");
+    std::fs::copy(&fixture, env.plugins_dir().join("instance-bench.wasm")).unwrap();
+    let row = env.plugin_row(&[], "instance-bench");
+    assert_eq!(row["status"], "ok", "{row}");
+    let spec = json!({"Properties": {}, "Tags": {"infrakit.group": "compat"}}).to_string();
+    let id = env.ok(
+        &["instance", "provision", "--plugin", "instance-bench"],
+        Some(&spec),
+    );
+    let listed = env.ok(
+        &[
+            "instance",
+            "describe",
+            "--plugin",
+            "instance-bench",
+            "--tag",
+            "infrakit.group=compat",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(listed.contains(id.trim()), "{listed}");
 }

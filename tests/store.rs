@@ -98,23 +98,23 @@ async fn commits_keep_history_and_events_in_order(b: &Backend) {
 async fn rollback_returns_to_the_previous_configuration(b: &Backend) {
     let store = b.store("rollback").await;
     assert!(matches!(
-        store.rollback("x").await,
+        store.rollback("x", None).await,
         Err(Error::UnknownGroup(_))
     ));
     store.commit(&spec("a", 1), event("a", "")).await.unwrap();
     assert!(matches!(
-        store.rollback("a").await,
+        store.rollback("a", None).await,
         Err(Error::NoEarlierRevision(_))
     ));
     store.commit(&spec("a", 3), event("a", "")).await.unwrap();
-    let (back, e) = store.rollback("a").await.unwrap();
+    let (back, e) = store.rollback("a", None).await.unwrap();
     assert_eq!((back.revision, back.spec.size()), (3, 1));
     assert!(
         e.message.contains("rolled back to revision 1"),
         "{}",
         e.message
     );
-    let (again, _) = store.rollback("a").await.unwrap();
+    let (again, _) = store.rollback("a", None).await.unwrap();
     assert_eq!(
         (again.revision, again.spec.size()),
         (4, 3),
@@ -123,6 +123,19 @@ async fn rollback_returns_to_the_previous_configuration(b: &Backend) {
     let history = store.history("a").await.unwrap();
     assert!(history[2].cause.contains("rollback to revision 1"));
     assert!(history[3].cause.contains("rollback to revision 2"));
+
+    // Back to a revision named, further than the previous one.
+    store.commit(&spec("a", 5), event("a", "")).await.unwrap();
+    let (named, _) = store.rollback("a", Some(1)).await.unwrap();
+    assert_eq!((named.revision, named.spec.size()), (6, 1));
+    for n in [6, 99] {
+        let err = store.rollback("a", Some(n)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::NoSuchRevision { revision, .. } if *revision == n),
+            "{err}"
+        );
+    }
+    assert_eq!(store.group("a").await.unwrap().unwrap().revision, 6);
 }
 
 async fn destroy_then_forget_keeps_history(b: &Backend) {
@@ -139,7 +152,7 @@ async fn destroy_then_forget_keeps_history(b: &Backend) {
         Err(Error::BeingDestroyed(_))
     ));
     assert!(matches!(
-        store.rollback("a").await,
+        store.rollback("a", None).await,
         Err(Error::BeingDestroyed(_))
     ));
     assert!(matches!(

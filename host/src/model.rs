@@ -45,8 +45,6 @@ pub enum Capability {
     Http(String),
     /// A configuration key.
     Config(String),
-    /// An executable started as a local process.
-    Process(String),
 }
 
 impl fmt::Display for Capability {
@@ -62,7 +60,6 @@ impl fmt::Display for Capability {
             ),
             Capability::Http(target) => write!(f, "http:{target}"),
             Capability::Config(key) => write!(f, "config:{key}"),
-            Capability::Process(exe) => write!(f, "process:{exe}"),
         }
     }
 }

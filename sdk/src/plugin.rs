@@ -26,8 +26,6 @@ pub enum Capability {
     Http(String),
     /// A configuration key the plugin reads.
     Config(String),
-    /// An executable the plugin starts through [`process`](crate::process), by absolute path.
-    Process(String),
 }
 
 /// What the host learns about a plugin when it loads it. [`export_instance!`](crate::export_instance)

@@ -202,7 +202,6 @@ macro_rules! glue {
                         }),
                         Capability::Http(target) => pi::Capability::Http(target),
                         Capability::Config(key) => pi::Capability::Config(key),
-                        Capability::Process(exe) => pi::Capability::Process(exe),
                     })
                     .collect(),
             }

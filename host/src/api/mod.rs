@@ -96,9 +96,9 @@ impl From<store::Error> for ApiError {
     fn from(e: store::Error) -> Self {
         let status = match e {
             store::Error::UnknownGroup(_) => StatusCode::NOT_FOUND,
-            store::Error::NoEarlierRevision(_) | store::Error::BeingDestroyed(_) => {
-                StatusCode::CONFLICT
-            }
+            store::Error::NoEarlierRevision(_)
+            | store::Error::NoSuchRevision { .. }
+            | store::Error::BeingDestroyed(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, crate::error_chain(&e))
@@ -366,17 +366,19 @@ async fn history(
     Ok(Json(revisions))
 }
 
-/// Make the previous configuration current again (as a new revision).
+/// Make the previous configuration (or that of revision `to`) current again, as a new revision.
 #[utoipa::path(post, path = "/v1/groups/{id}/rollback", operation_id = "rollback",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = String, Path, description = "The group id"), RollbackQuery),
     responses((status = 200, body = CommitResponse), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rollback(
     State(d): State<AppState>,
     id: Result<Path<String>, PathRejection>,
+    q: Result<Query<RollbackQuery>, QueryRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let id = path(id)?;
-    let (stored, event) = d.store.rollback(&id).await?;
+    let q = query(q)?;
+    let (stored, event) = d.store.rollback(&id, q.to).await?;
     announce(&d, event).await;
     let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec).await);
     Ok(Json(CommitResponse {

@@ -61,10 +61,14 @@ pub enum GroupCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Make the previous configuration current again.
+    /// Make the previous configuration current again (or that of `--to REVISION`), as a new
+    /// revision.
     Rollback {
         /// The group id.
         id: String,
+        /// The revision to go back to (see `group history`).
+        #[arg(long)]
+        to: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -538,12 +542,14 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        GroupCommand::Rollback { id, wait } => {
+        GroupCommand::Rollback { id, to, wait } => {
             let client = cli.daemon()?;
             let from = latest_seq(&client).await;
-            let answer: CommitResponse = client
-                .post(&format!("/v1/groups/{id}/rollback"), None)
-                .await?;
+            let path = match to {
+                Some(n) => format!("/v1/groups/{id}/rollback?to={n}"),
+                None => format!("/v1/groups/{id}/rollback"),
+            };
+            let answer: CommitResponse = client.post(&path, None).await?;
             let revision = answer.revision.unwrap_or(0);
             println!(
                 "group {id} rolled back: revision {revision} (config {})",

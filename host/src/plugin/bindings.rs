@@ -178,7 +178,6 @@ pub(crate) fn metadata_from_wit(m: wit::PluginMetadata) -> Metadata {
                 },
                 wit::Capability::Http(t) => Capability::Http(t),
                 wit::Capability::Config(k) => Capability::Config(k),
-                wit::Capability::Process(e) => Capability::Process(e),
             })
             .collect(),
     }

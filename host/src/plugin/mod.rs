@@ -733,7 +733,6 @@ fn granted(grants: &crate::grants::Grants, capability: &Capability) -> bool {
             crate::grants::HttpTarget::parse(target).is_ok_and(|asked| grants.http.admits(&asked))
         }
         Capability::Config(key) => grants.config.contains_key(key),
-        Capability::Process(exe) => grants.process.grants(exe),
     }
 }
 

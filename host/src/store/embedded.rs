@@ -235,7 +235,7 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn rollback(&self, id: &str) -> Result<(StoredGroup, Event), Error> {
+    async fn rollback(&self, id: &str, to: Option<u64>) -> Result<(StoredGroup, Event), Error> {
         let kept = self.events_kept;
         self.write_desired("rollback", |txn| {
             let current = self
@@ -245,7 +245,7 @@ impl Store for EmbeddedStore {
                 return Err(StoreFail::Store(Error::BeingDestroyed(id.into())));
             }
             let history = self.history_in(&txn.open_table(HISTORY)?, id)?;
-            let target = rollback_target(&current, &history).map_err(StoreFail::Store)?;
+            let target = rollback_target(&current, &history, to).map_err(StoreFail::Store)?;
             let (stored, rev, event) = rolled_back(id, next_revision(txn, id)?, &target, now_ms());
             put_group(txn, &stored, &rev)?;
             let event = append_in(txn, event, kept)?;

@@ -541,14 +541,14 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn rollback(&self, id: &str) -> Result<(StoredGroup, Event), Error> {
+    async fn rollback(&self, id: &str, to: Option<u64>) -> Result<(StoredGroup, Event), Error> {
         self.write_revision("rollback", id, true, |current, history, next| {
             let current = current.as_ref().expect("checked by write_revision");
             let history: Vec<Revision> = history
                 .iter()
                 .map(|kv| self.decode(kv))
                 .collect::<Result<_, _>>()?;
-            let target = rollback_target(current, &history)?;
+            let target = rollback_target(current, &history, to)?;
             Ok(rolled_back(id, next, &target, now_ms()))
         })
         .await

@@ -82,6 +82,16 @@ pub enum Error {
     /// No such group.
     #[error("no group {0:?}")]
     UnknownGroup(String),
+    /// Rollback asked for to a revision that cannot be used.
+    #[error("group {id:?} cannot go back to revision {revision}: {problem}")]
+    NoSuchRevision {
+        /// The group.
+        id: String,
+        /// The revision asked for.
+        revision: u64,
+        /// Why not.
+        problem: String,
+    },
     /// Rollback asked for with nothing to roll back to.
     #[error("group {0:?} has no earlier revision to roll back to")]
     NoEarlierRevision(String),
@@ -137,7 +147,7 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the stored group and the event as logged (with its sequence number).
     async fn commit(&self, spec: &GroupSpec, event: Event) -> Result<(StoredGroup, Event), Error>;
     /// Makes the previous revision current again, as a new revision.
-    async fn rollback(&self, id: &str) -> Result<(StoredGroup, Event), Error>;
+    async fn rollback(&self, id: &str, to: Option<u64>) -> Result<(StoredGroup, Event), Error>;
     /// Marks a group as being destroyed.
     async fn mark_destroying(&self, id: &str, event: Event) -> Result<(StoredGroup, Event), Error>;
     /// Forgets a group (freed, or destroyed once empty); its history is kept.
@@ -182,7 +192,36 @@ pub trait Store: Send + Sync + 'static {
 /// The revision a rollback returns to: the newest one before `current` whose configuration
 /// differs from it, so that rolling back twice returns to where one started, like
 /// `kubectl rollout undo`. `history` is oldest first.
-fn rollback_target(current: &StoredGroup, history: &[Revision]) -> Result<Revision, Error> {
+fn rollback_target(
+    current: &StoredGroup,
+    history: &[Revision],
+    to: Option<u64>,
+) -> Result<Revision, Error> {
+    if let Some(n) = to {
+        if n == current.revision {
+            return Err(Error::NoSuchRevision {
+                id: current.spec.id.clone(),
+                revision: n,
+                problem: "it is the current revision".into(),
+            });
+        }
+        return history
+            .iter()
+            .find(|r| r.revision == n)
+            .cloned()
+            .ok_or_else(|| Error::NoSuchRevision {
+                id: current.spec.id.clone(),
+                revision: n,
+                problem: format!(
+                    "it is not in its history (revisions {})",
+                    history
+                        .iter()
+                        .map(|r| r.revision.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+    }
     history
         .iter()
         .rev()

@@ -239,7 +239,6 @@ impl InstancePlugin for ProcessPlugin {
                 writable: true,
             },
             Capability::Config("dir".to_string()),
-            Capability::Process("/bin/sh".to_string()),
         ]
     }
 
