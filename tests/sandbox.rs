@@ -970,3 +970,27 @@ async fn a_plugin_hoarding_files_is_stopped_at_its_resource_limit() {
     assert!(msg.contains("limits.resources"), "{msg}");
     still_works(&registry).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_cannot_plant_symlinks() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    for target in ["/etc/passwd", "../../..", "inside"] {
+        let err = attempt(
+            &registry,
+            json!({"Do": "symlink", "Path": "/data/link", "Target": target}),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            message(&err).contains("not-permitted"),
+            "{target}: {}",
+            message(&err)
+        );
+        assert!(
+            std::fs::symlink_metadata(env.scratch(PLUGIN).join("link")).is_err(),
+            "a link to {target} was made"
+        );
+    }
+    still_works(&registry).await;
+}

@@ -37,9 +37,14 @@ pub struct Expectations {
     dels: BTreeMap<String, u64>,
     /// The members the last pass planned with (shared with the group's status, not copied).
     last: Arc<Vec<Member>>,
-    /// Members of `last` missing from the listing: since when (Unix ms).
-    missing: HashMap<String, u64>,
+    /// Members of `last` missing from the listing: since when (Unix ms), and from how many
+    /// listings in a row.
+    missing: HashMap<String, (u64, u32)>,
 }
+
+/// Listings in a row an instance must be missing from (besides `LostAfter`) to be lost; the
+/// controller re-lists every `LostAfter / 20` meanwhile.
+pub const LOST_AFTER_LISTINGS: u32 = 20;
 
 /// The time windows of [`Expectations::apply`], in ms (from the group's `Health`).
 #[derive(Debug, Clone, Copy)]
@@ -102,10 +107,17 @@ impl Expectations {
             if listed.contains(id) || self.adds.contains_key(id) || self.dels.contains_key(id) {
                 continue;
             }
-            let since = self.missing.get(id).copied().unwrap_or(now);
-            if now.saturating_sub(since) < w.lost_after_ms {
+            let (since, misses) = self.missing.get(id).copied().unwrap_or((now, 0));
+            let misses = misses + 1;
+            // Both the time and the listings: on a starved machine two listings can lie
+            // further apart than `LostAfter`, and a listing that drops entries at random would
+            // then cost a healthy instance.
+            // `LostAfter: 0s` turns the window off.
+            let within = now.saturating_sub(since) < w.lost_after_ms
+                || (w.lost_after_ms > 0 && misses < LOST_AFTER_LISTINGS);
+            if within {
                 presumed.push(m.clone());
-                missing.insert(m.id.clone(), since);
+                missing.insert(m.id.clone(), (since, misses));
                 continue;
             }
             let age = now.saturating_sub(m.created_ms);
@@ -264,14 +276,26 @@ mod tests {
             run(&mut e, &mut vec![member("b", 1)], 1_450, w).unconfirmed,
             1
         );
-        // Missing for the whole window: gone.
+        // Missing for the whole window, but from too few listings (a starved machine whose
+        // listings lie far apart): still there.
+        assert_eq!(
+            run(&mut e, &mut vec![member("b", 1)], 1_900, w).unconfirmed,
+            1
+        );
+        // Missing for the whole window and from twenty listings: gone.
+        for now in 1_901..1_917 {
+            assert_eq!(
+                run(&mut e, &mut vec![member("b", 1)], now, w).unconfirmed,
+                1
+            );
+        }
         let mut gone = vec![member("b", 1)];
-        let got = run(&mut e, &mut gone, 1_500, w);
+        let got = run(&mut e, &mut gone, 1_917, w);
         assert_eq!((got.unconfirmed, gone.len()), (0, 1));
         // Our own destroy is never presumed present.
-        e.destroyed("b", 1_500);
+        e.destroyed("b", 1_920);
         let mut none = vec![];
-        assert_eq!(run(&mut e, &mut none, 1_510, w).unconfirmed, 0);
+        assert_eq!(run(&mut e, &mut none, 1_930, w).unconfirmed, 0);
         assert!(none.is_empty());
     }
 }

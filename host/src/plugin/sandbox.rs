@@ -490,6 +490,34 @@ impl WasiHttpHooks for HttpPolicy {
     }
 }
 
+/// WASI lets a guest create symlinks in its writable directories, pointing anywhere: harmless
+/// inside the sandbox (its own lookups stay inside), but a trap for an operator or a host
+/// program that follows them later. Plugins have no use for them, so creating one is refused
+/// (`not-permitted`); older guests importing an earlier 0.2 minor version link to this too.
+fn refuse_symlinks(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::bindings::filesystem::types::ErrorCode;
+    linker.allow_shadowing(true);
+    linker.instance("wasi:filesystem/types@0.2.12")?.func_wrap(
+        "[method]descriptor.symlink-at",
+        |cx: wasmtime::StoreContextMut<'_, State>,
+         (_dir, target, _link): (
+            Resource<wasmtime_wasi::filesystem::Descriptor>,
+            String,
+            String,
+        )| {
+            tracing::warn!(
+                plugin = %cx.data().plugin,
+                target = %super::printable(&target),
+                "symlink creation refused"
+            );
+            Ok((Err::<(), ErrorCode>(ErrorCode::NotPermitted),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
 /// The linker every plugin instantiates against: WASI p2, wasi:http (with the policy above)
 /// and the infrakit `host` and `process` interfaces.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
@@ -501,5 +529,6 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         &mut linker,
         |s| s,
     )?;
+    refuse_symlinks(&mut linker)?;
     Ok(linker)
 }
