@@ -394,29 +394,36 @@ impl GroupSpec {
                     ),
                 });
             }
-            let de = yaml_serde::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
+            let yaml_error = |e: serde_path_to_error::Error<yaml_serde::Error>| {
                 let field = e.path().to_string();
                 let inner = e.into_inner();
                 let position = inner
                     .location()
                     .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
                     .unwrap_or_default();
+                // The YAML library names the path itself in some messages; it is shown once.
+                let message = strip_position(&inner.to_string());
+                let message = message
+                    .strip_prefix(&format!("{field}: "))
+                    .map_or(message.clone(), str::to_string);
                 Error::Parse {
                     file: origin.to_string(),
                     field,
                     position,
-                    message: strip_position(&inner.to_string()),
+                    message,
                 }
-            })?
+            };
+            let de = yaml_serde::Deserializer::from_str(text);
+            serde_path_to_error::deserialize::<_, NoDuplicateKeys>(de).map_err(yaml_error)?;
+            let de = yaml_serde::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(yaml_error)?
         } else {
             // JSON Schema counts `3.0` as an integer; serde does not. Integral numbers written
             // with a fraction are rewritten as integers (rarely: the original text, with its
             // error positions, is parsed whenever there are none).
             let normalized = integral_floats_as_integers(text);
             let text = normalized.as_deref().unwrap_or(text);
-            let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(|e| {
+            let json_error = |e: serde_path_to_error::Error<serde_json::Error>| {
                 let field = e.path().to_string();
                 let inner = e.into_inner();
                 Error::Parse {
@@ -425,7 +432,11 @@ impl GroupSpec {
                     position: format!(" (line {}, column {})", inner.line(), inner.column()),
                     message: strip_position(&inner.to_string()),
                 }
-            })?
+            };
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize::<_, NoDuplicateKeys>(de).map_err(json_error)?;
+            let de = &mut serde_json::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(json_error)?
         };
         spec.check(origin)?;
         Ok(spec)
@@ -659,6 +670,106 @@ fn valid_id(id: &str) -> bool {
 /// Deepest YAML nesting accepted (serde_json stops JSON at 128).
 pub const MAX_YAML_DEPTH: usize = 128;
 
+/// A document walked only to refuse a key given twice in one object, anywhere (plugin
+/// `Properties` included, which are free-form JSON to the host): JSON and YAML parsers keep the
+/// last one silently, so `{"Prefix": "a", "Prefix": "b"}` would mean `b` without a word.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+/// A map key of any scalar type, as text.
+struct KeyText(String);
+
+impl<'de> Deserialize<'de> for KeyText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(KeyText(match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        }))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(KeyText(key)) = map.next_key()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {key:?}: it is given twice in this object (the last one would \
+                     silently win)"
+                )));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        NoDuplicateKeys::deserialize(d)
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<Self::Value, D::Error> {
+        NoDuplicateKeys::deserialize(d)
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        // A YAML tag (`!Foo value`): check the value under it.
+        use serde::de::VariantAccess;
+        let (_, variant) = data.variant::<KeyText>()?;
+        variant.newtype_variant::<NoDuplicateKeys>()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(NoDuplicateKeys)
+    }
+}
+
 /// Checks a YAML text's nesting before it is parsed: the parser's time grows faster than
 /// linearly with depth (100,000 levels of `[` took 45 s, holding a thread of the API). Counts
 /// flow brackets outside quotes and comments, plus, on each line, the block markers (`- `,
@@ -718,6 +829,34 @@ mod tests {
         "Allocation": {"Size": 3},
         "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "web"}},
         "Flavor": {"Plugin": "flavor-vanilla"}}}"#;
+
+    #[test]
+    fn a_key_given_twice_anywhere_is_refused_with_its_path() {
+        let json = r#"{"ID": "d", "Properties": {"Allocation": {"Size": 1},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "a", "Prefix": "b"}},
+            "Flavor": {"Plugin": "flavor-vanilla"}}}"#;
+        let e = GroupSpec::parse(json, "d.json", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Properties.Instance.Properties") && e.contains("duplicate key \"Prefix\""),
+            "{e}"
+        );
+        assert!(e.contains("line 2"), "{e}");
+        let yaml = "ID: d\nProperties:\n  Allocation: {Size: 1}\n  Instance:\n    Plugin: instance-file\n    Properties:\n      Tags: [{a: 1, a: 2}]\n  Flavor: {Plugin: flavor-vanilla}\n";
+        let e = GroupSpec::parse(yaml, "d.yaml", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("duplicate key \"a\"") && e.contains("Tags"),
+            "{e}"
+        );
+        // The same key in sibling objects is no duplicate.
+        let fine = r#"{"ID": "d", "Properties": {"Allocation": {"Size": 1},
+            "Instance": {"Plugin": "instance-file", "Properties": {"Metadata": [{"k": 1}, {"k": 2}]}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}}}}"#;
+        GroupSpec::parse(fine, "d.json", false).unwrap();
+    }
 
     #[test]
     fn infrakit_group_json_parses_with_defaults() {
