@@ -1042,11 +1042,14 @@ fn a_commit_goes_through_while_the_instance_plugin_cannot_list() {
 #[test]
 fn serve_is_ready_at_once_and_a_plugin_with_slow_metadata_is_listed_as_loading() {
     let env = Env::new();
+    // A grant of its own (the data dir in a config value): metadata is cached per component
+    // and grants, and this test needs it asked for, slowly.
     env.install_plugin(
         "fixture-misbehave",
-        Some(
-            "[config]\nslow_metadata_ms = \"8000\"\n[limits]\nwall = \"20s\"\nmetadata = \"20s\"\n",
-        ),
+        Some(&format!(
+            "[config]\nslow_metadata_ms = \"8000\"\nrun = {:?}\n[limits]\nwall = \"20s\"\nmetadata = \"20s\"\n",
+            env.data_dir().display().to_string()
+        )),
     );
     let started = std::time::Instant::now();
     let _daemon = Daemon::start_serving(&env, &[]);

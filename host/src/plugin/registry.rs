@@ -210,27 +210,7 @@ impl Registry {
             .filter(|p| p.is_file())
         {
             let loaded = registry.load_file(name, &path, None).await;
-            match loaded {
-                Ok(Some(plugin)) => {
-                    registry
-                        .plugins
-                        .write()
-                        .expect("lock")
-                        .insert(name.to_string(), plugin);
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    registry.failures.write().expect("lock").insert(
-                        path.clone(),
-                        LoadFailure {
-                            name: name.to_string(),
-                            path,
-                            message: crate::error_chain(&error),
-                            previous_kept: false,
-                        },
-                    );
-                }
-            }
+            registry.settle(name, path, loaded);
         } else {
             registry.load_all().await;
         }
@@ -238,22 +218,16 @@ impl Registry {
         Ok(registry)
     }
 
-    async fn load_builtin(&self, name: &str, bytes: &[u8]) {
-        let grants = self
-            .config
-            .builtin_grants
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
-        let path = PathBuf::from(format!("built-in:{name}"));
-        match self.load_one(name, Source::Builtin, bytes, grants).await {
-            Ok(plugin) => {
+    /// Puts the outcome of loading `name` from `path` where `get` and `plugin ls` find it.
+    fn settle(&self, name: &str, path: PathBuf, loaded: Result<Option<Arc<Plugin>>, Error>) {
+        match loaded {
+            Ok(Some(plugin)) => {
                 self.plugins
                     .write()
                     .expect("lock")
                     .insert(name.to_string(), plugin);
             }
-            // A built-in that does not load is a build defect; still, report, don't die.
+            Ok(None) => {}
             Err(error) => {
                 self.failures.write().expect("lock").insert(
                     path.clone(),
@@ -266,6 +240,19 @@ impl Registry {
                 );
             }
         }
+    }
+
+    async fn load_builtin(&self, name: &str, bytes: &[u8]) {
+        let grants = self
+            .config
+            .builtin_grants
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let path = PathBuf::from(format!("built-in:{name}"));
+        // A built-in that does not load is a build defect; still, report, don't die.
+        let loaded = self.load_one(name, Source::Builtin, bytes, grants).await;
+        self.settle(name, path, loaded.map(Some));
         self.loading.write().expect("lock").remove(name);
     }
 
