@@ -508,6 +508,7 @@ fn a_paused_leader_that_wakes_after_its_lease_makes_no_plugin_call_and_follows()
 /// provisioned or destroyed until quorum returns.
 #[test]
 fn losing_one_etcd_member_changes_nothing_and_losing_quorum_stops_all_action() {
+    let _heavy = crate::support::heavy();
     let Some(mut c) = Cluster::start(2, "/ha-quorum/") else {
         return;
     };

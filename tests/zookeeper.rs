@@ -95,6 +95,7 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     if !zookeeper::installed() {
         return;
     }
+    let _heavy = crate::support::heavy();
     let env = Env::new();
     let data_dir = env.data_dir().join("zookeeper");
     let _cleanup = Cleanup(data_dir.clone());

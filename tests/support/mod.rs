@@ -20,6 +20,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// Held by the tests that load the machine hardest (three JVMs) or need its timing most (an
+/// etcd quorum lost and regained under a 2 s lease), so the two never run side by side on 2 cores.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Waits until `cond` holds, checking every 250 ms (checks that run a CLI such as `docker`
 /// share the two cores with the daemon under test), failing with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {

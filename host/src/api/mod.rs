@@ -366,20 +366,42 @@ async fn history(
     Ok(Json(revisions))
 }
 
-/// Make the previous configuration (or that of revision `to`) current again, as a new revision.
+/// Make the previous configuration current again, as a new revision.
 #[utoipa::path(post, path = "/v1/groups/{id}/rollback", operation_id = "rollback",
-    params(("id" = String, Path, description = "The group id"), RollbackQuery),
+    params(("id" = String, Path, description = "The group id")),
     responses((status = 200, body = CommitResponse), (status = 400, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rollback(
     State(d): State<AppState>,
     id: Result<Path<String>, PathRejection>,
-    q: Result<Query<RollbackQuery>, QueryRejection>,
 ) -> Result<Json<CommitResponse>, ApiError> {
     let id = path(id)?;
-    let q = query(q)?;
-    let (stored, event) = d.store.rollback(&id, q.to).await?;
-    announce(&d, event).await;
+    rolled_back(&d, &id, None).await
+}
+
+/// Make the configuration of one revision (see the history) current again, as a new revision.
+#[utoipa::path(post, path = "/v1/groups/{id}/revisions/{revision}/rollback",
+    operation_id = "rollback_to",
+    params(("id" = String, Path, description = "The group id"),
+           ("revision" = u64, Path, description = "The revision to go back to")),
+    responses((status = 200, body = CommitResponse), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn rollback_to(
+    State(d): State<AppState>,
+    p: Result<Path<(String, u64)>, PathRejection>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    let Path((id, revision)) =
+        p.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("path: {}", e.body_text())))?;
+    rolled_back(&d, &id, Some(revision)).await
+}
+
+async fn rolled_back(
+    d: &AppState,
+    id: &str,
+    to: Option<u64>,
+) -> Result<Json<CommitResponse>, ApiError> {
+    let (stored, event) = d.store.rollback(id, to).await?;
+    announce(d, event).await;
     let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec).await);
     Ok(Json(CommitResponse {
         config_sha: stored.spec.config_sha(),
@@ -608,6 +630,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plan_group))
         .routes(routes!(history))
         .routes(routes!(rollback))
+        .routes(routes!(rollback_to))
         .routes(routes!(free))
         .routes(routes!(destroy))
         .routes(routes!(events))

@@ -106,16 +106,6 @@ pub struct CommitQuery {
     pub dry_run: bool,
 }
 
-/// Query of a rollback.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct RollbackQuery {
-    /// The revision whose configuration becomes current again; default the one before the
-    /// current configuration.
-    #[serde(default)]
-    pub to: Option<u64>,
-}
-
 /// Query of the event log.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

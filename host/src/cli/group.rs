@@ -546,7 +546,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             let client = cli.daemon()?;
             let from = latest_seq(&client).await;
             let path = match to {
-                Some(n) => format!("/v1/groups/{id}/rollback?to={n}"),
+                Some(n) => format!("/v1/groups/{id}/revisions/{n}/rollback"),
                 None => format!("/v1/groups/{id}/rollback"),
             };
             let answer: CommitResponse = client.post(&path, None).await?;
