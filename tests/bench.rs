@@ -944,6 +944,10 @@ async fn main() {
             } else {
                 Health::Healthy
             },
+            protected: false,
+            removal: None,
+            healthy_checks: 0,
+            healthy_since_ms: 0,
         })
         .collect();
     let plan_runs: Vec<Duration> = (0..runs(21))

@@ -1286,3 +1286,287 @@ fn scale_commits_a_new_size_down_to_zero_and_a_size_over_the_bound_is_refused() 
         .assert_failure();
     assert!(err.contains("bound of 100000"), "{err}");
 }
+
+/// The group's instances by index, as `instance-file` holds them.
+fn by_index(env: &Env, group: &str) -> std::collections::BTreeMap<u32, String> {
+    instances(env)
+        .iter()
+        .filter(|i| tag(i, "infrakit.group") == group)
+        .map(|i| {
+            (
+                tag(i, "infrakit.index").parse().unwrap(),
+                i["ID"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn named_instances_are_protected_destroyed_and_replaced_or_decremented() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("ops.json");
+    write_spec(&spec, "ops", json!({"Size": 4}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let first = by_index(&env, "ops");
+    assert_eq!(first.len(), 4);
+
+    // The highest index goes first by default; protected, it stays and the next ones go.
+    let out = env.ok(&["group", "protect", "ops", &first[&3]], None);
+    assert!(out.contains(&format!("protected {}", first[&3])), "{out}");
+    // The protection is in the instance's tags (and so in the next pass's view).
+    wait_until("the protection to be seen", || {
+        describe(&env, "ops")["status"]["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == first[&3].as_str() && i["protected"] == true)
+    });
+    let table = env.ok(&["group", "describe", "ops"], None);
+    assert!(table.contains("protected"), "{table}");
+    env.ok(&["group", "scale", "ops", "2", "--wait"], None);
+    let now = by_index(&env, "ops");
+    assert_eq!(
+        now.values().collect::<BTreeSet<_>>(),
+        [&first[&0], &first[&3]].into_iter().collect(),
+        "the protected instance survives scale-in"
+    );
+
+    // Without --decrement, a named instance is drained, destroyed and replaced.
+    let out = env.ok(
+        &["group", "destroy-instances", "ops", &first[&0], "--wait"],
+        None,
+    );
+    assert!(out.contains(&format!("replacing {}", first[&0])), "{out}");
+    wait_until("the replacement", || {
+        let now = by_index(&env, "ops");
+        now.len() == 2 && !now.values().any(|i| i == &first[&0])
+    });
+    assert_eq!(
+        describe(&env, "ops")["spec"]["Properties"]["Allocation"]["Size"],
+        2
+    );
+
+    // An instance that is not a member is refused by name; nothing changes.
+    let err = env
+        .run(&["group", "destroy-instances", "ops", "nope-1"], None)
+        .assert_failure();
+    assert!(
+        err.contains("not a member") && err.contains("nope-1"),
+        "{err}"
+    );
+
+    // A rolling update holds back the protected instance and says so; unprotected, it rolls.
+    write_spec(
+        &spec,
+        "ops",
+        json!({"Size": 2}),
+        json!({"Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}}}),
+    );
+    let run = env.run(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert_eq!(run.code(), Some(3), "--wait ends paused: {}", run.stdout());
+    let g = describe(&env, "ops");
+    let messages = g["status"]["messages"].to_string();
+    assert!(
+        messages.contains("held back") && messages.contains(&first[&3]),
+        "{messages}"
+    );
+    assert!(by_index(&env, "ops").values().any(|i| i == &first[&3]));
+    env.ok(&["group", "unprotect", "ops", &first[&3]], None);
+    wait_until("the update to finish", || {
+        converged_on(&env, "ops", 2, None)
+            && !by_index(&env, "ops").values().any(|i| i == &first[&3])
+    });
+
+    // With --decrement the group shrinks by the named instance, as a new revision.
+    let now = by_index(&env, "ops");
+    let victim = now.values().next().unwrap().clone();
+    let revision = describe(&env, "ops")["revision"].as_u64().unwrap();
+    let out = env.ok(
+        &[
+            "group",
+            "destroy-instances",
+            "ops",
+            &victim,
+            "--decrement",
+            "--wait",
+        ],
+        None,
+    );
+    assert!(out.contains("shrinks to 1"), "{out}");
+    let g = describe(&env, "ops");
+    assert_eq!(g["revision"], revision + 1);
+    assert_eq!(g["spec"]["Properties"]["Allocation"]["Size"], 1);
+    let left = by_index(&env, "ops");
+    assert_eq!(left.len(), 1);
+    assert!(!left.values().any(|i| i == &victim), "{left:?}");
+
+    // Pets: --decrement removes the logical id from the list; without it the pet comes back
+    // under the same logical id.
+    let pets = env.data_dir().join("pets.json");
+    write_spec(
+        &pets,
+        "pets",
+        json!({"LogicalIDs": ["a", "b", "c"]}),
+        json!({}),
+    );
+    env.ok(&["group", "commit", pets.to_str().unwrap(), "--wait"], None);
+    let pet = |lid: &str| {
+        instances(&env)
+            .iter()
+            .find(|i| tag(i, "infrakit.group") == "pets" && tag(i, "infrakit.logical_id") == lid)
+            .map(|i| i["ID"].as_str().unwrap().to_string())
+    };
+    let b = pet("b").unwrap();
+    env.ok(&["group", "destroy-instances", "pets", &b, "--wait"], None);
+    wait_until("pet b to come back", || pet("b").is_some_and(|n| n != b));
+    let c = pet("c").unwrap();
+    env.ok(
+        &[
+            "group",
+            "destroy-instances",
+            "pets",
+            &c,
+            "--decrement",
+            "--wait",
+        ],
+        None,
+    );
+    assert_eq!(
+        describe(&env, "pets")["spec"]["Properties"]["Allocation"]["LogicalIDs"],
+        json!(["a", "b"])
+    );
+    assert_eq!(pet("c"), None);
+}
+
+fn example(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/infrakit")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn group_instances(env: &Env, group: &str) -> Vec<Value> {
+    instances(env)
+        .into_iter()
+        .filter(|i| tag(i, "infrakit.group") == group)
+        .collect()
+}
+
+#[test]
+fn infrakits_own_specs_validate_and_converge_unchanged_with_combo_and_updating_count() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    for (file, id, form) in [
+        ("cattle.json", "cattle", "ID, Properties"),
+        ("pets.json", "zk", "ID, Properties"),
+        ("workers.yml", "workers", "`kind: group` envelope"),
+    ] {
+        let out = env.ok(&["group", "validate", &example(file)], None);
+        assert!(
+            out.contains(&format!("valid: group {id} ")) && out.contains(form),
+            "{file}: {out}"
+        );
+        env.ok(&["group", "commit", &example(file), "--wait"], None);
+    }
+    assert!(
+        env.ok(&["group", "validate", &example("workers.yml")], None)
+            .contains("options not used here: PollInterval")
+    );
+
+    // The cattle of InfraKit's README: five, with the property instance-file does not read
+    // kept as given, and the vanilla flavor's init and tags.
+    let cattle = group_instances(&env, "cattle");
+    assert_eq!(cattle.len(), 5);
+    for i in &cattle {
+        assert_eq!(i["Properties"]["Note"], "Instance properties version 1.0");
+        assert_eq!(tag(i, "tier"), "web");
+        assert!(
+            i["Init"]
+                .as_str()
+                .unwrap()
+                .contains("docker run -d -p 80:80"),
+            "{i}"
+        );
+    }
+    // Pets by address, through InfraKit's name `vanilla`.
+    let mut lids: Vec<String> = group_instances(&env, "zk")
+        .iter()
+        .map(|i| tag(i, "infrakit.logical_id"))
+        .collect();
+    lids.sort();
+    assert_eq!(lids, ["192.168.1.200", "192.168.1.201", "192.168.1.202"]);
+    assert!(
+        group_instances(&env, "zk")
+            .iter()
+            .all(|i| tag(i, "role") == "zookeeper")
+    );
+    // combo: both flavors' init scripts and tags on every instance.
+    let workers = group_instances(&env, "workers");
+    assert_eq!(workers.len(), 2);
+    for i in &workers {
+        let init = i["Init"].as_str().unwrap();
+        assert!(
+            init.contains("echo base image ready") && init.contains("joins"),
+            "{init}"
+        );
+        assert_eq!(
+            (tag(i, "layer").as_str(), tag(i, "role").as_str()),
+            ("base", "worker")
+        );
+    }
+    // A combo listing a flavor that does not exist is refused, naming where.
+    let bad = env.data_dir().join("bad-combo.yml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(example("workers.yml"))
+            .unwrap()
+            .replace("- Plugin: flavor-vanilla", "- Plugin: flavor-nope"),
+    )
+    .unwrap();
+    let err = env
+        .run(&["group", "validate", bad.to_str().unwrap()], None)
+        .assert_failure();
+    assert!(
+        err.contains("Flavors[1].Plugin") && err.contains("flavor-nope"),
+        "{err}"
+    );
+
+    // Updating.Count gates a rolling update: each replaced pet must be judged healthy ten
+    // checks in a row (100 ms apart) before the next one goes.
+    let mut spec: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("pets.json")).unwrap()).unwrap();
+    spec["Properties"]["Updating"] = json!({"Count": 10});
+    spec["Properties"]["Health"] = json!({"CheckInterval": "100ms", "GracePeriod": "0s"});
+    spec["Properties"]["Flavor"]["Properties"]["Init"] = json!(["echo zookeeper v2"]);
+    let path = env.data_dir().join("zk-v2.json");
+    std::fs::write(&path, spec.to_string()).unwrap();
+    env.ok(&["group", "commit", path.to_str().unwrap()], None);
+    let mut gated = false;
+    wait_until("the update to finish", || {
+        let g = describe(&env, "zk");
+        gated |= g["status"]["messages"]
+            .to_string()
+            .contains("for 10 checks in a row (Updating.Count)");
+        g["status"]["revision"] == 2
+            && g["status"]["phase"] == "converged"
+            && g["status"]["current"] == 3
+    });
+    assert!(gated, "the update never said it waited for Updating.Count");
+    let replaced: Vec<u64> = env
+        .ok(&["events", "--group", "zk", "-o", "json"], None)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "instance-replaced")
+        .map(|e| e["time_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replaced.len(), 3, "{replaced:?}");
+    for w in replaced.windows(2) {
+        assert!(
+            w[1] - w[0] >= 900,
+            "the next pet went {} ms after the last: less than ten checks",
+            w[1] - w[0]
+        );
+    }
+}

@@ -26,9 +26,10 @@ use crate::event::{Event, EventKind, now_ms};
 use crate::expectations::{Expectations, Loss, Windows};
 use crate::leader::Fence;
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
+use crate::plugin::combo::{self, GroupFlavor};
 use crate::plugin::{
-    self, Allocation, Description, DestroyContext, FlavorClient, Health, Index, InstanceClient,
-    InstanceSpec, Plugin, Tags,
+    self, Allocation, Description, DestroyContext, Health, Index, InstanceClient, InstanceSpec,
+    Plugin, Tags,
 };
 use crate::spec::{GroupSpec, tags};
 use crate::store::{self, Lifecycle, Store, StoredGroup};
@@ -70,6 +71,15 @@ pub enum Error {
         #[source]
         source: Box<plugin::Error>,
     },
+    /// Instances named for an operation are not members of the group (as its instance
+    /// plugin lists them now).
+    #[error("group {group}: not a member of the group: {}", instances.join(", "))]
+    NotMember {
+        /// The group.
+        group: String,
+        /// The ids that are not members.
+        instances: Vec<String>,
+    },
     /// This manager may not act: it is not the leader, or its lease may have lapsed.
     #[error("group {group}: {source}")]
     NotLeader {
@@ -90,7 +100,7 @@ impl Error {
             Error::Plugin { source, .. } => {
                 matches!(source.guest_error(), Some(plugin::GuestError::Invalid(_)))
             }
-            Error::NotLeader { .. } => false,
+            Error::NotLeader { .. } | Error::NotMember { .. } => false,
         }
     }
 
@@ -98,7 +108,7 @@ impl Error {
     fn is_loading(&self) -> bool {
         match self {
             Error::Plugin { source, .. } => matches!(**source, plugin::Error::Loading { .. }),
-            Error::NotLeader { .. } => false,
+            Error::NotLeader { .. } | Error::NotMember { .. } => false,
         }
     }
 
@@ -113,14 +123,16 @@ impl Error {
             Error::Plugin { source, .. } if matches!(**source, plugin::Error::Faulted { .. }) => {
                 EventKind::PluginFault
             }
-            Error::Plugin { .. } | Error::NotLeader { .. } => EventKind::StepFailed,
+            Error::Plugin { .. } | Error::NotLeader { .. } | Error::NotMember { .. } => {
+                EventKind::StepFailed
+            }
         }
     }
 
     fn instance(&self) -> Option<&str> {
         match self {
             Error::Plugin { instance, .. } => instance.as_deref(),
-            Error::NotLeader { .. } => None,
+            Error::NotLeader { .. } | Error::NotMember { .. } => None,
         }
     }
 }
@@ -183,6 +195,12 @@ pub struct InstanceStatus {
     pub current: bool,
     /// When it was provisioned (Unix ms; 0 when unknown).
     pub created_ms: u64,
+    /// Protected from scale-in and from a rolling update's removals.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
+    /// An operator asked for its removal (`destroy-instances`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removal_requested: bool,
 }
 
 /// Where a group stands, as of its last pass.
@@ -458,7 +476,7 @@ impl Controller {
     async fn loaded_plugins_of(
         &self,
         spec: &GroupSpec,
-    ) -> Result<(InstanceClient, FlavorClient), Error> {
+    ) -> Result<(InstanceClient, GroupFlavor), Error> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match self.plugins_of(spec) {
@@ -470,7 +488,7 @@ impl Controller {
         }
     }
 
-    fn plugins_of(&self, spec: &GroupSpec) -> Result<(InstanceClient, FlavorClient), Error> {
+    fn plugins_of(&self, spec: &GroupSpec) -> Result<(InstanceClient, GroupFlavor), Error> {
         plugins_of(&*self.inner.plugins, spec)
     }
 
@@ -507,6 +525,49 @@ impl Controller {
             &observed.members,
             now_ms(),
         ))
+    }
+
+    /// Sets tags on members of a group through its instance plugin (protection, removal
+    /// requests), after checking that each is one of the group's instances as the plugin lists
+    /// them now. Answers their descriptions as listed before the change. The tags are where
+    /// the planner reads them, so they survive a restart and every manager sees them.
+    pub async fn label_members(
+        &self,
+        spec: &GroupSpec,
+        ids: &[String],
+        labels: &Tags,
+    ) -> Result<Vec<Description>, Error> {
+        let (instance, _) = self.loaded_plugins_of(spec).await?;
+        let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
+        let fail = |instance: Option<&str>, action: String, source| Error::Plugin {
+            group: spec.id.clone(),
+            instance: instance.map(str::to_string),
+            action,
+            source: Box::new(source),
+        };
+        let found = instance
+            .describe(&filter, false)
+            .await
+            .map_err(|e| fail(None, "listing its instances (describe)".into(), e))?;
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !found.iter().any(|d| &d.id == *id))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::NotMember {
+                group: spec.id.clone(),
+                instances: missing,
+            });
+        }
+        for id in ids {
+            instance.label(id, labels).await.map_err(|e| {
+                let what: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                fail(Some(id), format!("labelling ({})", what.join(", ")), e)
+            })?;
+        }
+        self.wake(&spec.id);
+        Ok(found.into_iter().filter(|d| ids.contains(&d.id)).collect())
     }
 
     /// Hands a group's task its intent, starting the task if none runs. An unchanged intent is
@@ -629,6 +690,8 @@ impl Controller {
 #[derive(Default)]
 struct HealthCache {
     verdicts: HashMap<String, (Health, Instant)>,
+    /// Healthy verdicts in a row and since when (Unix ms), for `Updating.Count`/`Duration`.
+    streaks: HashMap<String, (u32, u64)>,
 }
 
 /// What a group task keeps between passes. None of it is needed after a restart: a new task
@@ -688,7 +751,7 @@ struct Observed {
 async fn observe(
     spec: &GroupSpec,
     instance: &InstanceClient,
-    flavor: &FlavorClient,
+    flavor: &GroupFlavor,
     cache: &mut HealthCache,
     check_interval: Option<Duration>,
     fence: &Fence,
@@ -774,6 +837,12 @@ async fn observe(
                     changes.push((d.id.clone(), before, h));
                 }
                 cache.verdicts.insert(d.id.clone(), (h, Instant::now()));
+                let streak = cache.streaks.entry(d.id.clone()).or_insert((0, 0));
+                *streak = match (h, *streak) {
+                    (Health::Healthy, (0, _)) => (1, now_ms()),
+                    (Health::Healthy, (n, since)) => (n.saturating_add(1), since),
+                    _ => (0, 0),
+                };
                 h
             }
             None => fresh
@@ -781,10 +850,16 @@ async fn observe(
                 .copied()
                 .expect("every instance is either fresh or checked"),
         };
-        members.push(Member::from_description(&d, health));
+        let mut member = Member::from_description(&d, health);
+        if let Some(&(n, since)) = cache.streaks.get(&d.id) {
+            member.healthy_checks = n;
+            member.healthy_since_ms = since;
+        }
+        members.push(member);
         descriptions.insert(d.id.clone(), d);
     }
     cache.verdicts.retain(|id, _| descriptions.contains_key(id));
+    cache.streaks.retain(|id, _| descriptions.contains_key(id));
     Ok(Observed {
         members,
         descriptions,
@@ -808,25 +883,48 @@ fn health_batch(check_time: Option<Duration>, due: usize, parallelism: usize) ->
         .max(1)
 }
 
-/// The spec's instance and flavor plugins, each checked for its kind once.
+/// The spec's instance and flavor plugins, each checked for its kind once (for `combo`, each
+/// flavor it lists).
 fn plugins_of(
     plugins: &dyn PluginSource,
     spec: &GroupSpec,
-) -> Result<(InstanceClient, FlavorClient), Error> {
-    let fail = |field: &str, source: plugin::Error| Error::Plugin {
+) -> Result<(InstanceClient, GroupFlavor), Error> {
+    let fail = |action: String, source: plugin::Error| Error::Plugin {
         group: spec.id.clone(),
         instance: None,
-        action: format!("looking up Properties.{field}.Plugin"),
+        action,
         source: Box::new(source),
     };
     let instance = plugins
         .plugin(&spec.properties.instance.plugin)
         .and_then(|p| p.as_instance())
-        .map_err(|e| fail("Instance", e))?;
-    let flavor = plugins
-        .plugin(&spec.properties.flavor.plugin)
-        .and_then(|p| p.as_flavor())
-        .map_err(|e| fail("Flavor", e))?;
+        .map_err(|e| fail("looking up Properties.Instance.Plugin".into(), e))?;
+    let flavor = &spec.properties.flavor;
+    let flavor = if combo::is_combo(&flavor.plugin) {
+        let parts = combo::parts(&flavor.properties)
+            .map_err(|e| fail("reading Properties.Flavor.Properties (combo)".into(), e))?;
+        let mut clients = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            let client = plugins
+                .plugin(&part.plugin)
+                .and_then(|p| p.as_flavor())
+                .map_err(|e| {
+                    fail(
+                        format!("looking up Properties.Flavor.Properties.Flavors[{i}].Plugin"),
+                        e,
+                    )
+                })?;
+            clients.push((client, part.properties));
+        }
+        GroupFlavor::Combo(Arc::new(clients))
+    } else {
+        GroupFlavor::One(
+            plugins
+                .plugin(&flavor.plugin)
+                .and_then(|p| p.as_flavor())
+                .map_err(|e| fail("looking up Properties.Flavor.Plugin".into(), e))?,
+        )
+    };
     Ok((instance, flavor))
 }
 
@@ -916,6 +1014,8 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                         config_sha: m.config_sha.clone(),
                         current: m.config_sha == next.config_sha,
                         created_ms: m.created_ms,
+                        protected: m.protected,
+                        removal_requested: m.removal.is_some(),
                     })
                     .collect();
                 if (plan.phase != last_phase.unwrap_or(Phase::Converging)
@@ -1245,7 +1345,7 @@ struct Executor<'a> {
     /// The spec's configuration hash, computed once per pass.
     config_sha: &'a str,
     instance: &'a InstanceClient,
-    flavor: &'a FlavorClient,
+    flavor: &'a GroupFlavor,
     observed: &'a HashMap<String, Description>,
     /// What was provisioned and destroyed, for the expectations.
     done: Mutex<Vec<Done>>,

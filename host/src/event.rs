@@ -39,6 +39,8 @@ pub enum EventKind {
     PluginChanged,
     /// An instance the controller provisioned was lost soon after, or never appeared.
     InstanceLost,
+    /// An operator protected or unprotected instances, or asked for their removal.
+    InstanceLabelled,
 }
 
 impl fmt::Display for EventKind {

@@ -184,6 +184,10 @@ mod tests {
             created_ms: created,
             index: Some(0),
             health: Health::Healthy,
+            protected: false,
+            removal: None,
+            healthy_checks: 0,
+            healthy_since_ms: 0,
         }
     }
 

@@ -18,7 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Allocation, Description, DestroyContext, Health};
-use crate::spec::{GroupSpec, tags};
+use crate::spec::{GroupSpec, ScaleDownPolicy, tags};
 
 /// What the group should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,15 @@ pub struct Desired {
     pub grace_period_ms: u64,
     /// Above this many unhealthy instances, remediation pauses.
     pub max_unhealthy: u32,
+    /// Who goes first on scale-in among healthy, current instances.
+    pub scale_down: ScaleDownPolicy,
+    /// Replace protected instances when they are unhealthy.
+    pub replace_protected: bool,
+    /// Healthy checks in a row before a new instance counts towards an update's availability
+    /// (`Updating.Count`; 0: none asked).
+    pub settle_checks: u32,
+    /// How long a new instance must stay healthy before it counts (`Updating.Duration`, ms).
+    pub settle_ms: u64,
 }
 
 impl Desired {
@@ -57,6 +66,10 @@ impl Desired {
             batch_timeout_ms: p.updating.batch_timeout.0.as_millis() as u64,
             grace_period_ms: p.health.grace_period.0.as_millis() as u64,
             max_unhealthy: p.health.max_unhealthy.resolve(spec.size()),
+            scale_down: p.allocation.scale_down_policy,
+            replace_protected: p.health.replace_protected,
+            settle_checks: p.updating.count.unwrap_or(0),
+            settle_ms: p.updating.duration.map_or(0, |d| d.0.as_millis() as u64),
         }
     }
 
@@ -86,6 +99,24 @@ pub struct Member {
     pub index: Option<u32>,
     /// The flavor's verdict.
     pub health: Health,
+    /// Protected from scale-in and from a rolling update's removals.
+    pub protected: bool,
+    /// Removal requested by an operator (`destroy-instances`).
+    pub removal: Option<Removal>,
+    /// Healthy verdicts in a row, as far as this manager has seen.
+    pub healthy_checks: u32,
+    /// Since when it has been judged healthy without a break (Unix ms; 0: not healthy).
+    pub healthy_since_ms: u64,
+}
+
+/// An operator's request to remove one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// A successor takes its place.
+    Replace,
+    /// The group shrinks: it keeps its slot until the smaller revision lands, so nothing is
+    /// provisioned in its place meanwhile.
+    Decrement,
 }
 
 impl Member {
@@ -100,6 +131,14 @@ impl Member {
             created_ms: tag(tags::CREATED).and_then(|v| v.parse().ok()).unwrap_or(0),
             index: tag(tags::INDEX).and_then(|v| v.parse().ok()),
             health,
+            protected: tag(tags::PROTECTED).is_some_and(|v| v == "true"),
+            removal: match tag(tags::REMOVE).as_deref() {
+                Some(tags::REMOVE_REPLACE) => Some(Removal::Replace),
+                Some(tags::REMOVE_DECREMENT) => Some(Removal::Decrement),
+                _ => None,
+            },
+            healthy_checks: 0,
+            healthy_since_ms: 0,
         }
     }
 }
@@ -269,6 +308,21 @@ impl View<'_> {
         !self.available(d) && self.age(now) > d.batch_timeout_ms
     }
 
+    /// Counts towards an update's availability: available, and a member on the new
+    /// configuration healthy for as many checks in a row and as long as `Updating` asks.
+    fn proven(&self, d: &Desired, now: u64) -> bool {
+        if !self.available(d) {
+            return false;
+        }
+        if !self.current || (d.settle_checks == 0 && d.settle_ms == 0) {
+            return true;
+        }
+        self.m.healthy_checks >= d.settle_checks
+            && (d.settle_ms == 0
+                || (self.m.healthy_since_ms > 0
+                    && now.saturating_sub(self.m.healthy_since_ms) >= d.settle_ms))
+    }
+
     fn age(&self, now: u64) -> u64 {
         now.saturating_sub(self.m.created_ms)
     }
@@ -350,8 +404,19 @@ impl Builder {
         });
     }
 
+    /// `fallback` is the index when the member has none (a pet's place in the allocation).
     fn replace(&mut self, v: &View, context: DestroyContext, reason: String) {
-        let index = match v.m.index {
+        self.replace_at(v, None, context, reason);
+    }
+
+    fn replace_at(
+        &mut self,
+        v: &View,
+        fallback: Option<u32>,
+        context: DestroyContext,
+        reason: String,
+    ) {
+        let index = match v.m.index.or(fallback) {
             Some(i) => i,
             None => self.next_index(),
         };
@@ -425,19 +490,78 @@ fn ids(vs: &[&View]) -> String {
         .join(", ")
 }
 
+/// The order in which healthy, current instances go on scale-in: the not-available first,
+/// then as the policy says, then by id (so a plan is deterministic).
+fn scale_in_order(d: &Desired, a: &View, b: &View) -> std::cmp::Ordering {
+    let by_policy = match d.scale_down {
+        // An instance without an index (made by something else) goes before indexed ones.
+        ScaleDownPolicy::HighestIndex => {
+            let key = |v: &View| std::cmp::Reverse(v.m.index.map_or(u64::MAX, u64::from));
+            key(a)
+                .cmp(&key(b))
+                .then(b.m.created_ms.cmp(&a.m.created_ms))
+        }
+        ScaleDownPolicy::Oldest => a.m.created_ms.cmp(&b.m.created_ms),
+        ScaleDownPolicy::Newest => b.m.created_ms.cmp(&a.m.created_ms),
+    };
+    a.available(d)
+        .cmp(&b.available(d))
+        .then(by_policy)
+        .then_with(|| a.m.id.cmp(&b.m.id))
+}
+
+/// What `Updating.Count`/`Duration` add to "healthy" in messages.
+fn settle_words(d: &Desired) -> String {
+    match (d.settle_checks, d.settle_ms) {
+        (0, 0) => String::new(),
+        (n, 0) => format!(" for {n} checks in a row (Updating.Count)"),
+        (_, ms) => format!(" for {}s (Updating.Duration)", ms / 1000),
+    }
+}
+
+/// The reason of a removal an operator asked for.
+fn requested_reason(r: Removal) -> String {
+    match r {
+        Removal::Replace => "removal requested (destroy-instances): a successor takes its place",
+        Removal::Decrement => {
+            "removal requested (destroy-instances --decrement): the group shrinks"
+        }
+    }
+    .to_string()
+}
+
 fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     let mut b = Builder::new(&mine);
     let min_available = n.saturating_sub(d.max_unavailable as usize);
     let max_total = n + d.max_surge as usize;
 
+    // 0. Removals an operator asked for go first, whatever their health or protection. One
+    //    that shrinks the group holds its slot (nothing is provisioned for it) until the
+    //    smaller revision lands; it never makes another instance look excess.
+    let requested: Vec<&View> = mine.iter().filter(|v| v.m.removal.is_some()).collect();
+    let held_slots = requested
+        .iter()
+        .filter(|v| v.m.removal == Some(Removal::Decrement))
+        .count();
+    let rest: Vec<&View> = mine.iter().filter(|v| v.m.removal.is_none()).collect();
+
     // 1. Remediation: unhealthy past grace, unless too many are unhealthy at once. During an
     //    update, new-configuration members are not remediated: replacing them would loop on a
-    //    broken configuration; the batch timeout pauses the update instead.
-    let updating = mine.iter().any(|v| !v.current);
-    let unhealthy: Vec<&View> = mine
+    //    broken configuration; the batch timeout pauses the update instead. Protected ones
+    //    are reported, not replaced, unless the spec says otherwise.
+    let updating = rest.iter().any(|v| !v.current);
+    let (unhealthy, kept): (Vec<&View>, Vec<&View>) = rest
         .iter()
         .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
-        .collect();
+        .partition(|v| !v.m.protected || d.replace_protected);
+    if !kept.is_empty() {
+        b.paused = true;
+        b.messages.push(format!(
+            "unhealthy but protected, so not replaced: {}; unprotect (infrakit group unprotect) \
+             or set Health.ReplaceProtected",
+            ids(&kept)
+        ));
+    }
     let remediate = unhealthy.len() <= d.max_unhealthy as usize;
     if !unhealthy.is_empty() && !remediate {
         b.paused = true;
@@ -451,21 +575,64 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     }
     let removed_unhealthy: Vec<&View> = if remediate { unhealthy } else { Vec::new() };
     let gone = |v: &View| removed_unhealthy.iter().any(|u| u.m.id == v.m.id);
-    let mut cur: Vec<&View> = mine.iter().filter(|v| v.current && !gone(v)).collect();
-    let old: Vec<&View> = mine.iter().filter(|v| !v.current && !gone(v)).collect();
+    let mut cur: Vec<&View> = rest
+        .iter()
+        .filter(|v| v.current && !gone(v))
+        .copied()
+        .collect();
+    // Protected old-configuration members stay (and keep their slot) until unprotected.
+    let (old_protected, old): (Vec<&View>, Vec<&View>) = rest
+        .iter()
+        .filter(|v| !v.current && !gone(v))
+        .partition(|v| v.m.protected);
+    if !old_protected.is_empty() {
+        b.paused = true;
+        b.messages.push(format!(
+            "rolling update held back: protected instance(s) {} stay on the older configuration \
+             until unprotected",
+            ids(&old_protected)
+        ));
+    }
+    let n_keep = n.saturating_sub(old_protected.len());
 
-    // 2. Current members beyond the allocation: the not-available first, then the newest.
+    // 2. Current members beyond the allocation, in the policy's order; protected ones stay.
     let mut excess_cur = Vec::new();
-    if cur.len() > n {
-        let mut victims = cur.clone();
-        victims.sort_by(|a, b| {
-            (a.available(d), std::cmp::Reverse(a.m.created_ms), &a.m.id).cmp(&(
-                b.available(d),
-                std::cmp::Reverse(b.m.created_ms),
-                &b.m.id,
-            ))
-        });
-        excess_cur = victims[..cur.len() - n].to_vec();
+    if cur.len() > n_keep {
+        let need = cur.len() - n_keep;
+        let mut victims: Vec<&View> = cur.iter().filter(|v| !v.m.protected).copied().collect();
+        victims.sort_by(|a, b| scale_in_order(d, a, b));
+        // Protected members that are not available must not make scale-in take away the
+        // available ones below what the group needs.
+        let mut available = cur
+            .iter()
+            .chain(old.iter())
+            .chain(old_protected.iter())
+            .filter(|v| v.available(d))
+            .count();
+        let floor = available.min(n.saturating_sub(d.max_unavailable as usize));
+        for v in victims {
+            if excess_cur.len() == need {
+                break;
+            }
+            if v.available(d) {
+                if available <= floor {
+                    break;
+                }
+                available -= 1;
+            }
+            excess_cur.push(v);
+        }
+        let take = excess_cur.len();
+        if take < need {
+            b.paused = true;
+            let protected: Vec<&View> = cur.iter().filter(|v| v.m.protected).copied().collect();
+            b.messages.push(format!(
+                "scale-in held back: {} more instance(s) should go to reach {n}, but the rest are \
+                 protected ({}) or needed for availability",
+                need - take,
+                ids(&protected)
+            ));
+        }
         cur.retain(|v| !excess_cur.iter().any(|x| x.m.id == v.m.id));
     }
 
@@ -488,7 +655,8 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
             let available = cur
                 .iter()
                 .chain(old.iter())
-                .filter(|v| v.available(d))
+                .chain(old_protected.iter())
+                .filter(|v| v.proven(d, now))
                 .count();
             let mut budget = available.saturating_sub(min_available);
             // Old members judged unhealthy cost no availability: they go first. Undecided ones
@@ -522,9 +690,10 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
             if old_removed.len() < old.len() {
                 waiting = Some(format!(
                     "rolling update: {} of {} instances on the new configuration; waiting for new \
-                     instances to become healthy before replacing more",
+                     instances to become healthy{} before replacing more",
                     cur.len(),
-                    n
+                    n,
+                    settle_words(d)
                 ));
             }
         }
@@ -532,17 +701,22 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
 
     // 4. Provisioning: up to the allocation, never past size + surge (after the removals above,
     //    which the executor performs first).
-    let remaining_total = cur.len() + old.len() - old_removed.len();
-    let want = n.saturating_sub(cur.len());
+    let remaining_total = cur.len() + old.len() - old_removed.len() + old_protected.len();
+    let want = n_keep.saturating_sub(cur.len() + held_slots);
     let room = if old.len() > old_removed.len() {
-        max_total.saturating_sub(remaining_total)
+        max_total.saturating_sub(remaining_total + held_slots)
     } else {
         // No update in flight: fill to the allocation.
         want
     };
     let add = want.min(room);
 
-    // Emit: unhealthy current members paired with a provision become Replace steps.
+    // Emit: requested removals, then unhealthy current members paired with a provision become
+    // Replace steps.
+    for v in &requested {
+        let r = v.m.removal.expect("requested removals have one");
+        b.destroy(&v.m.id, DestroyContext::Terminate, requested_reason(r));
+    }
     let mut adds_left = add;
     for v in &removed_unhealthy {
         let reason = format!(
@@ -560,7 +734,7 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
         b.destroy(
             &v.m.id,
             DestroyContext::Terminate,
-            format!("scaling down to {n}"),
+            format!("scaling down to {n} ({:?} first)", d.scale_down),
         );
     }
     for v in &old_removed {
@@ -598,6 +772,7 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     }
     let settled = cur.len() == n
         && old.is_empty()
+        && requested.is_empty()
         && excess_cur.is_empty()
         && cur.iter().all(|v| v.state == State::Healthy);
     let updating = updating && !update_paused;
@@ -609,11 +784,45 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
     // Index of a pet = its position in the allocation.
     let index_of = |lid: &str| logical_ids.iter().position(|l| l == lid).map(|i| i as u32);
 
-    // 1. Members that are no longer (or never were) one of the logical ids, and duplicates.
-    let mut by_lid: BTreeMap<&str, Vec<&View>> = BTreeMap::new();
-    for v in &mine {
+    let listed = |l: &str| logical_ids.iter().any(|x| x == l);
+
+    // 0. Removals an operator asked for go first. The pet's logical id is taken care of: a
+    //    successor under it (replace), or nothing until the revision without it lands
+    //    (decrement).
+    //    Where another member holds the same logical id (a duplicate), it simply stays.
+    let others: BTreeSet<&str> = mine
+        .iter()
+        .filter(|v| v.m.removal.is_none())
+        .filter_map(|v| v.m.logical_id.as_deref())
+        .collect();
+    let mut handled: BTreeSet<&str> = BTreeSet::new();
+    for v in mine.iter().filter(|v| v.m.removal.is_some()) {
+        let r = v.m.removal.expect("filtered");
         match v.m.logical_id.as_deref() {
-            Some(l) if logical_ids.iter().any(|x| x == l) => by_lid.entry(l).or_default().push(v),
+            Some(l) if listed(l) && !others.contains(l) && handled.insert(l) => {
+                if r == Removal::Replace {
+                    b.replace_at(
+                        v,
+                        index_of(l),
+                        DestroyContext::Terminate,
+                        requested_reason(r),
+                    );
+                } else {
+                    b.destroy(&v.m.id, DestroyContext::Terminate, requested_reason(r));
+                }
+            }
+            _ => b.destroy(&v.m.id, DestroyContext::Terminate, requested_reason(r)),
+        }
+    }
+
+    // 1. Members that are no longer (or never were) one of the logical ids, and duplicates.
+    //    A protected pet whose logical id went stays until unprotected.
+    let mut by_lid: BTreeMap<&str, Vec<&View>> = BTreeMap::new();
+    let mut held: Vec<&View> = Vec::new();
+    for v in mine.iter().filter(|v| v.m.removal.is_none()) {
+        match v.m.logical_id.as_deref() {
+            Some(l) if listed(l) => by_lid.entry(l).or_default().push(v),
+            Some(_) if v.m.protected => held.push(v),
             Some(l) => b.destroy(
                 &v.m.id,
                 DestroyContext::Terminate,
@@ -647,11 +856,20 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
         }
         pets.insert(lid, vs[0]);
     }
+    if !held.is_empty() {
+        b.paused = true;
+        b.messages.push(format!(
+            "scale-in held back: protected pet(s) {} stay though their logical ids are no longer \
+             in the group, until unprotected",
+            ids(&held)
+        ));
+    }
 
     // 2. Missing pets come back under the same logical id, whatever else is going on.
-    let mut unavailable = 0usize;
+    // Pets being removed on request are unavailable too.
+    let mut unavailable = handled.len();
     for lid in logical_ids {
-        if !pets.contains_key(lid.as_str()) {
+        if !pets.contains_key(lid.as_str()) && !handled.contains(lid.as_str()) {
             unavailable += 1;
             b.provision(
                 Some(lid.clone()),
@@ -664,11 +882,18 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
     // 3. Remediation of unhealthy pets (not of new-configuration ones during an update, as for
     //    cattle).
     let updating = pets.values().any(|v| !v.current);
-    let unhealthy: Vec<&View> = pets
+    let (unhealthy, kept): (Vec<&View>, Vec<&View>) = pets
         .values()
         .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
-        .copied()
-        .collect();
+        .partition(|v| !v.m.protected || d.replace_protected);
+    if !kept.is_empty() {
+        b.paused = true;
+        b.messages.push(format!(
+            "unhealthy but protected, so not replaced: {}; unprotect (infrakit group unprotect) \
+             or set Health.ReplaceProtected",
+            ids(&kept)
+        ));
+    }
     let remediate = unhealthy.len() <= d.max_unhealthy as usize;
     if !unhealthy.is_empty() && !remediate {
         b.paused = true;
@@ -683,8 +908,9 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
     if remediate {
         for v in &unhealthy {
             replaced.insert(v.m.id.as_str());
-            b.replace(
+            b.replace_at(
                 v,
+                v.m.logical_id.as_deref().and_then(index_of),
                 DestroyContext::Terminate,
                 format!(
                     "unhealthy for longer than the grace period of {}s",
@@ -693,7 +919,7 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
             );
         }
     }
-    unavailable += pets.values().filter(|v| !v.available(d)).count();
+    unavailable += pets.values().filter(|v| !v.proven(d, now)).count();
 
     // 4. Rolling update, one logical id at a time within MaxUnavailable (at least one: pets
     //    cannot surge).
@@ -702,6 +928,16 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
         .filter_map(|l| pets.get(l.as_str()).copied())
         .filter(|v| !v.current && !replaced.contains(v.m.id.as_str()))
         .collect();
+    let (held_back, outdated): (Vec<&View>, Vec<&View>) =
+        outdated.into_iter().partition(|v| v.m.protected);
+    if !held_back.is_empty() {
+        b.paused = true;
+        b.messages.push(format!(
+            "rolling update held back: protected pet(s) {} stay on the older configuration until \
+             unprotected",
+            ids(&held_back)
+        ));
+    }
     let current = pets.values().filter(|v| v.current).count();
     let mut waiting = None;
     let mut update_paused = false;
@@ -733,8 +969,9 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
                     budget -= 1;
                 }
                 done += 1;
-                b.replace(
+                b.replace_at(
                     v,
+                    v.m.logical_id.as_deref().and_then(index_of),
                     DestroyContext::RollingUpdate,
                     "rolling update: made from an older configuration".to_string(),
                 );
@@ -742,9 +979,10 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
             if done < outdated.len() {
                 waiting = Some(format!(
                     "rolling update: {} of {} pets on the new configuration; waiting for \
-                     replaced pets to become healthy",
+                     replaced pets to become healthy{}",
                     current,
-                    logical_ids.len()
+                    logical_ids.len(),
+                    settle_words(d)
                 ));
             }
         }
@@ -759,7 +997,8 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
         && pets
             .values()
             .all(|v| v.current && v.state == State::Healthy)
-        && mine.len() == logical_ids.len();
+        && mine.len() == logical_ids.len()
+        && handled.is_empty();
     let updating = updating && !update_paused;
     b.finish(d, updating, current, settled, waiting)
 }

@@ -195,6 +195,33 @@ pub struct AllocationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub logical_ids: Option<Vec<String>>,
+    /// Which healthy, current instances go first when the group shrinks. Unhealthy, then
+    /// outdated instances always go before them, and protected ones never do.
+    #[serde(
+        rename = "ScaleDownPolicy",
+        default,
+        skip_serializing_if = "ScaleDownPolicy::is_default"
+    )]
+    pub scale_down_policy: ScaleDownPolicy,
+}
+
+/// Who goes first on scale-in among healthy, current instances (an Auto Scaling group's
+/// termination policy, Cluster API's delete policy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ScaleDownPolicy {
+    /// The instance with the highest index (the last added slot), as a StatefulSet does.
+    #[default]
+    HighestIndex,
+    /// The longest-running instance.
+    Oldest,
+    /// The most recently provisioned instance.
+    Newest,
+}
+
+impl ScaleDownPolicy {
+    fn is_default(&self) -> bool {
+        *self == ScaleDownPolicy::default()
+    }
 }
 
 /// A plugin and the properties passed to it.
@@ -220,6 +247,15 @@ pub struct Updating {
     pub wait_for_healthy: bool,
     /// How long new instances may take to become healthy before the update pauses.
     pub batch_timeout: HumanDuration,
+    /// InfraKit's `Updating.Count`: a new instance must be judged healthy this many checks in
+    /// a row before it counts towards the update's availability (so before the next old one
+    /// goes). Not with `Duration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// InfraKit's `Updating.Duration`: a new instance must stay healthy this long before it
+    /// counts towards the update's availability. Not with `Count`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
 }
 
 impl Default for Updating {
@@ -229,6 +265,8 @@ impl Default for Updating {
             max_unavailable: 0,
             wait_for_healthy: true,
             batch_timeout: HumanDuration(Duration::from_secs(300)),
+            count: None,
+            duration: None,
         }
     }
 }
@@ -318,6 +356,9 @@ pub struct HealthSpec {
     /// `ProvisionTimeout`, before the group pauses (a crash loop). Each loss first delays the
     /// next provisions with growing back-off. 0: never pause.
     pub crash_loop_limit: u32,
+    /// Replace protected instances (`infrakit group protect`) when they are unhealthy. Off by
+    /// default: an unhealthy protected instance is reported and left alone.
+    pub replace_protected: bool,
 }
 
 impl Default for HealthSpec {
@@ -329,6 +370,7 @@ impl Default for HealthSpec {
             provision_timeout: HumanDuration(Duration::from_secs(60)),
             lost_after: HumanDuration(Duration::from_millis(200)),
             crash_loop_limit: 5,
+            replace_protected: false,
         }
     }
 }
@@ -365,24 +407,45 @@ pub mod tags {
     /// The leadership term (etcd election revision) of the manager that made it, when
     /// several managers share a store.
     pub const TERM: &str = "infrakit.term";
+    /// `"true"`: protected from scale-in and from a rolling update's removals
+    /// (`infrakit group protect`; `"false"` once unprotected, as labels only merge).
+    pub const PROTECTED: &str = "infrakit.protected";
+    /// Removal requested by `infrakit group destroy-instances`: [`REMOVE_REPLACE`] or
+    /// [`REMOVE_DECREMENT`].
+    pub const REMOVE: &str = "infrakit.remove";
+    /// Remove the instance and provision a successor.
+    pub const REMOVE_REPLACE: &str = "replace";
+    /// Remove the instance; the group shrinks by one (its new revision follows the label).
+    pub const REMOVE_DECREMENT: &str = "decrement";
 }
 
 impl GroupSpec {
     /// Reads a spec file (JSON, or YAML for `.yaml`/`.yml`).
     pub fn load(path: &Path) -> Result<GroupSpec, Error> {
+        Self::load_form(path).map(|(spec, _)| spec)
+    }
+
+    /// [`GroupSpec::load`], and which form the file was written in.
+    pub fn load_form(path: &Path) -> Result<(GroupSpec, Form), Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             file: path.to_path_buf(),
             source,
         })?;
         let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
-        Self::parse(&text, &path.display().to_string(), yaml)
+        Self::parse_form(&text, &path.display().to_string(), yaml)
     }
 
     /// Parses and checks a spec; `origin` names it in errors. Text that does not start with
     /// `{` is read as YAML when `yaml` is false too, so piped YAML works.
     pub fn parse(text: &str, origin: &str, yaml: bool) -> Result<GroupSpec, Error> {
+        Self::parse_form(text, origin, yaml).map(|(spec, _)| spec)
+    }
+
+    /// [`GroupSpec::parse`], and which form the text was written in.
+    pub fn parse_form(text: &str, origin: &str, yaml: bool) -> Result<(GroupSpec, Form), Error> {
         let as_yaml = yaml || !text.trim_start().starts_with('{');
-        let spec: GroupSpec = if as_yaml {
+        let normalized;
+        let text = if as_yaml {
             if let Err((line, depth)) = yaml_nesting(text) {
                 return Err(Error::Parse {
                     file: origin.to_string(),
@@ -394,52 +457,44 @@ impl GroupSpec {
                     ),
                 });
             }
-            let yaml_error = |e: serde_path_to_error::Error<yaml_serde::Error>| {
-                let field = e.path().to_string();
-                let inner = e.into_inner();
-                let position = inner
-                    .location()
-                    .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
-                    .unwrap_or_default();
-                // The YAML library names the path itself in some messages; it is shown once.
-                let message = strip_position(&inner.to_string());
-                let message = message
-                    .strip_prefix(&format!("{field}: "))
-                    .map_or(message.clone(), str::to_string);
-                Error::Parse {
-                    file: origin.to_string(),
-                    field,
-                    position,
-                    message,
-                }
-            };
-            let de = yaml_serde::Deserializer::from_str(text);
-            serde_path_to_error::deserialize::<_, NoDuplicateKeys>(de).map_err(yaml_error)?;
-            let de = yaml_serde::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(yaml_error)?
+            text
         } else {
             // JSON Schema counts `3.0` as an integer; serde does not. Integral numbers written
             // with a fraction are rewritten as integers (rarely: the original text, with its
             // error positions, is parsed whenever there are none).
-            let normalized = integral_floats_as_integers(text);
-            let text = normalized.as_deref().unwrap_or(text);
-            let json_error = |e: serde_path_to_error::Error<serde_json::Error>| {
-                let field = e.path().to_string();
-                let inner = e.into_inner();
-                Error::Parse {
+            normalized = integral_floats_as_integers(text);
+            normalized.as_deref().unwrap_or(text)
+        };
+        read::<NoDuplicateKeys>(text, as_yaml, origin)?;
+        // InfraKit's later specs wrap a group in an envelope (`kind: group`, `metadata.name`,
+        // `properties`); a spec with a top-level `kind` is read as one.
+        let envelope = read::<Peek>(text, as_yaml, origin).is_ok_and(|p| p.kind.is_some());
+        let (spec, form) = if envelope {
+            let e: Envelope = read(text, as_yaml, origin)?;
+            if !e.kind.eq_ignore_ascii_case("group") {
+                return Err(Error::Invalid {
                     file: origin.to_string(),
-                    field,
-                    position: format!(" (line {}, column {})", inner.line(), inner.column()),
-                    message: strip_position(&inner.to_string()),
-                }
+                    field: "kind".into(),
+                    message: format!(
+                        "{:?} is not a group; only `kind: group` specs are read here",
+                        e.kind
+                    ),
+                });
+            }
+            let ignored: Vec<String> = match &e.options {
+                serde_json::Value::Object(m) => m.keys().cloned().collect(),
+                _ => Vec::new(),
             };
-            let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize::<_, NoDuplicateKeys>(de).map_err(json_error)?;
-            let de = &mut serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(de).map_err(json_error)?
+            let spec = GroupSpec {
+                id: e.metadata.name,
+                properties: e.properties,
+            };
+            (spec, Form::Envelope { ignored })
+        } else {
+            (read(text, as_yaml, origin)?, Form::Native)
         };
         spec.check(origin)?;
-        Ok(spec)
+        Ok((spec, form))
     }
 
     /// Checks what the types cannot express.
@@ -541,6 +596,23 @@ impl GroupSpec {
                  allow at least one"
                     .into(),
             ));
+        }
+        match (p.updating.count, p.updating.duration) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "Properties.Updating",
+                    "give `Count` (healthy checks in a row) or `Duration` (healthy for how \
+                     long), not both, as in InfraKit"
+                        .into(),
+                ));
+            }
+            (Some(0), None) => {
+                return Err(invalid(
+                    "Properties.Updating.Count",
+                    "must be at least 1 (checks in a row)".into(),
+                ));
+            }
+            _ => {}
         }
         if p.updating.batch_timeout.0.is_zero() {
             return Err(invalid(
@@ -669,6 +741,108 @@ fn valid_id(id: &str) -> bool {
 
 /// Deepest YAML nesting accepted (serde_json stops JSON at 128).
 pub const MAX_YAML_DEPTH: usize = 128;
+
+/// Which form a spec was written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Form {
+    /// `{"ID", "Properties"}`: InfraKit's group JSON, ours too.
+    Native,
+    /// InfraKit's later envelope: `kind: group`, `metadata.name`, `properties`, `options`.
+    Envelope {
+        /// The `options` given, which InfraKit's group plugin read and this host does not.
+        ignored: Vec<String>,
+    },
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Form::Native => f.write_str("a group spec (ID, Properties)"),
+            Form::Envelope { ignored } => {
+                f.write_str(
+                    "InfraKit's `kind: group` envelope (metadata.name as ID, properties as \
+                     Properties)",
+                )?;
+                if !ignored.is_empty() {
+                    write!(f, "; options not used here: {}", ignored.join(", "))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Only whether a document has a top-level `kind`.
+#[derive(Deserialize)]
+struct Peek {
+    #[serde(default)]
+    kind: Option<serde::de::IgnoredAny>,
+}
+
+/// InfraKit's spec envelope around a group.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    kind: String,
+    #[serde(default)]
+    #[allow(dead_code)] // read so that it is accepted; there is one version of the group form
+    version: Option<String>,
+    metadata: EnvelopeMetadata,
+    properties: GroupProperties,
+    #[serde(default)]
+    options: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeMetadata {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)] // InfraKit's tags of the spec itself, not of instances
+    tags: Option<serde_json::Value>,
+}
+
+/// Deserializes `text` as JSON or YAML, naming the field path and position of an error.
+fn read<T: serde::de::DeserializeOwned>(
+    text: &str,
+    as_yaml: bool,
+    origin: &str,
+) -> Result<T, Error> {
+    if as_yaml {
+        let de = yaml_serde::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let position = inner
+                .location()
+                .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+                .unwrap_or_default();
+            // The YAML library names the path itself in some messages; it is shown once.
+            let message = strip_position(&inner.to_string());
+            let message = message
+                .strip_prefix(&format!("{field}: "))
+                .map_or(message.clone(), str::to_string);
+            Error::Parse {
+                file: origin.to_string(),
+                field,
+                position,
+                message,
+            }
+        })
+    } else {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            Error::Parse {
+                file: origin.to_string(),
+                field,
+                position: format!(" (line {}, column {})", inner.line(), inner.column()),
+                message: strip_position(&inner.to_string()),
+            }
+        })
+    }
+}
 
 /// A document walked only to refuse a key given twice in one object, anywhere (plugin
 /// `Properties` included, which are free-form JSON to the host): JSON and YAML parsers keep the
@@ -829,6 +1003,72 @@ mod tests {
         "Allocation": {"Size": 3},
         "Instance": {"Plugin": "instance-file", "Properties": {"Prefix": "web"}},
         "Flavor": {"Plugin": "flavor-vanilla"}}}"#;
+
+    #[test]
+    fn infrakit_envelope_is_read_as_the_group_it_wraps() {
+        let yaml = "kind: group\nmetadata:\n  name: workers\nproperties:\n  Allocation:\n    Size: 2\n  Instance:\n    Plugin: instance-file\n    Properties:\n      Note: hello\n  Flavor:\n    Plugin: vanilla\n    Properties:\n      Init: [echo hi]\noptions:\n  PollInterval: 10s\n";
+        let (spec, form) = GroupSpec::parse_form(yaml, "w.yml", true).unwrap();
+        assert_eq!(spec.id, "workers");
+        assert_eq!(spec.size(), 2);
+        assert_eq!(spec.properties.flavor.plugin, "vanilla");
+        assert_eq!(
+            form,
+            Form::Envelope {
+                ignored: vec!["PollInterval".into()]
+            }
+        );
+        assert!(form.to_string().contains("kind: group"), "{form}");
+        let native = GroupSpec::parse_form(MINIMAL, "m.json", false).unwrap().1;
+        assert_eq!(native, Form::Native);
+        // Strict inside as outside, with the path as written.
+        let e = GroupSpec::parse(&yaml.replace("Size: 2", "Sise: 2"), "w.yml", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("properties.Allocation") && e.contains("Sise"),
+            "{e}"
+        );
+        let e = GroupSpec::parse(&yaml.replace("kind: group", "kind: ingress"), "w.yml", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`kind`") && e.contains("ingress"), "{e}");
+        let e = GroupSpec::parse(
+            &yaml.replace("  name: workers", "  nmae: workers"),
+            "w.yml",
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("metadata") && e.contains("nmae"), "{e}");
+    }
+
+    #[test]
+    fn updating_count_and_duration_are_infrakits_and_exclusive() {
+        let with = |updating: &str| {
+            MINIMAL.replace(
+                r#""Flavor": {"Plugin": "flavor-vanilla"}"#,
+                &format!(r#""Flavor": {{"Plugin": "flavor-vanilla"}}, "Updating": {updating}"#),
+            )
+        };
+        let spec = GroupSpec::parse(&with(r#"{"Count": 3}"#), "c.json", false).unwrap();
+        assert_eq!(spec.properties.updating.count, Some(3));
+        let spec = GroupSpec::parse(&with(r#"{"Duration": "30s"}"#), "d.json", false).unwrap();
+        assert_eq!(
+            spec.properties.updating.duration,
+            Some(HumanDuration(Duration::from_secs(30)))
+        );
+        let e = GroupSpec::parse(&with(r#"{"Count": 3, "Duration": "30s"}"#), "b.json", false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("Properties.Updating") && e.contains("not both"),
+            "{e}"
+        );
+        let e = GroupSpec::parse(&with(r#"{"Count": 0}"#), "z.json", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Updating.Count"), "{e}");
+    }
 
     #[test]
     fn a_key_given_twice_anywhere_is_refused_with_its_path() {

@@ -467,6 +467,212 @@ async fn destroy(
     Ok(Json(Destroying { destroying: id }))
 }
 
+/// The most instances one request may name.
+const MAX_NAMED_INSTANCES: usize = 1000;
+
+/// A JSON request body of type `T`, or 400 naming what is wrong.
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let text = body_text(body)?;
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+}
+
+/// The instance ids of a request: at least one, at most [`MAX_NAMED_INSTANCES`], each once.
+fn named_instances(ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut seen = std::collections::HashSet::new();
+    let ids: Vec<String> = ids.into_iter().filter(|i| seen.insert(i.clone())).collect();
+    if ids.is_empty() || ids.len() > MAX_NAMED_INSTANCES {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`instances`: name 1 to {MAX_NAMED_INSTANCES} instance ids"),
+        ));
+    }
+    Ok(ids)
+}
+
+/// A group that is managed (not being destroyed), or why not.
+async fn managed_group(d: &Daemon, id: &str) -> Result<store::StoredGroup, ApiError> {
+    let g = d.store.group(id).await?.ok_or_else(|| no_group(id))?;
+    if g.lifecycle != store::Lifecycle::Managed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("group {id:?} is being destroyed"),
+        ));
+    }
+    Ok(g)
+}
+
+/// A controller's refusal of an operation on named instances.
+fn member_error(e: crate::controller::Error) -> ApiError {
+    let status = match e {
+        crate::controller::Error::NotMember { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(status, crate::error_chain(&e))
+}
+
+/// Drain and destroy named instances of a group. Without `decrement` each is replaced; with
+/// it the group shrinks by as many, as a new revision (pets lose their logical ids). The
+/// instances are marked through their tags first, so the controller removes exactly them
+/// (and nothing in their place while the smaller revision lands).
+#[utoipa::path(post, path = "/v1/groups/{id}/destroy-instances", operation_id = "destroy_instances",
+    params(("id" = String, Path, description = "The group id")),
+    request_body(content = DestroyInstancesRequest),
+    responses((status = 200, body = InstancesChanged), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn destroy_instances(
+    State(d): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InstancesChanged>, ApiError> {
+    let id = path(id)?;
+    let req: DestroyInstancesRequest = json_body(body)?;
+    let ids = named_instances(req.instances)?;
+    let g = managed_group(&d, &id).await?;
+    let mark = if req.decrement {
+        spec::tags::REMOVE_DECREMENT
+    } else {
+        spec::tags::REMOVE_REPLACE
+    };
+    let labels = [(spec::tags::REMOVE.to_string(), mark.to_string())].into();
+    let described = d
+        .controller
+        .label_members(&g.spec, &ids, &labels)
+        .await
+        .map_err(member_error)?;
+    let list = ids.join(", ");
+    if !req.decrement {
+        let event = d
+            .store
+            .append(Event::now(
+                &id,
+                EventKind::InstanceLabelled,
+                None,
+                format!("removal requested: {list} (each replaced)"),
+            ))
+            .await?;
+        announce(&d, event).await;
+        return Ok(Json(InstancesChanged {
+            id,
+            instances: ids,
+            revision: None,
+            size: g.spec.size(),
+        }));
+    }
+    let mut spec = g.spec.clone();
+    let allocation = &mut spec.properties.allocation;
+    match &mut allocation.logical_ids {
+        Some(lids) => {
+            let gone: Vec<String> = described
+                .iter()
+                .filter_map(|d| {
+                    d.logical_id
+                        .clone()
+                        .or_else(|| d.tags.get(spec::tags::LOGICAL_ID).cloned())
+                })
+                .collect();
+            lids.retain(|l| !gone.contains(l));
+        }
+        None => {
+            let size = allocation.size.unwrap_or(0);
+            allocation.size = Some(size.saturating_sub(ids.len() as u32));
+        }
+    }
+    let (stored, event) = d
+        .store
+        .commit(
+            &spec,
+            Event::now(
+                &id,
+                EventKind::GroupCommitted,
+                None,
+                format!(
+                    "destroy-instances --decrement {list}: {} to {} instances",
+                    g.spec.size(),
+                    spec.size()
+                ),
+            ),
+        )
+        .await?;
+    announce(&d, event).await;
+    Ok(Json(InstancesChanged {
+        id,
+        instances: ids,
+        revision: Some(stored.revision),
+        size: stored.spec.size(),
+    }))
+}
+
+/// Protect named instances of a group from scale-in and from a rolling update's removals
+/// (kept in their tags: it survives restarts and every manager sees it).
+#[utoipa::path(post, path = "/v1/groups/{id}/protect", operation_id = "protect",
+    params(("id" = String, Path, description = "The group id")),
+    request_body(content = InstancesRequest),
+    responses((status = 200, body = InstancesChanged), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn protect(
+    State(d): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InstancesChanged>, ApiError> {
+    set_protection(&d, path(id)?, json_body(body)?, true).await
+}
+
+/// Lift the protection of named instances of a group.
+#[utoipa::path(post, path = "/v1/groups/{id}/unprotect", operation_id = "unprotect",
+    params(("id" = String, Path, description = "The group id")),
+    request_body(content = InstancesRequest),
+    responses((status = 200, body = InstancesChanged), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn unprotect(
+    State(d): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<InstancesChanged>, ApiError> {
+    set_protection(&d, path(id)?, json_body(body)?, false).await
+}
+
+async fn set_protection(
+    d: &AppState,
+    id: String,
+    req: InstancesRequest,
+    on: bool,
+) -> Result<Json<InstancesChanged>, ApiError> {
+    let ids = named_instances(req.instances)?;
+    let g = managed_group(d, &id).await?;
+    // Labels only merge, so unprotecting writes "false" rather than removing the tag.
+    let labels = [(spec::tags::PROTECTED.to_string(), on.to_string())].into();
+    d.controller
+        .label_members(&g.spec, &ids, &labels)
+        .await
+        .map_err(member_error)?;
+    let what = if on { "protected" } else { "unprotected" };
+    let event = d
+        .store
+        .append(Event::now(
+            &id,
+            EventKind::InstanceLabelled,
+            None,
+            format!("{what}: {}", ids.join(", ")),
+        ))
+        .await?;
+    announce(d, event).await;
+    Ok(Json(InstancesChanged {
+        id,
+        instances: ids,
+        revision: None,
+        size: g.spec.size(),
+    }))
+}
+
 /// The newest `tail` events (of `group`), oldest first, and the sequence number they follow:
 /// windows of the log further and further back until they hold enough (the log keeps at most
 /// 100,000, so this ends).
@@ -633,6 +839,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rollback_to))
         .routes(routes!(free))
         .routes(routes!(destroy))
+        .routes(routes!(destroy_instances))
+        .routes(routes!(protect))
+        .routes(routes!(unprotect))
         .routes(routes!(events))
         .routes(routes!(plugins))
         .routes(routes!(plugin))

@@ -74,6 +74,9 @@ fn put_links(doc: &mut Value) {
             "Rollback": {"operationId": "rollback", "parameters": {"id": id}},
             "Free": {"operationId": "free", "parameters": {"id": id}},
             "Destroy": {"operationId": "destroy", "parameters": {"id": id}},
+            "DestroyInstances": {"operationId": "destroy_instances", "parameters": {"id": id}},
+            "Protect": {"operationId": "protect", "parameters": {"id": id}},
+            "Unprotect": {"operationId": "unprotect", "parameters": {"id": id}},
         })
     };
     let links = [

@@ -83,6 +83,42 @@ pub struct CommitResponse {
     pub plan_error: Option<String>,
 }
 
+/// Instances of a group to remove (`destroy-instances`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyInstancesRequest {
+    /// Instance ids, as `group describe` shows them (1 to 1,000).
+    #[schema(min_items = 1, max_items = 1000)]
+    pub instances: Vec<String>,
+    /// Shrink the group by as many (a new revision; pets lose their logical ids) instead of
+    /// replacing them.
+    #[serde(default)]
+    pub decrement: bool,
+}
+
+/// Instances of a group to protect or unprotect.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstancesRequest {
+    /// Instance ids, as `group describe` shows them (1 to 1,000).
+    #[schema(min_items = 1, max_items = 1000)]
+    pub instances: Vec<String>,
+}
+
+/// The answer to `destroy-instances`, `protect` and `unprotect`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct InstancesChanged {
+    /// The group id.
+    pub id: String,
+    /// The instances concerned.
+    pub instances: Vec<String>,
+    /// The new revision, when the group shrank.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// The group's size after the change.
+    pub size: usize,
+}
+
 /// The answer to `free`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Freed {

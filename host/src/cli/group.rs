@@ -12,7 +12,7 @@ use clap::Subcommand;
 use super::Cli;
 use super::client::Refused;
 use super::output::{self, Format};
-use crate::api::{CommitResponse, Destroying, Freed, GroupView, StatusResponse};
+use crate::api::{CommitResponse, Destroying, Freed, GroupView, InstancesChanged, StatusResponse};
 use crate::controller::GroupStatus;
 use crate::controller::{Controller, EventSink, Options};
 use crate::event::{Event, EventKind};
@@ -81,6 +81,37 @@ pub enum GroupCommand {
         size: u32,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Drain and destroy named instances of a group. Without `--decrement` each is replaced;
+    /// with it the group shrinks by as many (a new revision; pets lose their logical ids).
+    DestroyInstances {
+        /// The group id.
+        id: String,
+        /// Instance ids, as `group describe` shows them.
+        #[arg(required = true)]
+        instances: Vec<String>,
+        /// Shrink the group instead of replacing them.
+        #[arg(long)]
+        decrement: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Protect instances from scale-in and from a rolling update's removals (kept in their
+    /// tags: it survives restarts, and every manager sees it).
+    Protect {
+        /// The group id.
+        id: String,
+        /// Instance ids, as `group describe` shows them.
+        #[arg(required = true)]
+        instances: Vec<String>,
+    },
+    /// Lift the protection of instances.
+    Unprotect {
+        /// The group id.
+        id: String,
+        /// Instance ids, as `group describe` shows them.
+        #[arg(required = true)]
+        instances: Vec<String>,
     },
     /// Stop managing a group; leave its instances as they are.
     Free {
@@ -244,7 +275,7 @@ fn print_describe(g: &GroupView) {
         println!("Note:      {m}");
     }
     let now = crate::event::now_ms();
-    let mut t = output::table(&["instance", "logical id", "health", "config", "age"]);
+    let mut t = output::table(&["instance", "logical id", "health", "config", "age", "notes"]);
     for i in &st.instances {
         let age = if i.created_ms == 0 {
             "-".to_string()
@@ -258,6 +289,15 @@ fn print_describe(g: &GroupView) {
             i.health.to_string(),
             format!("{}{}", i.config_sha, if i.current { "" } else { " (old)" }),
             age,
+            [
+                (i.protected, "protected"),
+                (i.removal_requested, "removal requested"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>()
+            .join(", "),
         ]);
     }
     output::print_table(&t);
@@ -395,12 +435,15 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Validate { spec } => {
-            let spec = load_spec(spec).await?;
+            let path = spec.clone();
+            let (spec, form) = tokio::task::spawn_blocking(move || GroupSpec::load_form(&path))
+                .await
+                .context("reading the spec")??;
             let registry = Arc::new(cli.registry().await?);
             let (controller, _) = foreground(registry, Options::default())?;
             controller.validate(&spec).await?;
             println!(
-                "valid: group {} ({} instances, config {})",
+                "valid: group {} ({} instances, config {}), read as {form}",
                 spec.id,
                 spec.size(),
                 spec.config_sha()
@@ -583,6 +626,53 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             if wait.wait {
                 return wait_converged(&client, id, revision, wait, from).await;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::DestroyInstances {
+            id,
+            instances,
+            decrement,
+            wait,
+        } => {
+            let client = cli.daemon()?;
+            let from = latest_seq(&client).await;
+            let body = serde_json::json!({"instances": instances, "decrement": decrement});
+            let answer: InstancesChanged = client
+                .post(
+                    &format!("/v1/groups/{id}/destroy-instances"),
+                    Some(body.to_string()),
+                )
+                .await?;
+            let list = answer.instances.join(", ");
+            match answer.revision {
+                Some(revision) => {
+                    println!(
+                        "group {id}: removing {list}; the group shrinks to {} (revision {revision})",
+                        answer.size
+                    );
+                    if wait.wait {
+                        return wait_converged(&client, id, revision, wait, from).await;
+                    }
+                }
+                None => {
+                    println!("group {id}: replacing {list}");
+                    if wait.wait {
+                        let group: GroupView = client.get(&format!("/v1/groups/{id}")).await?;
+                        return wait_converged(&client, id, group.revision, wait, from).await;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        GroupCommand::Protect { id, instances } | GroupCommand::Unprotect { id, instances } => {
+            let on = matches!(cmd, GroupCommand::Protect { .. });
+            let verb = if on { "protect" } else { "unprotect" };
+            let body = serde_json::json!({ "instances": instances });
+            let answer: InstancesChanged = cli
+                .daemon()?
+                .post(&format!("/v1/groups/{id}/{verb}"), Some(body.to_string()))
+                .await?;
+            println!("group {id}: {verb}ed {}", answer.instances.join(", "));
             Ok(ExitCode::SUCCESS)
         }
         GroupCommand::Free { id } => {

@@ -16,6 +16,10 @@ fn desired(allocation: Allocation) -> Desired {
         batch_timeout_ms: 300_000,
         grace_period_ms: 60_000,
         max_unhealthy: 1,
+        scale_down: ScaleDownPolicy::HighestIndex,
+        replace_protected: false,
+        settle_checks: 0,
+        settle_ms: 0,
     }
 }
 
@@ -28,6 +32,10 @@ fn member(id: &str, sha: &str, health: Health, age_ms: u64) -> Member {
         created_ms: NOW - age_ms,
         index: None,
         health,
+        protected: false,
+        removal: None,
+        healthy_checks: 0,
+        healthy_since_ms: 0,
     }
 }
 
@@ -125,6 +133,232 @@ fn scaling_down_removes_unhealthy_first_then_the_newest() {
     assert_eq!(destroyed(&p), vec!["sick", "new"]);
     // Drain comes before destroy.
     assert!(matches!(&p.steps[0], Step::Drain { id, .. } if id == "sick"));
+}
+
+fn indexed(id: &str, index: u32, age_ms: u64) -> Member {
+    Member {
+        index: Some(index),
+        ..member(id, SHA, Health::Healthy, age_ms)
+    }
+}
+
+fn provisions(p: &Plan) -> usize {
+    p.steps
+        .iter()
+        .filter(|s| matches!(s, Step::Provision { .. } | Step::Replace { .. }))
+        .count()
+}
+
+#[test]
+fn each_scale_down_policy_picks_its_instances_after_the_unavailable_ones() {
+    // Index order and age order differ on purpose.
+    let ms = vec![
+        indexed("i0", 0, OLD_AGE / 2),
+        indexed("i1", 1, OLD_AGE),
+        indexed("i2", 2, OLD_AGE / 8),
+        indexed("i3", 3, OLD_AGE / 4),
+        Member {
+            health: Health::Unknown,
+            ..indexed("i4", 4, OLD_AGE)
+        },
+    ];
+    for (policy, expected) in [
+        (ScaleDownPolicy::HighestIndex, ["i4", "i3"]),
+        (ScaleDownPolicy::Oldest, ["i4", "i1"]),
+        (ScaleDownPolicy::Newest, ["i4", "i2"]),
+    ] {
+        let d = Desired {
+            scale_down: policy,
+            ..desired(Allocation::Size(3))
+        };
+        let p = plan(&d, &ms, NOW);
+        assert_eq!(destroyed(&p), expected, "{policy:?}");
+        assert_eq!(provisions(&p), 0);
+    }
+}
+
+#[test]
+fn a_protected_instance_is_never_chosen_for_scale_in() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| indexed(&format!("i{i}"), i, OLD_AGE))
+        .collect();
+    ms[2].protected = true;
+    let p = plan(&desired(Allocation::Size(1)), &ms, NOW);
+    assert_eq!(destroyed(&p), vec!["i1", "i0"]);
+    assert_ne!(p.phase, Phase::Paused);
+    // To 0, the protected one stays and the group says why.
+    let p = plan(&desired(Allocation::Size(0)), &ms, NOW);
+    assert_eq!(destroyed(&p), vec!["i1", "i0"]);
+    assert_eq!(p.phase, Phase::Paused);
+    assert!(
+        p.messages[0].contains("scale-in held back") && p.messages[0].contains("i2"),
+        "{:?}",
+        p.messages
+    );
+}
+
+#[test]
+fn a_rolling_update_holds_back_a_protected_instance_and_keeps_its_slot() {
+    let mut world: Vec<Member> = (0..3)
+        .map(|i| Member {
+            config_sha: "old".into(),
+            ..indexed(&format!("o{i}"), i, OLD_AGE)
+        })
+        .collect();
+    world[1].protected = true;
+    let d = desired(Allocation::Size(3));
+    let mut now = NOW;
+    let mut last = None;
+    for round in 0..20 {
+        let p = plan(&d, &world, now);
+        world.retain(|m| !destroyed(&p).contains(&m.id));
+        for (k, s) in p.steps.iter().enumerate() {
+            if let Step::Provision { index, .. } | Step::Replace { index, .. } = s {
+                world.push(Member {
+                    index: Some(*index),
+                    ..member(&format!("n{round}-{k}"), SHA, Health::Healthy, 0)
+                });
+            }
+        }
+        assert!(world.len() <= 4, "never past size + surge: {world:?}");
+        now += 10_000;
+        last = Some(p);
+    }
+    let p = last.unwrap();
+    assert_eq!(world.len(), 3, "{world:?}");
+    assert!(world.iter().any(|m| m.id == "o1" && m.config_sha == "old"));
+    assert_eq!(world.iter().filter(|m| m.config_sha == SHA).count(), 2);
+    assert_eq!(p.phase, Phase::Paused);
+    assert!(
+        p.messages
+            .iter()
+            .any(|m| m.contains("rolling update held back") && m.contains("o1")),
+        "{:?}",
+        p.messages
+    );
+    // Unprotected, it is replaced (a successor first: MaxSurge 1, MaxUnavailable 0).
+    world.iter_mut().for_each(|m| m.protected = false);
+    let p = plan(&d, &world, now);
+    assert!(
+        matches!(&p.steps[..], [Step::Provision { .. }]),
+        "{:?}",
+        p.steps
+    );
+    world.push(member("n-last", SHA, Health::Healthy, 0));
+    let p = plan(&d, &world, now);
+    assert_eq!(destroyed(&p), vec!["o1"]);
+}
+
+#[test]
+fn an_unhealthy_protected_instance_is_reported_unless_the_spec_says_replace() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| indexed(&format!("i{i}"), i, OLD_AGE))
+        .collect();
+    ms[0].health = Health::Unhealthy;
+    ms[0].protected = true;
+    let p = plan(&desired(Allocation::Size(3)), &ms, NOW);
+    assert!(p.steps.is_empty(), "{:?}", p.steps);
+    assert_eq!(p.phase, Phase::Paused);
+    assert!(p.messages[0].contains("unhealthy but protected") && p.messages[0].contains("i0"));
+    let d = Desired {
+        replace_protected: true,
+        ..desired(Allocation::Size(3))
+    };
+    let p = plan(&d, &ms, NOW);
+    assert!(matches!(&p.steps[0], Step::Replace { id, index: 0, .. } if id == "i0"));
+}
+
+#[test]
+fn requested_removals_go_first_and_are_replaced_unless_they_shrink_the_group() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| indexed(&format!("i{i}"), i, OLD_AGE))
+        .collect();
+    // Protection does not stand in the way of an explicit request.
+    ms[0].protected = true;
+    ms[0].removal = Some(Removal::Replace);
+    let p = plan(&desired(Allocation::Size(3)), &ms, NOW);
+    assert_eq!(destroyed(&p), vec!["i0"]);
+    assert!(
+        matches!(&p.steps[0], Step::Drain { id, reason } if id == "i0" && reason.contains("destroy-instances"))
+    );
+    assert_eq!(provisions(&p), 1, "{:?}", p.steps);
+    // Decrement: no successor, before the smaller revision lands and after.
+    ms[0].removal = Some(Removal::Decrement);
+    for size in [3, 2] {
+        let p = plan(&desired(Allocation::Size(size)), &ms, NOW);
+        assert_eq!(destroyed(&p), vec!["i0"], "size {size}");
+        assert_eq!(provisions(&p), 0, "size {size}: {:?}", p.steps);
+    }
+}
+
+#[test]
+fn a_pet_removed_on_request_keeps_its_logical_id_or_gives_it_up() {
+    let ids: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let mut ms: Vec<Member> = ids
+        .iter()
+        .map(|l| pet(&format!("x{l}"), l, SHA, Health::Healthy, OLD_AGE))
+        .collect();
+    ms[1].removal = Some(Removal::Replace);
+    let p = plan(&desired(Allocation::LogicalIds(ids.clone())), &ms, NOW);
+    assert!(
+        matches!(&p.steps[..], [Step::Replace { id, logical_id: Some(l), index: 1, .. }] if id == "xb" && l == "b"),
+        "{:?}",
+        p.steps
+    );
+    ms[1].removal = Some(Removal::Decrement);
+    let p = plan(&desired(Allocation::LogicalIds(ids.clone())), &ms, NOW);
+    assert_eq!(destroyed(&p), vec!["xb"]);
+    assert_eq!(provisions(&p), 0, "{:?}", p.steps);
+}
+
+#[test]
+fn a_protected_pet_stays_when_its_logical_id_goes() {
+    let mut ms = vec![
+        pet("xa", "a", SHA, Health::Healthy, OLD_AGE),
+        pet("xb", "b", SHA, Health::Healthy, OLD_AGE),
+    ];
+    ms[1].protected = true;
+    let p = plan(&desired(Allocation::LogicalIds(vec!["a".into()])), &ms, NOW);
+    assert!(p.steps.is_empty(), "{:?}", p.steps);
+    assert_eq!(p.phase, Phase::Paused);
+    assert!(p.messages[0].contains("xb"), "{:?}", p.messages);
+}
+
+#[test]
+fn updating_count_and_duration_hold_the_next_replacement_until_the_new_one_proved_itself() {
+    let mut ms: Vec<Member> = (0..2)
+        .map(|i| Member {
+            config_sha: "old".into(),
+            ..indexed(&format!("o{i}"), i, OLD_AGE)
+        })
+        .collect();
+    ms.push(Member {
+        healthy_checks: 2,
+        healthy_since_ms: NOW - 20_000,
+        ..indexed("n0", 2, 30_000)
+    });
+    // Surge 1 is used by n0; the next old one goes once n0 counts as available.
+    let counted = |d: &Desired| destroyed(&plan(d, &ms, NOW));
+    let base = desired(Allocation::Size(2));
+    assert_eq!(counted(&base), vec!["o0"], "no gate: healthy is enough");
+    let by_count = |n| Desired {
+        settle_checks: n,
+        ..base.clone()
+    };
+    assert_eq!(counted(&by_count(2)), vec!["o0"]);
+    let p = plan(&by_count(3), &ms, NOW);
+    assert!(destroyed(&p).is_empty(), "{:?}", p.steps);
+    assert!(
+        p.messages[0].contains("for 3 checks in a row (Updating.Count)"),
+        "{:?}",
+        p.messages
+    );
+    let by_time = |ms| Desired {
+        settle_ms: ms,
+        ..base.clone()
+    };
+    assert_eq!(counted(&by_time(20_000)), vec!["o0"]);
+    assert!(counted(&by_time(60_000)).is_empty());
 }
 
 #[test]
@@ -349,21 +583,35 @@ fn arb_members(pets: bool) -> impl Strategy<Value = Vec<Member>> {
             prop::bool::weighted(0.1),
             // Indexes as a restarted controller finds them: missing, with gaps, duplicated.
             prop::option::weighted(0.8, 0u32..8),
+            // Protected by an operator, or marked for removal by one.
+            (
+                prop::bool::weighted(0.1),
+                prop::option::weighted(
+                    0.08,
+                    prop_oneof![Just(Removal::Replace), Just(Removal::Decrement)],
+                ),
+            ),
         ),
         0..12,
     )
     .prop_map(move |raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(i, (sha, health, age, lid, foreign, index))| Member {
-                id: format!("m{i}"),
-                group: if foreign { "other".into() } else { "g".into() },
-                logical_id: pets.then(|| format!("p{lid}")),
-                config_sha: SHAS[sha].into(),
-                created_ms: NOW - age,
-                index,
-                health,
-            })
+            .map(
+                |(i, (sha, health, age, lid, foreign, index, (protected, removal)))| Member {
+                    id: format!("m{i}"),
+                    group: if foreign { "other".into() } else { "g".into() },
+                    logical_id: pets.then(|| format!("p{lid}")),
+                    config_sha: SHAS[sha].into(),
+                    created_ms: NOW - age,
+                    index,
+                    health,
+                    protected,
+                    removal,
+                    healthy_checks: 0,
+                    healthy_since_ms: 0,
+                },
+            )
             .collect()
     })
 }
@@ -374,9 +622,10 @@ fn arb_desired(pets: bool) -> impl Strategy<Value = Desired> {
         // Timings: grace from none to two minutes; batch timeouts longer than the two
         // simulated rounds a new instance needs to report healthy.
         (0u64..120_000, 20_000u64..600_000),
+        (0usize..3, any::<bool>()),
     )
         .prop_map(
-            move |((n, surge, unavail, wait, max_unhealthy), (grace, batch))| {
+            move |((n, surge, unavail, wait, max_unhealthy), (grace, batch), (policy, rp))| {
                 let (surge, unavail) = if surge == 0 && unavail == 0 {
                     (1, 0)
                 } else {
@@ -394,6 +643,12 @@ fn arb_desired(pets: bool) -> impl Strategy<Value = Desired> {
                     max_unhealthy,
                     grace_period_ms: grace,
                     batch_timeout_ms: batch,
+                    scale_down: [
+                        ScaleDownPolicy::HighestIndex,
+                        ScaleDownPolicy::Oldest,
+                        ScaleDownPolicy::Newest,
+                    ][policy],
+                    replace_protected: rp,
                     ..desired(allocation)
                 }
             },
@@ -437,6 +692,10 @@ fn apply(p: &Plan, members: &[Member], now: u64) -> Vec<Member> {
             created_ms: now,
             index: Some(index),
             health: Health::Unknown,
+            protected: false,
+            removal: None,
+            healthy_checks: 0,
+            healthy_since_ms: 0,
         });
     }
     out
@@ -458,10 +717,11 @@ fn oracle_available(d: &Desired, m: &Member, now: u64) -> bool {
 
 /// Available members the allocation wants: for pets, logical ids of the allocation with an
 /// available member; for cattle, available members up to the size.
+/// Members whose removal an operator asked for do not count: taking them away is the point.
 fn available(d: &Desired, ms: &[Member], now: u64) -> usize {
     let avail = ms
         .iter()
-        .filter(|m| m.group == d.group)
+        .filter(|m| m.group == d.group && m.removal.is_none())
         .filter(|m| oracle_available(d, m, now));
     match &d.allocation {
         Allocation::Size(n) => avail.count().min(*n as usize),
@@ -499,19 +759,28 @@ fn check_safety(d: &Desired, ms: &[Member], p: &Plan, now: u64) -> Result<(), St
         ));
     }
     // Size: cattle never past size + surge, pets never past their logical ids.
+    // Protected members stay even where the allocation has no room for them.
+    let protected = ms
+        .iter()
+        .filter(|m| m.group == d.group && m.protected)
+        .count();
     let limit = if is_pets(d) {
-        d.size()
+        d.size() + protected
     } else {
         (d.size() + d.max_surge as usize).max(mine(d, ms))
     };
     if mine(d, &after) > limit {
         return Err(format!("{} -> {} > {limit}", mine(d, ms), mine(d, &after)));
     }
-    // Pets: each logical id at most once.
-    if is_pets(d) {
+    // Pets: each logical id of the allocation at most once (protected pets whose ids left
+    // the allocation stay as they are).
+    if let Allocation::LogicalIds(ids) = &d.allocation {
         let mut seen = BTreeSet::new();
         for m in after.iter().filter(|m| m.group == d.group) {
             let lid = m.logical_id.clone().unwrap_or_default();
+            if m.protected && !ids.contains(&lid) {
+                continue;
+            }
             if !seen.insert(lid.clone()) {
                 return Err(format!("{lid} twice"));
             }
@@ -564,10 +833,13 @@ proptest! {
                     prop_assert!(fresh.insert(*index), "index {} given twice", index);
                 }
                 // A replacement inherits the index of the member it replaces.
-                (Step::Replace { id, index, .. }, _) => {
+                (Step::Replace { id, index, logical_id, .. }, alloc) => {
                     let old = ms.iter().find(|m| &m.id == id).unwrap();
                     if let Some(i) = old.index {
                         prop_assert_eq!(*index, i);
+                    } else if let (Allocation::LogicalIds(ids), Some(l)) = (alloc, logical_id) {
+                        // A pet without an index gets its place in the allocation.
+                        prop_assert_eq!(Some(*index as usize), ids.iter().position(|x| x == l));
                     } else {
                         prop_assert!(!taken.contains(index) && fresh.insert(*index));
                     }
@@ -638,8 +910,24 @@ proptest! {
                 let broken_new = world.iter().any(|m| {
                     m.group == d.group && sticky.contains(&m.id) && m.config_sha == SHA
                 });
+                // Or a protected member that would otherwise go: unhealthy, outdated, or past
+                // the allocation.
+                let held = p.messages.iter().any(|m| m.contains("protected"));
+                let protected_in_the_way = world.iter().any(|m| {
+                    m.group == d.group
+                        && m.protected
+                        && (sticky.contains(&m.id)
+                            || m.config_sha != SHA
+                            || mine(&d, &world) > d.size()
+                            || m.logical_id.as_ref().is_some_and(|l| match &d.allocation {
+                                Allocation::LogicalIds(ids) => !ids.contains(l),
+                                Allocation::Size(_) => false,
+                            }))
+                });
                 prop_assert!(
-                    (remediation && sick_left > d.max_unhealthy as usize) || (update && broken_new),
+                    (remediation && sick_left > d.max_unhealthy as usize)
+                        || (update && broken_new)
+                        || (held && protected_in_the_way),
                     "{} sick, MaxUnhealthy {}: {:?}", sick_left, d.max_unhealthy, p.messages
                 );
             }

@@ -9,6 +9,7 @@
 mod bindings;
 pub mod builtin;
 pub mod cache;
+pub mod combo;
 pub mod engine;
 mod outbound;
 pub mod process;

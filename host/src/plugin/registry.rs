@@ -14,6 +14,10 @@ use super::sandbox::{self, Sandbox, State};
 use super::{Error, Plugin, Source, builtin, engine};
 use crate::grants::Grants;
 
+/// InfraKit's plugin names for the plugins that ship here.
+const INFRAKIT_NAMES: [(&str, &str); 2] =
+    [("vanilla", "flavor-vanilla"), ("combo", "flavor-combo")];
+
 /// Where plugins and their state live.
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -511,8 +515,33 @@ impl Registry {
         Ok(Arc::new(plugin))
     }
 
-    /// A plugin by name.
+    /// The name a spec's plugin name stands for. InfraKit's specs name plugins as its
+    /// daemons were called: `vanilla` and `combo` for its flavors, and `name/type` for one
+    /// kind served by the plugin `name` (`simulator/compute`). A plugin of the exact name
+    /// wins; the forms are tried only when there is none.
+    fn resolve<'a>(&self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        let known = |n: &str| {
+            self.plugins.read().expect("lock").contains_key(n)
+                || self.loading.read().expect("lock").contains(n)
+        };
+        if known(name) {
+            return name.into();
+        }
+        let base = name.split_once('/').map_or(name, |(base, _)| base);
+        let alias = INFRAKIT_NAMES
+            .iter()
+            .find(|(theirs, _)| *theirs == base)
+            .map(|(_, ours)| *ours);
+        match alias {
+            Some(ours) if known(ours) => ours.into(),
+            _ if base != name && known(base) => base.to_string().into(),
+            _ => name.into(),
+        }
+    }
+
+    /// A plugin by name (or by the name InfraKit knew it by: see `resolve`).
     pub fn get(&self, name: &str) -> Result<Arc<Plugin>, Error> {
+        let name = &*self.resolve(name);
         let plugins = self.plugins.read().expect("lock");
         if !plugins.contains_key(name) && self.loading.read().expect("lock").contains(name) {
             return Err(Error::Loading {

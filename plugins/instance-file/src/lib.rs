@@ -20,19 +20,40 @@ use serde::{Deserialize, Serialize};
 /// The guest directory used when no `dir` is configured.
 pub const DEFAULT_DIR: &str = "/data";
 
-/// Instance properties accepted by this plugin.
+/// Instance properties this plugin reads. Any others are kept in the instance file as given,
+/// as InfraKit's file plugin did (its tutorials put a `Note` there), so its specs load as they
+/// are.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "PascalCase")]
+#[serde(default, rename_all = "PascalCase")]
 pub struct FileProperties {
     /// Prefix of generated instance ids: lowercase letters, digits and `-`, at most 32.
     pub prefix: Option<String>,
     /// Free-form data stored in each instance file (an image, a size...).
     pub metadata: Option<serde_json::Value>,
+    /// Everything else, kept as given.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
+
+/// The properties this plugin reads, for telling a typo from data.
+const KNOWN: [&str; 2] = ["Prefix", "Metadata"];
 
 impl FileProperties {
     fn parse(properties: &Properties) -> Result<Self> {
         let props: FileProperties = properties.parse()?;
+        // Other properties are data, but one that is nearly a known name is a typo that would
+        // otherwise pass unnoticed.
+        for key in props.other.keys() {
+            if let Some(known) = KNOWN.iter().find(|k| {
+                k.eq_ignore_ascii_case(key)
+                    || strsim::levenshtein(&k.to_lowercase(), &key.to_lowercase()) <= 2
+            }) {
+                return Err(Error::invalid(format!(
+                    "properties at `{key}`: did you mean `{known}`? (properties other than {KNOWN:?} \
+                     are kept in the instance file as data)"
+                )));
+            }
+        }
         if let Some(prefix) = &props.prefix {
             let ok = !prefix.is_empty()
                 && prefix.len() <= 32
@@ -350,6 +371,31 @@ mod tests {
             plugin.destroy(&a, DestroyContext::Terminate),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn properties_it_does_not_know_are_kept_and_the_ones_it_knows_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = FilePlugin::new(dir.path());
+        let props =
+            Properties::new(r#"{"Note": "Instance properties version 1.0", "Prefix": "n"}"#);
+        plugin.validate(&props).unwrap();
+        let id = plugin
+            .provision(InstanceSpec {
+                properties: props,
+                ..Default::default()
+            })
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(dir.path().join(format!("{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            record["Properties"]["Note"],
+            "Instance properties version 1.0"
+        );
+        let bad = Properties::new(r#"{"Note": "x", "Prefix": "UPPER"}"#);
+        assert!(matches!(plugin.validate(&bad), Err(Error::Invalid(m)) if m.contains("Prefix")));
     }
 
     #[test]
