@@ -1570,3 +1570,95 @@ fn infrakits_own_specs_validate_and_converge_unchanged_with_combo_and_updating_c
         );
     }
 }
+
+#[test]
+fn every_listing_command_piped_into_head_ends_quietly_and_scale_down_policies_hold() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("many.json");
+    write_spec(
+        &spec,
+        "many",
+        json!({"Size": 30, "ScaleDownPolicy": "Oldest"}),
+        json!({}),
+    );
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    for args in [
+        &["group", "ls"][..],
+        &["group", "describe", "many"],
+        &["group", "describe", "many", "-o", "json"],
+        &["group", "history", "many"],
+        &["plugin", "ls"],
+        &["events"],
+        &["events", "-o", "json"],
+        &["instance", "describe", "--plugin", "instance-file"],
+    ] {
+        // `infrakit ARGS | head -1`, as a shell runs it.
+        let probe = env.command();
+        let mut sh = std::process::Command::new("sh");
+        sh.env_clear()
+            .envs(probe.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .arg("-c")
+            .arg("\"$0\" \"$@\" | head -1")
+            .arg(probe.get_program())
+            .args(args);
+        let out = sh.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            1,
+            "{args:?}"
+        );
+    }
+
+    // Scale-in by policy: Oldest takes the first-made ones, Newest the last-made ones.
+    let made = |env: &Env| -> Vec<(u64, String)> {
+        let mut v: Vec<(u64, String)> = instances(env)
+            .iter()
+            .filter(|i| tag(i, "infrakit.group") == "many")
+            .map(|i| {
+                (
+                    tag(i, "infrakit.created").parse().unwrap(),
+                    i["ID"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // (Instances made in the same millisecond tie; the property is about times.)
+    let gone = |before: &[(u64, String)], after: &[(u64, String)]| -> Vec<u64> {
+        before
+            .iter()
+            .filter(|b| !after.contains(b))
+            .map(|b| b.0)
+            .collect()
+    };
+    let before = made(&env);
+    env.ok(&["group", "scale", "many", "27", "--wait"], None);
+    let after = made(&env);
+    assert_eq!(after.len(), 27);
+    let went = gone(&before, &after);
+    assert_eq!(went.len(), 3, "nothing new was made: {went:?}");
+    assert!(
+        went.iter().all(|t| after.iter().all(|a| a.0 >= *t)),
+        "Oldest: {went:?} went, {after:?} stayed"
+    );
+    write_spec(
+        &spec,
+        "many",
+        json!({"Size": 25, "ScaleDownPolicy": "Newest"}),
+        json!({}),
+    );
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    let last = made(&env);
+    assert_eq!(last.len(), 25);
+    let went = gone(&after, &last);
+    assert_eq!(went.len(), 2, "nothing new was made: {went:?}");
+    assert!(
+        went.iter().all(|t| last.iter().all(|a| a.0 <= *t)),
+        "Newest: {went:?} went, {last:?} stayed"
+    );
+}
