@@ -36,13 +36,22 @@ impl Backend {
     /// A fresh, empty store for one case (a second call with the same name opens the same
     /// state on etcd: another manager's connection).
     async fn store(&self, case: &str) -> Arc<dyn Store> {
+        self.store_keeping(case, infrakit::store::REVISIONS_KEPT)
+            .await
+    }
+
+    /// [`Backend::store`] keeping `kept` revisions per group.
+    async fn store_keeping(&self, case: &str, kept: u64) -> Arc<dyn Store> {
         match self {
-            Backend::Redb(dir) => {
-                Arc::new(EmbeddedStore::open(&dir.path().join(format!("{case}.redb"))).unwrap())
-            }
-            Backend::Etcd(etcd) => EtcdStore::connect(
-                EtcdOptions::from_url(&etcd.url(), &format!("/test/{case}/")).unwrap(),
-            )
+            Backend::Redb(dir) => Arc::new(
+                EmbeddedStore::open(&dir.path().join(format!("{case}.redb")))
+                    .unwrap()
+                    .with_revisions_kept(kept),
+            ),
+            Backend::Etcd(etcd) => EtcdStore::connect(EtcdOptions {
+                revisions_kept: kept,
+                ..EtcdOptions::from_url(&etcd.url(), &format!("/test/{case}/")).unwrap()
+            })
             .await
             .unwrap(),
         }
@@ -172,6 +181,30 @@ async fn destroy_then_forget_keeps_history(b: &Backend) {
     assert_eq!(again.revision, 2);
 }
 
+async fn history_keeps_the_newest_revisions_and_one_after_forget(b: &Backend) {
+    let store = b.store_keeping("retention", 3).await;
+    for size in 1..=5 {
+        store
+            .commit(&spec("r", size), event("r", ""))
+            .await
+            .unwrap();
+    }
+    let revisions =
+        |h: Vec<infrakit::store::Revision>| -> Vec<u64> { h.iter().map(|r| r.revision).collect() };
+    assert_eq!(revisions(store.history("r").await.unwrap()), [3, 4, 5]);
+    assert!(matches!(
+        store.rollback("r", Some(1)).await,
+        Err(Error::NoSuchRevision { .. })
+    ));
+    let (back, _) = store.rollback("r", Some(3)).await.unwrap();
+    assert_eq!((back.revision, back.spec.size()), (6, 3));
+    assert_eq!(revisions(store.history("r").await.unwrap()), [4, 5, 6]);
+    store.forget("r", event("r", "gone")).await.unwrap();
+    assert_eq!(revisions(store.history("r").await.unwrap()), [6]);
+    let (again, _) = store.commit(&spec("r", 1), event("r", "")).await.unwrap();
+    assert_eq!(again.revision, 7);
+}
+
 async fn a_writer_sees_its_generation_at_once_and_events_do_not_count(b: &Backend) {
     let store = b.store("watch").await;
     let mut watch = store.watch();
@@ -261,6 +294,7 @@ async fn contract(b: &Backend) {
     commits_keep_history_and_events_in_order(b).await;
     rollback_returns_to_the_previous_configuration(b).await;
     destroy_then_forget_keeps_history(b).await;
+    history_keeps_the_newest_revisions_and_one_after_forget(b).await;
     a_writer_sees_its_generation_at_once_and_events_do_not_count(b).await;
     concurrent_commits_lose_nothing_and_share_no_number(b).await;
     events_page_in_order_with_a_group_filter(b).await;

@@ -12,6 +12,7 @@
 //! token_file = "/etc/infrakit/token"
 //! poll_interval = "1s"
 //! plugin_scan_interval = "500ms"
+//! revisions_kept = 50
 //!
 //! [plugins.instance-file]
 //! config = { dir = "/instances" }
@@ -70,6 +71,8 @@ pub struct ServeConfig {
     pub store_key: Option<PathBuf>,
     /// The leadership lease's time to live (with `store`).
     pub lease_ttl: Option<crate::spec::HumanDuration>,
+    /// Revisions of each group's spec kept in the store.
+    pub revisions_kept: Option<u64>,
     /// This manager's name in the election (with `store`).
     pub node: Option<String>,
 }

@@ -45,6 +45,8 @@ pub struct ServeOptions {
     pub poll_interval: Duration,
     /// How often the plugin directory is rescanned.
     pub plugin_scan_interval: Duration,
+    /// Revisions kept per group by the embedded store (etcd's are in `store`).
+    pub revisions_kept: u64,
 }
 
 /// Holds the data directory: an exclusive lock on `infrakit.lock`, which holds the holder's pid.
@@ -215,7 +217,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
         None => {
             let store_path = data_dir.join("state.redb");
-            let store = EmbeddedStore::open(&store_path).context("opening the store")?;
+            let store = EmbeddedStore::open(&store_path)
+                .context("opening the store")?
+                .with_revisions_kept(options.revisions_kept);
             std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("cannot make {} private", store_path.display()))?;
             (Arc::new(store), None)

@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// With --store: this manager's name in the election. [default: HOSTNAME:PID]
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
+    /// Revisions of each group's spec kept in the store (what `group history` and `group
+    /// rollback --to` can reach); older ones are trimmed as new ones are written. [default: 50]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub revisions_kept: Option<u64>,
 }
 
 /// `events` options.
@@ -102,7 +106,17 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, t) => t.clone(),
     };
-    let store = store_options(args, &file)?;
+    let revisions_kept = args
+        .revisions_kept
+        .or(file.revisions_kept)
+        .unwrap_or(crate::store::REVISIONS_KEPT);
+    if revisions_kept == 0 {
+        anyhow::bail!("revisions_kept: keep at least 1 revision (the current one)");
+    }
+    let mut store = store_options(args, &file)?;
+    if let Some(etcd) = store.as_mut() {
+        etcd.revisions_kept = revisions_kept;
+    }
     let lease_ttl = args
         .lease_ttl
         .or(file.lease_ttl.map(|d| d.0))
@@ -135,6 +149,7 @@ pub async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             .plugin_scan_interval
             .or(file.plugin_scan_interval.map(|d| d.0))
             .unwrap_or(Duration::from_millis(500)),
+        revisions_kept,
     };
     run_daemon(options).await?;
     Ok(ExitCode::SUCCESS)

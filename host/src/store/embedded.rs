@@ -26,6 +26,8 @@ pub struct EmbeddedStore {
     changes: watch::Sender<u64>,
     /// Events kept: at most this many, of at most this many bytes in all.
     events_kept: (u64, u64),
+    /// Revisions kept per group (at least 1).
+    revisions_kept: u64,
 }
 
 impl EmbeddedStore {
@@ -37,6 +39,12 @@ impl EmbeddedStore {
             source: Box::new(e.into()),
         })?;
         EmbeddedStore::init(db, path.to_path_buf())
+    }
+
+    /// Keeps the last `n` revisions of each group (at least 1).
+    pub fn with_revisions_kept(mut self, n: u64) -> EmbeddedStore {
+        self.revisions_kept = n.max(1);
+        self
     }
 
     /// A store that lives in memory only: `group run` keeps its desired state there, so that
@@ -59,6 +67,7 @@ impl EmbeddedStore {
             path,
             changes: watch::Sender::new(0),
             events_kept: (EVENTS_KEPT, EVENTS_BYTES_KEPT),
+            revisions_kept: super::REVISIONS_KEPT,
         };
         // Create the tables so that readers never meet a missing one.
         store.write("create tables", |txn| {
@@ -203,16 +212,34 @@ fn next_revision(txn: &redb::WriteTransaction, id: &str) -> Result<u64, StoreFai
     Ok(last + 1)
 }
 
+/// Writes a new current revision, trimming the history to the newest `kept` in the same
+/// transaction.
 fn put_group(
     txn: &redb::WriteTransaction,
     stored: &StoredGroup,
     rev: &Revision,
+    kept: u64,
 ) -> Result<(), StoreFail> {
     let id = stored.spec.id.as_str();
-    txn.open_table(HISTORY)?
-        .insert((id, rev.revision), encode(rev).as_slice())?;
+    let mut history = txn.open_table(HISTORY)?;
+    history.insert((id, rev.revision), encode(rev).as_slice())?;
+    trim_history(&mut history, id, rev.revision, kept)?;
     txn.open_table(GROUPS)?
         .insert(id, encode(stored).as_slice())?;
+    Ok(())
+}
+
+/// Removes a group's revisions older than the newest `kept` up to `last`.
+fn trim_history(
+    history: &mut redb::Table<(&'static str, u64), &'static [u8]>,
+    id: &str,
+    last: u64,
+    kept: u64,
+) -> Result<(), StoreFail> {
+    let Some(end) = (last + 1).checked_sub(kept.max(1)) else {
+        return Ok(());
+    };
+    history.retain_in((id, 0)..(id, end), |_, _| false)?;
     Ok(())
 }
 
@@ -221,6 +248,7 @@ fn put_group(
 impl Store for EmbeddedStore {
     async fn commit(&self, spec: &GroupSpec, event: Event) -> Result<(StoredGroup, Event), Error> {
         let kept = self.events_kept;
+        let revisions_kept = self.revisions_kept;
         self.write_desired("commit", |txn| {
             if self
                 .stored_in(txn, &spec.id)?
@@ -229,7 +257,7 @@ impl Store for EmbeddedStore {
                 return Err(StoreFail::Store(Error::BeingDestroyed(spec.id.clone())));
             }
             let (stored, rev) = committed(spec, next_revision(txn, &spec.id)?, now_ms());
-            put_group(txn, &stored, &rev)?;
+            put_group(txn, &stored, &rev, revisions_kept)?;
             let event = append_in(txn, event, kept)?;
             Ok((stored, event))
         })
@@ -237,6 +265,7 @@ impl Store for EmbeddedStore {
 
     async fn rollback(&self, id: &str, to: Option<u64>) -> Result<(StoredGroup, Event), Error> {
         let kept = self.events_kept;
+        let revisions_kept = self.revisions_kept;
         self.write_desired("rollback", |txn| {
             let current = self
                 .stored_in(txn, id)?
@@ -247,7 +276,7 @@ impl Store for EmbeddedStore {
             let history = self.history_in(&txn.open_table(HISTORY)?, id)?;
             let target = rollback_target(&current, &history, to).map_err(StoreFail::Store)?;
             let (stored, rev, event) = rolled_back(id, next_revision(txn, id)?, &target, now_ms());
-            put_group(txn, &stored, &rev)?;
+            put_group(txn, &stored, &rev, revisions_kept)?;
             let event = append_in(txn, event, kept)?;
             Ok((stored, event))
         })
@@ -274,6 +303,10 @@ impl Store for EmbeddedStore {
             if !removed {
                 return Err(StoreFail::Store(Error::UnknownGroup(id.into())));
             }
+            // Only the last revision stays: the numbering of a group committed again goes on
+            // from it.
+            let last = next_revision(txn, id)? - 1;
+            trim_history(&mut txn.open_table(HISTORY)?, id, last, 1)?;
             append_in(txn, event, kept)
         })
     }

@@ -40,6 +40,8 @@ pub struct EtcdOptions {
     pub tls: Option<TlsFiles>,
     /// A request that takes longer fails.
     pub timeout: Duration,
+    /// Revisions kept per group (at least 1).
+    pub revisions_kept: u64,
 }
 
 /// PEM files for TLS to etcd.
@@ -92,6 +94,7 @@ impl EtcdOptions {
             prefix,
             user: None,
             timeout: Duration::from_secs(5),
+            revisions_kept: super::REVISIONS_KEPT,
         })
     }
 }
@@ -111,6 +114,7 @@ pub struct EtcdStore {
     changes: watch::Sender<u64>,
     watcher: Arc<Watcher>,
     guard: Option<Guard>,
+    revisions_kept: u64,
 }
 
 /// The task following the groups, shared by the fenced views of one store.
@@ -185,6 +189,7 @@ impl EtcdStore {
             changes,
             watcher: Arc::new(Watcher(watcher)),
             guard: None,
+            revisions_kept: options.revisions_kept.max(1),
         }))
     }
 
@@ -199,6 +204,7 @@ impl EtcdStore {
             changes: self.changes.clone(),
             watcher: self.watcher.clone(),
             guard: Some(guard),
+            revisions_kept: self.revisions_kept,
         })
     }
 
@@ -218,6 +224,14 @@ impl EtcdStore {
 
     fn group_key(&self, id: &str) -> String {
         self.key(&format!("groups/{id}"))
+    }
+
+    /// Deletes a group's revisions numbered below `end`.
+    fn delete_history_before(&self, id: &str, end: u64) -> TxnOp {
+        TxnOp::delete(
+            self.history_key(id, 0),
+            Some(DeleteOptions::new().with_range(self.history_key(id, end))),
+        )
     }
 
     fn history_key(&self, id: &str, revision: u64) -> String {
@@ -441,6 +455,10 @@ impl EtcdStore {
             ];
             ops.push(TxnOp::put(group_key, encode(&stored), None));
             ops.push(TxnOp::put(history_key, encode(&rev), None));
+            // The history is trimmed to the newest revisions in the same transaction.
+            if let Some(end) = (next + 1).checked_sub(self.revisions_kept) {
+                ops.push(self.delete_history_before(id, end));
+            }
             if let Some(generation) = self.try_write(operation, compares, ops).await? {
                 self.advanced(generation);
                 return Ok((stored, event));
@@ -576,13 +594,16 @@ impl Store for EtcdStore {
 
     async fn forget(&self, id: &str, event: Event) -> Result<Event, Error> {
         for _ in 0..ATTEMPTS {
-            let (group, _, seq) = self.read_for_write("forget", id, false).await?;
+            let (group, history, seq) = self.read_for_write("forget", id, false).await?;
             if group.kv.is_none() {
                 return Err(Error::UnknownGroup(id.into()));
             }
             let key = self.group_key(id);
             let (seq_cmp, mut ops, event) = self.append_ops(&seq, event.clone())?;
             ops.push(TxnOp::delete(key.as_str(), None));
+            // Only the last revision stays: the numbering of a group committed again goes on
+            // from it.
+            ops.push(self.delete_history_before(id, self.last_revision(&history)));
             ops.push(TxnOp::delete(self.key(&format!("status/{id}")), None));
             let compares = vec![group.unchanged(&key), seq_cmp];
             if let Some(generation) = self.try_write("forget", compares, ops).await? {
