@@ -168,6 +168,10 @@ fn commit_heal_scale_update_and_destroy_through_the_daemon() {
         json_lines(&["events", "--after", &all[1].to_string(), "-o", "json"]),
         all[2..]
     );
+    // By age: the last hour holds them all; the last millisecond, a while later, fewer.
+    assert_eq!(json_lines(&["events", "--since", "1h", "-o", "json"]), all);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(json_lines(&["events", "--since", "1ms", "-o", "json"]).len() < all.len());
 
     // Destroy, followed to the end.
     let out = env.ok(&["group", "destroy", "web", "--wait"], None);
@@ -1516,6 +1520,17 @@ fn infrakits_own_specs_validate_and_converge_unchanged_with_combo_and_updating_c
             ("base", "worker")
         );
     }
+    // InfraKit's `name/type` form names the plugin `name`.
+    let typed = env.data_dir().join("typed.json");
+    std::fs::write(
+        &typed,
+        std::fs::read_to_string(example("cattle.json"))
+            .unwrap()
+            .replace("\"instance-file\"", "\"instance-file/compute\""),
+    )
+    .unwrap();
+    let out = env.ok(&["group", "validate", typed.to_str().unwrap()], None);
+    assert!(out.contains("valid: group cattle"), "{out}");
     // A combo listing a flavor that does not exist is refused, naming where.
     let bad = env.data_dir().join("bad-combo.yml");
     std::fs::write(
@@ -1661,4 +1676,86 @@ fn every_listing_command_piped_into_head_ends_quietly_and_scale_down_policies_ho
         went.iter().all(|t| last.iter().all(|a| a.0 <= *t)),
         "Newest: {went:?} went, {last:?} stayed"
     );
+}
+
+#[test]
+fn plan_and_commit_show_the_changed_fields_and_the_whole_course_and_history_diffs() {
+    let env = Env::new();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("web.json");
+    write_spec(&spec, "web", json!({"Size": 3}), json!({}));
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+
+    // Grow 3 → 5 and change the flavor's init: three replaced, two added.
+    write_spec(
+        &spec,
+        "web",
+        json!({"Size": 5}),
+        json!({"Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}}}),
+    );
+    let out = env.ok(&["group", "plan", spec.to_str().unwrap()], None);
+    for needle in [
+        "Changes (",
+        "~ Properties.Allocation.Size: 3 → 5",
+        "Properties.Flavor.Properties.Init[0]: \"echo {{group}}\" → \"echo v2\"",
+        "- Properties.Flavor.Properties.UnhealthyTags: {\"health\":\"bad\"} (removed)",
+        "Course: 3 replaced by rolling update (batches of MaxSurge 1, MaxUnavailable 0), 2 added",
+    ] {
+        assert!(out.contains(needle), "no {needle:?} in:\n{out}");
+    }
+    assert!(!out.contains("\u{1b}["), "no colour into a pipe: {out}");
+    let plan = env
+        .run(
+            &["group", "plan", spec.to_str().unwrap(), "-o", "json"],
+            None,
+        )
+        .json();
+    assert_eq!(plan["course"]["replaced"], 3);
+    assert_eq!(plan["course"]["added"], 2);
+    let size = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "Properties.Allocation.Size")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (size["old"].clone(), size["new"].clone()),
+        (json!(3), json!(5))
+    );
+    // The commit shows the same before it applies.
+    let out = env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    assert!(out.contains("Course: 3 replaced"), "{out}");
+
+    // A scale-down names who goes.
+    write_spec(
+        &spec,
+        "web",
+        json!({"Size": 4}),
+        json!({"Flavor": {"Plugin": "flavor-vanilla", "Properties": {"Init": ["echo v2"]}}}),
+    );
+    let plan = env
+        .run(
+            &["group", "plan", spec.to_str().unwrap(), "-o", "json"],
+            None,
+        )
+        .json();
+    assert_eq!(plan["course"]["removing"], 1, "{plan}");
+    let highest = by_index(&env, "web").into_iter().next_back().unwrap().1;
+    assert_eq!(plan["course"]["removed"], json!([highest]), "{plan}");
+
+    // What each revision changed.
+    let out = env.ok(&["group", "history", "web", "--diff"], None);
+    assert!(out.contains("revision 2 (commit): 3 change(s)"), "{out}");
+    let out = env.ok(
+        &["group", "history", "web", "--diff", "2", "-o", "json"],
+        None,
+    );
+    let diffs: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(diffs.as_array().unwrap().len(), 1);
+    assert_eq!(diffs[0]["revision"], 2);
+    let err = env
+        .run(&["group", "history", "web", "--diff", "9"], None)
+        .assert_failure();
+    assert!(err.contains("revision 9 is not in the history"), "{err}");
 }

@@ -492,10 +492,24 @@ impl Controller {
         plugins_of(&*self.inner.plugins, spec)
     }
 
-    /// What committing `spec` would do now, without doing it.
-    /// It plans from the group's last observation when that is recent and was made by the same
-    /// instance plugin and flavor (same properties); otherwise it observes now.
-    pub async fn plan(&self, spec: &GroupSpec) -> Result<Plan, Error> {
+    /// What committing `spec` would do now, without doing it: the first steps, the course of
+    /// the whole change, and (given the spec it replaces) the fields it changes.
+    pub async fn plan(&self, spec: &GroupSpec, current: Option<&GroupSpec>) -> Result<Plan, Error> {
+        let desired = Desired::from_spec(spec);
+        let members = self.members_for(spec).await?;
+        let now = now_ms();
+        let mut plan = plan::plan(&desired, &members, now);
+        plan.course = Some(crate::diff::course(&desired, &members, now));
+        if let Some(current) = current {
+            plan.changes = crate::diff::spec_changes(current, spec);
+        }
+        Ok(plan)
+    }
+
+    /// The members to plan `spec` from: the group's last observation when that is recent and
+    /// was made by the same instance plugin and flavor (same properties); otherwise observed
+    /// now.
+    async fn members_for(&self, spec: &GroupSpec) -> Result<Arc<Vec<Member>>, Error> {
         let recent = self.inner.options.poll_interval * 2 + Duration::from_secs(1);
         let last = {
             let groups = self.inner.groups.lock().expect("groups lock");
@@ -507,7 +521,7 @@ impl Controller {
             })
         };
         if let Some(members) = last {
-            return Ok(plan::plan(&Desired::from_spec(spec), &members, now_ms()));
+            return Ok(members);
         }
         let (instance, flavor) = self.loaded_plugins_of(spec).await?;
         let mut cache = HealthCache::default();
@@ -520,11 +534,7 @@ impl Controller {
             &Fence::default(),
         )
         .await?;
-        Ok(plan::plan(
-            &Desired::from_spec(spec),
-            &observed.members,
-            now_ms(),
-        ))
+        Ok(Arc::new(observed.members))
     }
 
     /// Sets tags on members of a group through its instance plugin (protection, removal
@@ -1323,6 +1333,8 @@ fn crash_loop(
             )],
             current: 0,
             size: desired.size(),
+            changes: Vec::new(),
+            course: None,
         });
     }
     if new {

@@ -11,7 +11,8 @@
 //! - [`grants`] parses and validates what an operator allows each plugin; [`config`] is the
 //!   host's own file (grants of built-ins among other settings).
 //! - [`spec`] parses group specs; [`plan`] is the pure planner, `plan(desired, observed, now)`,
-//!   property-tested without wasm; [`controller`] follows the [`store`] (the only owner of
+//!   property-tested without wasm; [`diff`] says what a new spec changes and the course the
+//!   change takes; [`controller`] follows the [`store`] (the only owner of
 //!   desired state) and runs one task per group that observes through
 //!   typed instance and flavor clients, plans, executes (`Parallelism` calls at a time) and records [`event`]s;
 //!   [`expectations`] (pure) keeps what a group just provisioned and destroyed until a listing
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod diff;
 pub mod event;
 pub mod expectations;
 pub mod grants;

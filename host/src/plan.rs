@@ -253,6 +253,12 @@ pub struct Plan {
     pub current: usize,
     /// The allocation's size.
     pub size: usize,
+    /// What the spec changes, field by field (previews of a commit only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<crate::diff::SpecChange>,
+    /// The course of the whole change from what is observed now (previews only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub course: Option<crate::diff::Course>,
 }
 
 impl Plan {
@@ -479,6 +485,8 @@ impl Builder {
             messages: self.messages,
             current,
             size,
+            changes: Vec::new(),
+            course: None,
         }
     }
 }

@@ -289,7 +289,8 @@ async fn commit_group(
     let q = query(q)?;
     let text = body_text(body)?;
     let spec = parse_and_validate(&d, &text).await?;
-    let preview = d.controller.plan(&spec).await;
+    let current = d.store.group(&spec.id).await?.map(|g| g.spec);
+    let preview = d.controller.plan(&spec, current.as_ref()).await;
     let config_sha = spec.config_sha();
     if q.dry_run {
         // The preview is the whole answer of a dry run.
@@ -341,9 +342,10 @@ async fn plan_group(
 ) -> Result<Json<Plan>, ApiError> {
     let text = body_text(body)?;
     let spec = parse_and_validate(&d, &text).await?;
+    let current = d.store.group(&spec.id).await?.map(|g| g.spec);
     let plan = d
         .controller
-        .plan(&spec)
+        .plan(&spec, current.as_ref())
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, crate::error_chain(&e)))?;
     Ok(Json(plan))
@@ -400,9 +402,10 @@ async fn rolled_back(
     id: &str,
     to: Option<u64>,
 ) -> Result<Json<CommitResponse>, ApiError> {
+    let before = d.store.group(id).await?.map(|g| g.spec);
     let (stored, event) = d.store.rollback(id, to).await?;
     announce(d, event).await;
-    let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec).await);
+    let (plan, plan_error) = split_preview(d.controller.plan(&stored.spec, before.as_ref()).await);
     Ok(Json(CommitResponse {
         config_sha: stored.spec.config_sha(),
         id: stored.spec.id,
@@ -732,6 +735,10 @@ async fn events(
         ),
     };
     let last = past.last().map(|e| e.seq).unwrap_or(after);
+    let mut past = past;
+    if let Some(since) = q.since_ms {
+        past.retain(|e| e.time_ms >= since);
+    }
     let line = |e: &Event| {
         let mut s = serde_json::to_string(e).unwrap_or_default();
         s.push('\n');

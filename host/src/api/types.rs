@@ -161,6 +161,8 @@ pub struct EventsQuery {
     /// `after`.
     #[param(maximum = 100000)]
     pub tail: Option<u32>,
+    /// Only events recorded at or after this time (Unix ms).
+    pub since_ms: Option<u64>,
 }
 
 /// Whether a plugin is in service.

@@ -77,6 +77,10 @@ pub struct EventsArgs {
     /// The newest this many events (the default, without `--after`, is the newest 1000).
     #[arg(long, value_name = "N")]
     pub tail: Option<u32>,
+    /// Only events of the last DURATION (e.g. `10m`, `2h`): all of them the log keeps, or the
+    /// newest `--tail N`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "after")]
+    pub since: Option<Duration>,
     /// Output format: a line per event, or JSON lines.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Format,
@@ -203,10 +207,15 @@ pub async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
         Some(after) => format!("/v1/events?after={after}&follow={}", args.follow),
         None => format!(
             "/v1/events?tail={}&follow={}",
-            args.tail.unwrap_or(1000),
+            args.tail
+                .unwrap_or(if args.since.is_some() { 100_000 } else { 1000 }),
             args.follow
         ),
     };
+    if let Some(since) = args.since {
+        let cutoff = crate::event::now_ms().saturating_sub(since.as_millis() as u64);
+        path.push_str(&format!("&since_ms={cutoff}"));
+    }
     if let Some(g) = &args.group {
         path.push_str(&format!("&group={g}"));
     }

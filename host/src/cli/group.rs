@@ -53,10 +53,14 @@ pub enum GroupCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
     },
-    /// Show a group's revisions.
+    /// Show a group's revisions (`--diff`: what each changed; `--diff REV`: what that one
+    /// changed).
     History {
         /// The group id.
         id: String,
+        /// Show the fields each revision changed from the one before it (or only REV's).
+        #[arg(long, value_name = "REV", num_args = 0..=1, default_missing_value = "0")]
+        diff: Option<u64>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
@@ -223,8 +227,92 @@ async fn load_spec(path: &Path) -> anyhow::Result<GroupSpec> {
     Ok(GroupSpec::load(path)?)
 }
 
-/// Prints a plan as a readable diff.
+/// `group history --diff [REV]`: each revision's changes from the one before it (revision 0:
+/// all of them).
+fn print_history_diff(h: &[Revision], only: u64, format: Format) -> anyhow::Result<ExitCode> {
+    if only != 0 && !h.iter().any(|r| r.revision == only) {
+        let kept: Vec<String> = h.iter().map(|r| r.revision.to_string()).collect();
+        anyhow::bail!(
+            "revision {only} is not in the history (kept: {})",
+            kept.join(", ")
+        );
+    }
+    #[derive(serde::Serialize)]
+    struct RevisionDiff<'a> {
+        revision: u64,
+        cause: &'a str,
+        changes: Vec<crate::diff::SpecChange>,
+    }
+    let diffs: Vec<RevisionDiff> = h
+        .windows(2)
+        .filter(|w| only == 0 || w[1].revision == only)
+        .map(|w| RevisionDiff {
+            revision: w[1].revision,
+            cause: &w[1].cause,
+            changes: crate::diff::spec_changes(&w[0].spec, &w[1].spec),
+        })
+        .collect();
+    match format {
+        Format::Table => {
+            if diffs.is_empty() {
+                println!("no earlier revision to compare with");
+            }
+            for d in &diffs {
+                println!(
+                    "revision {} ({}): {} change(s)",
+                    d.revision,
+                    d.cause,
+                    d.changes.len()
+                );
+                print_changes(&d.changes);
+            }
+        }
+        other => output::value(other, &diffs)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the changed fields of a spec, coloured on a terminal: old in red, new in green.
+pub fn print_changes(changes: &[crate::diff::SpecChange]) {
+    use std::io::IsTerminal;
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let paint = |code: &str, text: String| {
+        if colour {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text
+        }
+    };
+    for c in changes {
+        let (sign, line) = match (&c.old, &c.new) {
+            (None, new) => ("+", paint("32", crate::diff::show(new))),
+            (old, None) => (
+                "-",
+                format!("{} (removed)", paint("31", crate::diff::show(old))),
+            ),
+            (old, new) => (
+                "~",
+                format!(
+                    "{} → {}",
+                    paint("31", crate::diff::show(old)),
+                    paint("32", crate::diff::show(new))
+                ),
+            ),
+        };
+        println!("  {sign} {}: {line}", c.path);
+    }
+}
+
+/// Prints a plan as a readable diff: what the spec changes, the course of the whole change,
+/// then the first steps.
 pub fn print_plan(p: &Plan) {
+    if !p.changes.is_empty() {
+        println!("Changes ({}):", p.changes.len());
+        print_changes(&p.changes);
+    }
+    if let Some(course) = &p.course {
+        println!("Course: {course}");
+    }
     let (provisions, destroys, replaces) = p.counts();
     println!(
         "Plan: {provisions} to provision, {destroys} to destroy, {replaces} to replace ({}, {} of {} current)",
@@ -461,7 +549,7 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                     let registry = Arc::new(cli.registry().await?);
                     let (controller, _) = foreground(registry, Options::default())?;
                     controller.validate(&spec).await?;
-                    controller.plan(&spec).await?
+                    controller.plan(&spec, None).await?
                 }
             };
             match output {
@@ -561,11 +649,14 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        GroupCommand::History { id, output } => {
+        GroupCommand::History { id, diff, output } => {
             let h: Vec<Revision> = cli
                 .daemon()?
                 .get(&format!("/v1/groups/{id}/history"))
                 .await?;
+            if let Some(only) = diff {
+                return print_history_diff(&h, *only, *output);
+            }
             match output {
                 Format::Table => {
                     let mut t =
@@ -740,12 +831,13 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
             };
             let (controller, store) = foreground(registry, options)?;
             controller.validate(&spec).await?;
-            print_plan(&controller.plan(&spec).await?);
+            print_plan(&controller.plan(&spec, None).await?);
             let mut current_text = std::fs::read_to_string(path).unwrap_or_default();
             let id = spec.id.clone();
             // Each edit of the file is a new revision.
             controller.start();
             commit_foreground(&controller, &store, &spec).await?;
+            let mut committed = spec;
 
             let mut last_phase = Phase::Converging;
             let mut ticker = tokio::time::interval(*poll_interval);
@@ -769,8 +861,9 @@ pub async fn run(cli: &Cli, cmd: &GroupCommand) -> anyhow::Result<ExitCode> {
                         ),
                         Ok(new) => match controller.validate(&new).await {
                             Ok(()) => {
-                                print_plan(&controller.plan(&new).await?);
+                                print_plan(&controller.plan(&new, Some(&committed)).await?);
                                 commit_foreground(&controller, &store, &new).await?;
+                                committed = new;
                             }
                             Err(e) => eprintln!("error: {e:#}; keeping the previous spec"),
                         },
