@@ -994,3 +994,77 @@ async fn a_plugin_cannot_plant_symlinks() {
     }
     still_works(&registry).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_filling_the_disk_is_stopped_at_its_quota() {
+    let env = Env::new();
+    let registry = registry(&env, "[limits]\ndisk = \"8 MiB\"\ndisk_entries = 50\n").await;
+    let scratch = env.scratch(PLUGIN);
+    let held = |dir: &std::path::Path| -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                m.len().max(m.blocks() * 512)
+            })
+            .sum()
+    };
+    // Within the quota, writing works.
+    assert_eq!(
+        attempt(&registry, json!({"Do": "fill", "MiB": 4}))
+            .await
+            .unwrap(),
+        "ok:filled"
+    );
+    // Past it, the write that would cross it fails: the file is rewritten from nothing, so
+    // 8 of the 100 MiB fit, and nothing beyond the quota reaches the disk. (Through a stream
+    // the guest's libc reports "I/O error"; the host's log names the quota.)
+    let err = attempt(&registry, json!({"Do": "fill", "MiB": 100}))
+        .await
+        .unwrap_err();
+    let msg = message(&err);
+    assert!(msg.contains("fill stopped after 8:"), "{msg}");
+    assert!(
+        held(&scratch) <= 8 << 20,
+        "{} bytes on disk",
+        held(&scratch)
+    );
+    // A 1 TiB hole counts as 1 TiB.
+    let err = attempt(&registry, json!({"Do": "fill", "Sparse": 1u64 << 40}))
+        .await
+        .unwrap_err();
+    assert!(
+        message(&err).contains("sparse stopped"),
+        "{}",
+        message(&err)
+    );
+    assert!(
+        std::fs::metadata(scratch.join("sparse")).unwrap().len() < 1 << 40,
+        "the hole was made"
+    );
+    // And entries are counted too.
+    let err = attempt(&registry, json!({"Do": "fill", "Files": 200}))
+        .await
+        .unwrap_err();
+    assert!(
+        message(&err).contains("files stopped after"),
+        "{}",
+        message(&err)
+    );
+    let entries = std::fs::read_dir(&scratch).unwrap().count();
+    assert!(entries <= 50, "{entries} entries");
+    // Space freed on the host is found again.
+    for e in std::fs::read_dir(&scratch).unwrap().flatten() {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    assert_eq!(
+        attempt(&registry, json!({"Do": "fill", "MiB": 2, "Files": 10}))
+            .await
+            .unwrap(),
+        "ok:filled"
+    );
+    still_works(&registry).await;
+}

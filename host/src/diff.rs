@@ -18,11 +18,9 @@ pub struct SpecChange {
     pub path: String,
     /// Its value before (absent when the field is new).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub old: Option<Value>,
     /// Its value after (absent when the field is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub new: Option<Value>,
 }
 

@@ -510,7 +510,8 @@ async fn managed_group(d: &Daemon, id: &str) -> Result<store::StoredGroup, ApiEr
 /// A controller's refusal of an operation on named instances.
 fn member_error(e: crate::controller::Error) -> ApiError {
     let status = match e {
-        crate::controller::Error::NotMember { .. } => StatusCode::NOT_FOUND,
+        // The group exists; the request names instances it does not have.
+        crate::controller::Error::NotMember { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::BAD_GATEWAY,
     };
     ApiError::new(status, crate::error_chain(&e))

@@ -283,6 +283,12 @@ pub struct LimitsView {
     /// Host resources (open files, HTTP requests, header maps...) a call may hold at once.
     #[serde(default)]
     pub resources: usize,
+    /// Bytes its writable directories (scratch and read-write grants) may hold.
+    #[serde(default)]
+    pub disk: u64,
+    /// Files, directories and links they may hold.
+    #[serde(default)]
+    pub disk_entries: u64,
 }
 
 /// `plugin ls`: loaded plugins, then those loading, then files that failed (when an earlier
@@ -395,6 +401,8 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
                 http_response: g.limits.http_response,
                 metadata: humantime::format_duration(g.limits.metadata).to_string(),
                 resources: g.limits.resources,
+                disk: g.limits.disk,
+                disk_entries: g.limits.disk_entries,
             },
         },
     })

@@ -108,13 +108,16 @@ fn print_inspect(v: &PluginDetail) {
     }
     let l = &g.limits;
     println!(
-        "  limits: memory {}, cpu {}, wall {}, http response {}, metadata {}, resources {}",
+        "  limits: memory {}, cpu {}, wall {}, http response {}, metadata {}, resources {}, \
+         disk {} in {} entries",
         bytesize::ByteSize(l.memory),
         l.cpu,
         l.wall,
         bytesize::ByteSize(l.http_response),
         l.metadata,
         l.resources,
+        bytesize::ByteSize(l.disk),
+        l.disk_entries,
     );
 }
 

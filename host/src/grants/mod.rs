@@ -43,6 +43,8 @@
 //! http_response = "4 MiB"      # largest response body the plugin may read
 //! metadata = "5s"              # compute and wall-clock time of the metadata call at load
 //! resources = 256              # open files, HTTP requests, header maps... held at once
+//! disk = "1 GiB"               # bytes its writable directories may hold (scratch + rw grants)
+//! disk_entries = 100000        # files, directories and links they may hold
 //! ```
 
 use std::collections::BTreeMap;
@@ -139,6 +141,11 @@ pub struct Limits {
     /// header maps, streams. Each open file is a host descriptor, each header map up to
     /// 64 KiB of host memory, so this bounds both.
     pub resources: usize,
+    /// Bytes the directories the plugin may write (its scratch directory and read-write
+    /// grants) may hold, sparse files at their apparent size.
+    pub disk: u64,
+    /// Files, directories and links those directories may hold.
+    pub disk_entries: u64,
 }
 
 impl Default for Limits {
@@ -150,6 +157,8 @@ impl Default for Limits {
             http_response: 8 << 20,
             metadata: Duration::from_secs(5),
             resources: 256,
+            disk: 1 << 30,
+            disk_entries: 100_000,
         }
     }
 }
@@ -476,6 +485,8 @@ struct RawLimits {
     http_response: Option<String>,
     metadata: Option<String>,
     resources: Option<usize>,
+    disk: Option<String>,
+    disk_entries: Option<u64>,
 }
 
 const SIZE_FORM: &str = "a size such as \"64 MiB\" or \"512KiB\"";
@@ -729,6 +740,19 @@ impl Grants {
                 ));
             }
             limits.resources = n;
+        }
+        if let Some(v) = &raw.limits.disk {
+            limits.disk = size("disk", v)?;
+        }
+        if let Some(n) = raw.limits.disk_entries {
+            if n == 0 {
+                return Err(value_error(
+                    "limits.disk_entries".into(),
+                    "0 leaves no room for a single file".into(),
+                    "a count of at least 1",
+                ));
+            }
+            limits.disk_entries = n;
         }
 
         Ok(Grants {

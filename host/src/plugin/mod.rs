@@ -10,6 +10,7 @@ mod bindings;
 pub mod builtin;
 pub mod cache;
 pub mod combo;
+pub mod disk;
 pub mod engine;
 mod outbound;
 pub mod process;

@@ -216,3 +216,67 @@ impl Body for ResponseBody {
         self.incoming.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on 127.0.0.1 that answers one request and reports the request head it read.
+    async fn server() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let _ = tx.send(String::from_utf8_lossy(&buf[..n]).to_string());
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        });
+        (addr, rx)
+    }
+
+    /// DNS rebinding: the name is resolved once, when the policy checks it. Here the name
+    /// (`localhost`, which resolves to the second server) stands for a rebinding server's
+    /// second answer: the request must go to the vetted address all the same, and the name
+    /// only into the `Host` header.
+    #[tokio::test]
+    async fn a_request_goes_to_the_vetted_address_never_to_a_second_lookup() {
+        let (vetted, seen) = server().await;
+        let (elsewhere, mut not_seen) = server().await;
+        let body = http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        // As wasmtime hands it over: the authority in the URI and in `Host`.
+        let authority = format!("localhost:{}", elsewhere.port());
+        let request = http::Request::get(format!("http://{authority}/probe"))
+            .header(http::header::HOST, &authority)
+            .body(body)
+            .unwrap();
+        let route = Route::Tcp {
+            addrs: vec![vetted],
+            tls_name: None,
+        };
+        let (response, io) = send(request, route, RequestOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        drop(io);
+        let head = seen.await.unwrap();
+        assert!(head.starts_with("GET /probe HTTP/1.1"), "{head}");
+        assert!(
+            head.to_lowercase()
+                .contains(&format!("host: localhost:{}", elsewhere.port())),
+            "{head}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            not_seen.try_recv().is_err(),
+            "the name was looked up again and the request went there"
+        );
+    }
+}

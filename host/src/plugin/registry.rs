@@ -486,11 +486,13 @@ impl Registry {
                 .join(format!("{name}.json")),
         ));
         let metadata_cache = self.cache.metadata_path(&sha256, &grants);
+        let disk = Arc::new(Sandbox::disk_quota(&scratch, &grants));
         let sandbox = Sandbox {
             plugin: Arc::from(name),
             scratch,
             grants: Arc::new(grants),
             processes,
+            disk,
         };
         let plugin = super::bind(
             &self.engine,

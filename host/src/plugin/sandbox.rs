@@ -39,6 +39,29 @@ pub struct Sandbox {
     pub grants: Arc<Grants>,
     /// The processes the plugin started (see `plugin::process`).
     pub processes: Arc<super::process::Ledger>,
+    /// Its disk quota, shared by its calls (see `plugin::disk`).
+    pub disk: Arc<super::disk::DiskQuota>,
+}
+
+impl Sandbox {
+    /// The quota over the directories a plugin with these grants may write.
+    pub fn disk_quota(scratch: &std::path::Path, grants: &Grants) -> super::disk::DiskQuota {
+        let mut roots = vec![scratch.to_path_buf()];
+        roots.extend(
+            grants
+                .files
+                .iter()
+                .filter(|f| f.mode == grants::Mode::ReadWrite)
+                .map(|f| f.host.clone()),
+        );
+        super::disk::DiskQuota::new(
+            roots,
+            super::disk::Usage {
+                bytes: grants.limits.disk,
+                entries: grants.limits.disk_entries,
+            },
+        )
+    }
 }
 
 /// The guest path of a plugin's private scratch directory.
@@ -55,6 +78,7 @@ pub struct State {
     config: Arc<Grants>,
     scratch: std::path::PathBuf,
     ledger: Arc<super::process::Ledger>,
+    disk: Arc<super::disk::DiskQuota>,
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: usize,
@@ -125,6 +149,7 @@ impl State {
             config: grants.clone(),
             scratch: sandbox.scratch.clone(),
             ledger: sandbox.processes.clone(),
+            disk: sandbox.disk.clone(),
             stdout,
             stderr,
             log_lines: 0,
@@ -148,6 +173,14 @@ impl State {
 
     pub(super) fn ledger(&self) -> &super::process::Ledger {
         &self.ledger
+    }
+
+    pub(super) fn disk(&self) -> &Arc<super::disk::DiskQuota> {
+        &self.disk
+    }
+
+    pub(super) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -530,5 +563,6 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
         |s| s,
     )?;
     refuse_symlinks(&mut linker)?;
+    super::disk::charge_writes(&mut linker)?;
     Ok(linker)
 }
