@@ -265,7 +265,17 @@ async fn get_group(
 }
 
 async fn parse_and_validate(d: &Daemon, text: &str) -> Result<GroupSpec, ApiError> {
-    let spec = GroupSpec::parse(text, "request body", false)?;
+    // Parsing (a megabyte of YAML takes a while in a debug build) runs off the threads that
+    // serve the API and drive the controller.
+    let owned = text.to_string();
+    let spec = tokio::task::spawn_blocking(move || GroupSpec::parse(&owned, "request body", false))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("parsing the spec: {e}"),
+            )
+        })??;
     d.controller
         .validate(&spec)
         .await
