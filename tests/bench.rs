@@ -948,6 +948,8 @@ async fn main() {
             removal: None,
             healthy_checks: 0,
             healthy_since_ms: 0,
+            unhealthy_checks: 0,
+            unhealthy_since_ms: 0,
         })
         .collect();
     let plan_runs: Vec<Duration> = (0..runs(21))

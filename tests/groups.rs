@@ -683,3 +683,47 @@ fn run_log(env: &Env) -> String {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .collect()
 }
+
+#[test]
+fn a_flapping_check_costs_no_instance_under_an_unhealthy_threshold() {
+    let env = Env::new();
+    let spec = env.data_dir().join("flap.json");
+    let health = json!({"Health": {"CheckInterval": "100ms", "GracePeriod": "0s",
+                                   "UnhealthyThreshold": 20}});
+    write_spec(&spec, "flap", json!({"Size": 2}), health);
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("2 instances", LONG, || ids(&env).len() == 2);
+    let sick = ids(&env).into_iter().next().unwrap();
+    let label = |value: &str| {
+        env.ok(
+            &[
+                "instance",
+                "label",
+                "--plugin",
+                "instance-file",
+                &sick,
+                "--tag",
+                &format!("health={value}"),
+            ],
+            None,
+        );
+    };
+    // One bad spell shorter than 20 checks: seen, and forgiven.
+    label("bad");
+    let changed = format!("health-changed {sick}: ");
+    run.wait_for_output(&[&changed, "-> unhealthy"], LONG);
+    label("good");
+    run.wait_for_output(&["unhealthy -> healthy"], LONG);
+    run.wait_passes("flap", 30);
+    assert!(
+        ids(&env).contains(&sick),
+        "replaced after a short bad spell"
+    );
+    // Bad for good: replaced after 20 checks in a row, and the event says so.
+    label("bad");
+    run.wait_for("the sick one replaced", LONG, || !ids(&env).contains(&sick));
+    run.wait_for_output(
+        &["found unhealthy in 20 checks in a row (UnhealthyThreshold 20)"],
+        LONG,
+    );
+}

@@ -700,8 +700,9 @@ impl Controller {
 #[derive(Default)]
 struct HealthCache {
     verdicts: HashMap<String, (Health, Instant)>,
-    /// Healthy verdicts in a row and since when (Unix ms), for `Updating.Count`/`Duration`.
-    streaks: HashMap<String, (u32, u64)>,
+    /// The last verdict, how many in a row and since when (Unix ms): for
+    /// `Updating.Count`/`Duration` (healthy) and `Health.UnhealthyThreshold`/`UnhealthyFor`.
+    streaks: HashMap<String, (Health, u32, u64)>,
 }
 
 /// What a group task keeps between passes. None of it is needed after a restart: a new task
@@ -847,11 +848,13 @@ async fn observe(
                     changes.push((d.id.clone(), before, h));
                 }
                 cache.verdicts.insert(d.id.clone(), (h, Instant::now()));
-                let streak = cache.streaks.entry(d.id.clone()).or_insert((0, 0));
-                *streak = match (h, *streak) {
-                    (Health::Healthy, (0, _)) => (1, now_ms()),
-                    (Health::Healthy, (n, since)) => (n.saturating_add(1), since),
-                    _ => (0, 0),
+                let streak = cache
+                    .streaks
+                    .entry(d.id.clone())
+                    .or_insert((h, 0, now_ms()));
+                *streak = match *streak {
+                    (last, n, since) if last == h && n > 0 => (h, n.saturating_add(1), since),
+                    _ => (h, 1, now_ms()),
                 };
                 h
             }
@@ -861,9 +864,16 @@ async fn observe(
                 .expect("every instance is either fresh or checked"),
         };
         let mut member = Member::from_description(&d, health);
-        if let Some(&(n, since)) = cache.streaks.get(&d.id) {
-            member.healthy_checks = n;
-            member.healthy_since_ms = since;
+        match cache.streaks.get(&d.id) {
+            Some(&(Health::Healthy, n, since)) => {
+                member.healthy_checks = n;
+                member.healthy_since_ms = since;
+            }
+            Some(&(Health::Unhealthy, n, since)) => {
+                member.unhealthy_checks = n;
+                member.unhealthy_since_ms = since;
+            }
+            _ => {}
         }
         members.push(member);
         descriptions.insert(d.id.clone(), d);

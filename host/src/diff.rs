@@ -271,6 +271,8 @@ mod tests {
             removal: None,
             healthy_checks: 0,
             healthy_since_ms: 0,
+            unhealthy_checks: 0,
+            unhealthy_since_ms: 0,
         }
     }
 

@@ -50,6 +50,10 @@ pub struct Desired {
     pub settle_checks: u32,
     /// How long a new instance must stay healthy before it counts (`Updating.Duration`, ms).
     pub settle_ms: u64,
+    /// Unhealthy verdicts in a row before an instance counts as unhealthy.
+    pub unhealthy_threshold: u32,
+    /// How long it must have been unhealthy without a break (ms).
+    pub unhealthy_for_ms: u64,
 }
 
 impl Desired {
@@ -70,6 +74,8 @@ impl Desired {
             replace_protected: p.health.replace_protected,
             settle_checks: p.updating.count.unwrap_or(0),
             settle_ms: p.updating.duration.map_or(0, |d| d.0.as_millis() as u64),
+            unhealthy_threshold: p.health.unhealthy_threshold.max(1),
+            unhealthy_for_ms: p.health.unhealthy_for.0.as_millis() as u64,
         }
     }
 
@@ -107,6 +113,10 @@ pub struct Member {
     pub healthy_checks: u32,
     /// Since when it has been judged healthy without a break (Unix ms; 0: not healthy).
     pub healthy_since_ms: u64,
+    /// Unhealthy verdicts in a row (0 when unknown: a verdict alone counts as one).
+    pub unhealthy_checks: u32,
+    /// Since when it has been judged unhealthy without a break (Unix ms; 0: unknown).
+    pub unhealthy_since_ms: u64,
 }
 
 /// An operator's request to remove one instance.
@@ -139,6 +149,8 @@ impl Member {
             },
             healthy_checks: 0,
             healthy_since_ms: 0,
+            unhealthy_checks: 0,
+            unhealthy_since_ms: 0,
         }
     }
 }
@@ -336,9 +348,16 @@ impl View<'_> {
 
 fn view<'a>(m: &'a Member, d: &Desired, now: u64) -> View<'a> {
     let in_grace = now.saturating_sub(m.created_ms) < d.grace_period_ms;
+    // Past its grace period, an unhealthy verdict counts once it has held for
+    // `UnhealthyThreshold` checks and `UnhealthyFor`; until then the instance is suspect
+    // (undecided), so one flapping probe costs nothing.
+    let confirmed = m.unhealthy_checks.max(1) >= d.unhealthy_threshold
+        && (d.unhealthy_for_ms == 0
+            || (m.unhealthy_since_ms > 0
+                && now.saturating_sub(m.unhealthy_since_ms) >= d.unhealthy_for_ms));
     let state = match m.health {
         Health::Healthy => State::Healthy,
-        Health::Unhealthy if !in_grace => State::Unhealthy,
+        Health::Unhealthy if !in_grace && confirmed => State::Unhealthy,
         Health::Unhealthy | Health::Unknown if in_grace => State::Starting,
         Health::Unknown | Health::Unhealthy => State::Unknown,
     };
@@ -516,6 +535,30 @@ fn scale_in_order(d: &Desired, a: &View, b: &View) -> std::cmp::Ordering {
         .cmp(&b.available(d))
         .then(by_policy)
         .then_with(|| a.m.id.cmp(&b.m.id))
+}
+
+/// Why an unhealthy instance is replaced, as it is: how many checks, for how long, past its
+/// grace period.
+fn unhealthy_reason(d: &Desired, m: &Member) -> String {
+    let checks = m.unhealthy_checks.max(1);
+    let mut reason = format!(
+        "found unhealthy in {checks} check{} in a row",
+        if checks == 1 { "" } else { "s" }
+    );
+    if d.unhealthy_threshold > 1 {
+        reason.push_str(&format!(" (UnhealthyThreshold {})", d.unhealthy_threshold));
+    }
+    if d.unhealthy_for_ms > 0 {
+        reason.push_str(&format!(
+            ", for over {}s (UnhealthyFor)",
+            d.unhealthy_for_ms / 1000
+        ));
+    }
+    reason.push_str(&format!(
+        ", past its grace period of {}s",
+        d.grace_period_ms / 1000
+    ));
+    reason
 }
 
 /// What `Updating.Count`/`Duration` add to "healthy" in messages.
@@ -727,10 +770,7 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     }
     let mut adds_left = add;
     for v in &removed_unhealthy {
-        let reason = format!(
-            "unhealthy for longer than the grace period of {}s",
-            d.grace_period_ms / 1000
-        );
+        let reason = unhealthy_reason(d, v.m);
         if v.current && adds_left > 0 {
             adds_left -= 1;
             b.replace(v, DestroyContext::Terminate, reason);
@@ -920,10 +960,7 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
                 v,
                 v.m.logical_id.as_deref().and_then(index_of),
                 DestroyContext::Terminate,
-                format!(
-                    "unhealthy for longer than the grace period of {}s",
-                    d.grace_period_ms / 1000
-                ),
+                unhealthy_reason(d, v.m),
             );
         }
     }

@@ -359,6 +359,12 @@ pub struct HealthSpec {
     /// Replace protected instances (`infrakit group protect`) when they are unhealthy. Off by
     /// default: an unhealthy protected instance is reported and left alone.
     pub replace_protected: bool,
+    /// Checks in a row that must find an instance unhealthy (past its grace period) before it
+    /// counts as unhealthy: one flapping probe does not cost an instance. 1: the first one.
+    pub unhealthy_threshold: u32,
+    /// How long an instance must have been found unhealthy without a break before it counts
+    /// as unhealthy (with `UnhealthyThreshold`, both must be met).
+    pub unhealthy_for: HumanDuration,
 }
 
 impl Default for HealthSpec {
@@ -371,6 +377,8 @@ impl Default for HealthSpec {
             lost_after: HumanDuration(Duration::from_millis(200)),
             crash_loop_limit: 5,
             replace_protected: false,
+            unhealthy_threshold: 1,
+            unhealthy_for: HumanDuration(Duration::ZERO),
         }
     }
 }
@@ -618,6 +626,12 @@ impl GroupSpec {
             return Err(invalid(
                 "Properties.Updating.BatchTimeout",
                 "must be longer than 0s".into(),
+            ));
+        }
+        if p.health.unhealthy_threshold == 0 {
+            return Err(invalid(
+                "Properties.Health.UnhealthyThreshold",
+                "must be at least 1 (checks in a row)".into(),
             ));
         }
         if p.health.check_interval.0.is_zero() {

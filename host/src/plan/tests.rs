@@ -20,6 +20,8 @@ fn desired(allocation: Allocation) -> Desired {
         replace_protected: false,
         settle_checks: 0,
         settle_ms: 0,
+        unhealthy_threshold: 1,
+        unhealthy_for_ms: 0,
     }
 }
 
@@ -36,6 +38,8 @@ fn member(id: &str, sha: &str, health: Health, age_ms: u64) -> Member {
         removal: None,
         healthy_checks: 0,
         healthy_since_ms: 0,
+        unhealthy_checks: 0,
+        unhealthy_since_ms: 0,
     }
 }
 
@@ -362,6 +366,52 @@ fn updating_count_and_duration_hold_the_next_replacement_until_the_new_one_prove
 }
 
 #[test]
+fn one_flapping_check_costs_nothing_under_an_unhealthy_threshold() {
+    let mut ms: Vec<Member> = (0..3)
+        .map(|i| indexed(&format!("i{i}"), i, OLD_AGE))
+        .collect();
+    ms[0].health = Health::Unhealthy;
+    ms[0].unhealthy_checks = 1;
+    ms[0].unhealthy_since_ms = NOW - 1_000;
+    let d = Desired {
+        unhealthy_threshold: 3,
+        ..desired(Allocation::Size(3))
+    };
+    let p = plan(&d, &ms, NOW);
+    assert!(p.steps.is_empty(), "{:?}", p.steps);
+    ms[0].unhealthy_checks = 3;
+    let p = plan(&d, &ms, NOW);
+    match &p.steps[..] {
+        [Step::Replace { id, reason, .. }] => {
+            assert_eq!(id, "i0");
+            assert_eq!(
+                reason,
+                "found unhealthy in 3 checks in a row (UnhealthyThreshold 3), past its grace \
+                 period of 60s"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A duration too: unhealthy for 1 s is not yet 30 s.
+    let d = Desired {
+        unhealthy_for_ms: 30_000,
+        ..d
+    };
+    assert!(plan(&d, &ms, NOW).steps.is_empty());
+    ms[0].unhealthy_since_ms = NOW - 31_000;
+    assert_eq!(destroyed(&plan(&d, &ms, NOW)), vec!["i0"]);
+    // The default is the first check, and says so.
+    ms[0].unhealthy_checks = 1;
+    let p = plan(&desired(Allocation::Size(3)), &ms, NOW);
+    assert!(
+        matches!(&p.steps[0], Step::Replace { reason, .. }
+            if reason == "found unhealthy in 1 check in a row, past its grace period of 60s"),
+        "{:?}",
+        p.steps
+    );
+}
+
+#[test]
 fn a_lost_pet_comes_back_with_its_logical_id_and_index() {
     let ms = vec![
         pet("a", "zk1", SHA, Health::Healthy, OLD_AGE),
@@ -610,6 +660,8 @@ fn arb_members(pets: bool) -> impl Strategy<Value = Vec<Member>> {
                     removal,
                     healthy_checks: 0,
                     healthy_since_ms: 0,
+                    unhealthy_checks: 0,
+                    unhealthy_since_ms: 0,
                 },
             )
             .collect()
@@ -696,6 +748,8 @@ fn apply(p: &Plan, members: &[Member], now: u64) -> Vec<Member> {
             removal: None,
             healthy_checks: 0,
             healthy_since_ms: 0,
+            unhealthy_checks: 0,
+            unhealthy_since_ms: 0,
         });
     }
     out
