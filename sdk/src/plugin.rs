@@ -96,7 +96,7 @@ pub trait InstancePlugin {
 /// A flavor plugin: shapes what runs on an instance and judges its health (InfraKit's Flavor
 /// SPI). A fresh value is made for every call, as for [`InstancePlugin`].
 ///
-/// ```no_run
+/// ```
 /// use infrakit_sdk::*;
 ///
 /// #[derive(Default)]
@@ -104,12 +104,16 @@ pub trait InstancePlugin {
 ///
 /// impl FlavorPlugin for AlwaysFine {
 ///     fn validate(&self, _: &Properties, _: &Allocation) -> Result<()> { Ok(()) }
-///     fn prepare(&self, _: &Properties, spec: InstanceSpec, _: &Allocation, _: &Index) -> Result<InstanceSpec> {
-///         Ok(spec)
-///     }
 ///     fn healthy(&self, _: &Properties, _: &Description) -> Result<Health> { Ok(Health::Healthy) }
-///     fn drain(&self, _: &Properties, _: &Description) -> Result<()> { Ok(()) }
+///     // `prepare` leaves the spec as it is and `drain` does nothing, unless overridden.
 /// }
+///
+/// let spec = InstanceSpec { init: "echo hi".into(), ..Default::default() };
+/// let index = Index { group: "g".into(), sequence: 0 };
+/// let same = AlwaysFine
+///     .prepare(&Properties::new("{}"), spec.clone(), &Allocation::Size(1), &index)
+///     .unwrap();
+/// assert_eq!(same.init, spec.init);
 /// ```
 pub trait FlavorPlugin {
     /// What the plugin asks the operator for. Defaults to nothing.
@@ -121,13 +125,17 @@ pub trait FlavorPlugin {
     fn validate(&self, properties: &Properties, allocation: &Allocation) -> Result<()>;
 
     /// Adds what this flavor contributes (init lines, tags...) to a spec before provisioning.
+    /// Defaults to the spec as it is, for flavors that only judge health.
     fn prepare(
         &self,
         properties: &Properties,
         spec: InstanceSpec,
         allocation: &Allocation,
         index: &Index,
-    ) -> Result<InstanceSpec>;
+    ) -> Result<InstanceSpec> {
+        let _ = (properties, allocation, index);
+        Ok(spec)
+    }
 
     /// Application-aware health of one instance.
     fn healthy(&self, properties: &Properties, instance: &Description) -> Result<Health>;
@@ -169,8 +177,11 @@ pub trait FlavorPlugin {
             .collect()
     }
 
-    /// Moves work off an instance before it is destroyed.
-    fn drain(&self, properties: &Properties, instance: &Description) -> Result<()>;
+    /// Moves work off an instance before it is destroyed. Defaults to nothing to move.
+    fn drain(&self, properties: &Properties, instance: &Description) -> Result<()> {
+        let _ = (properties, instance);
+        Ok(())
+    }
 }
 
 /// Exports a type implementing [`InstancePlugin`] + `Default` as the plugin of this component.
