@@ -586,6 +586,28 @@ fn plugin_ls_shows_what_was_asked_for_but_not_granted() {
         "{text}"
     );
     assert!(text.contains("config:greeting (granted)"), "{text}");
+
+    // A narrower grant than the pattern asked for is shown as what it is, not as nothing.
+    env.install_plugin(
+        PLUGIN,
+        Some("[config]\ngreeting = \"hi\"\n[http]\nallow = [\"http://127.0.0.1:18931\"]\n"),
+    );
+    let row = env.plugin_row(&[], PLUGIN);
+    assert_eq!(row["not_granted"], json!([]));
+    assert_eq!(
+        row["narrowed"],
+        json!(["http:http://127.0.0.1:* -> http://127.0.0.1:18931"])
+    );
+    let text = env.ok(&["plugin", "inspect", PLUGIN], None);
+    assert!(
+        text.contains("http:http://127.0.0.1:* (narrowed to http://127.0.0.1:18931)"),
+        "{text}"
+    );
+    let table = env.ok(&["plugin", "ls"], None);
+    assert!(
+        table.contains("(narrowed: http:http://127.0.0.1:* -> http://127.0.0.1:18931)"),
+        "{table}"
+    );
 }
 
 #[test]

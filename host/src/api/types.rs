@@ -204,6 +204,9 @@ pub struct PluginRow {
     /// What it asks for and was not granted.
     #[serde(default)]
     pub not_granted: Option<Vec<Capability>>,
+    /// What it asks for and was granted only in part: `ASKED -> GRANTED[, GRANTED...]`.
+    #[serde(default)]
+    pub narrowed: Option<Vec<String>>,
     /// Why it failed to load.
     #[serde(default)]
     pub error: Option<String>,
@@ -224,6 +227,9 @@ pub struct PluginDetail {
     pub capabilities: Vec<Capability>,
     /// What it asks for and was not granted.
     pub not_granted: Vec<Capability>,
+    /// What it asks for and was granted only in part: `ASKED -> GRANTED[, GRANTED...]`.
+    #[serde(default)]
+    pub narrowed: Vec<String>,
     /// Built-in, or the file it came from.
     pub source: String,
     /// The digest of the component in service.
@@ -291,6 +297,15 @@ pub struct LimitsView {
     pub disk_entries: u64,
 }
 
+/// What a plugin was granted in part, as `ASKED -> GRANTED, ...` lines.
+fn narrowed_lines(plugin: &crate::plugin::Plugin) -> Vec<String> {
+    plugin
+        .narrowed()
+        .into_iter()
+        .map(|(asked, granted)| format!("{asked} -> {}", granted.join(", ")))
+        .collect()
+}
+
 /// `plugin ls`: loaded plugins, then those loading, then files that failed (when an earlier
 /// version stays in service, both appear).
 pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
@@ -307,6 +322,7 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
             description: Some(p.metadata().description.clone()),
             capabilities: Some(p.metadata().capabilities.clone()),
             not_granted: Some(p.ungranted()),
+            narrowed: Some(narrowed_lines(p)),
             error: None,
         })
         .collect();
@@ -321,6 +337,7 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
         description: None,
         capabilities: None,
         not_granted: None,
+        narrowed: None,
         error,
     };
     rows.extend(
@@ -371,6 +388,7 @@ pub fn plugin_detail(registry: &Registry, name: &str) -> Result<PluginDetail, St
         description: meta.description.clone(),
         capabilities: meta.capabilities.clone(),
         not_granted: plugin.ungranted(),
+        narrowed: narrowed_lines(&plugin),
         source: plugin.source().to_string(),
         sha256: plugin.sha256().to_string(),
         scratch_dir: plugin.scratch_dir().display().to_string(),

@@ -53,7 +53,21 @@ fn print_rows(rows: &[PluginRow]) {
             r.version.clone().unwrap_or_default(),
             r.source.clone(),
             caps(&r.capabilities),
-            caps(&r.not_granted),
+            {
+                let mut gaps: Vec<String> = r
+                    .not_granted
+                    .iter()
+                    .flatten()
+                    .map(ToString::to_string)
+                    .collect();
+                gaps.extend(
+                    r.narrowed
+                        .iter()
+                        .flatten()
+                        .map(|n| format!("(narrowed: {n})")),
+                );
+                gaps.join(" ")
+            },
         ]);
     }
     output::print_table(&t);
@@ -80,10 +94,14 @@ fn print_inspect(v: &PluginDetail) {
     println!("Scratch dir:  {} (as /data)", v.scratch_dir);
     println!("Asked for:");
     for c in &v.capabilities {
-        let mark = if v.not_granted.contains(c) {
-            "NOT GRANTED"
-        } else {
-            "granted"
+        let narrowed = v
+            .narrowed
+            .iter()
+            .find_map(|n| n.strip_prefix(&format!("{c} -> ")));
+        let mark = match narrowed {
+            Some(to) => format!("narrowed to {to}"),
+            None if v.not_granted.contains(c) => "NOT GRANTED".to_string(),
+            None => "granted".to_string(),
         };
         println!("  {c} ({mark})");
     }

@@ -341,6 +341,19 @@ impl HttpGrant {
 impl HttpGrant {
     /// Whether `target` is granted: a concrete target when a pattern admits it, a pattern only
     /// by an identical pattern.
+    /// The granted targets narrower than a pattern a plugin asked for (`http://127.0.0.1:7000`
+    /// for `http://127.0.0.1:*`): part of what it asked is granted.
+    pub fn narrowings(&self, asked: &HttpTarget) -> Vec<&HttpTarget> {
+        self.allow
+            .iter()
+            .filter(|t| !t.has_wildcard_host() && t.port != Some(0) && *t != asked)
+            .filter(|t| {
+                let port = t.port.unwrap_or(if t.scheme == "https" { 443 } else { 80 });
+                asked.matches(&t.scheme, &t.host, port)
+            })
+            .collect()
+    }
+
     pub fn admits(&self, target: &HttpTarget) -> bool {
         if target.has_wildcard_host() || target.port == Some(0) {
             return self.allow.contains(target);

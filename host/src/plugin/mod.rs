@@ -343,15 +343,40 @@ impl Plugin {
         }
     }
 
-    /// What the plugin asked for in its metadata that its grants do not give it. Such a plugin
-    /// still loads (asking grants nothing); the operator sees the gap in `plugin ls`.
+    /// What the plugin asked for in its metadata that its grants do not give it, not even in
+    /// part (see [`Plugin::narrowed`]). Such a plugin still loads (asking grants nothing); the
+    /// operator sees the gap in `plugin ls`.
     pub fn ungranted(&self) -> Vec<Capability> {
+        let grants = &self.core.sandbox.grants;
+        let narrowed: Vec<Capability> = self.narrowed().into_iter().map(|(c, _)| c).collect();
+        self.metadata
+            .capabilities
+            .iter()
+            .filter(|c| !granted(grants, c) && !narrowed.contains(c))
+            .cloned()
+            .collect()
+    }
+
+    /// What the plugin asked for that is granted only in part, each with what is granted of
+    /// it: an HTTP pattern such as `http://127.0.0.1:*` where the grant names one port.
+    pub fn narrowed(&self) -> Vec<(Capability, Vec<String>)> {
         let grants = &self.core.sandbox.grants;
         self.metadata
             .capabilities
             .iter()
-            .filter(|c| !granted(grants, c))
-            .cloned()
+            .filter_map(|c| match c {
+                Capability::Http(target) if !granted(grants, c) => {
+                    let asked = crate::grants::HttpTarget::parse(target).ok()?;
+                    let narrower: Vec<String> = grants
+                        .http
+                        .narrowings(&asked)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    (!narrower.is_empty()).then(|| (c.clone(), narrower))
+                }
+                _ => None,
+            })
             .collect()
     }
 
