@@ -581,3 +581,108 @@ fn a_plugin_built_against_the_earlier_wit_still_loads_and_works() {
     );
     assert_eq!(id.trim(), "compat-2");
 }
+
+#[test]
+fn plugin_install_checks_the_component_and_places_it_precompiled_under_its_own_name() {
+    let env = Env::new();
+    let work = env.data_dir().join("build");
+    std::fs::create_dir_all(&work).unwrap();
+    let dir = env.plugins_dir();
+    let placed = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    // Refused, with nothing placed: a corrupt file, a component of another world, a name that
+    // is not its own, a grant file with a mistake.
+    let corrupt = work.join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm\x0d\0\x01\0garbage").unwrap();
+    let err = env
+        .run(&["plugin", "install", corrupt.to_str().unwrap()], None)
+        .assert_failure();
+    assert!(err.contains("not a valid WebAssembly component"), "{err}");
+    let wrong = work.join("greeter.wasm");
+    std::fs::copy(guest("fixture-wrong-world"), &wrong).unwrap();
+    let err = env
+        .run(&["plugin", "install", wrong.to_str().unwrap()], None)
+        .assert_failure();
+    assert!(err.contains("not an infrakit plugin"), "{err}");
+    // As Cargo names the file: with underscores.
+    let built = work.join("fixture_flavor_tag.wasm");
+    std::fs::copy(guest("fixture-flavor-tag"), &built).unwrap();
+    let err = env
+        .run(
+            &[
+                "plugin",
+                "install",
+                built.to_str().unwrap(),
+                "--name",
+                "other",
+            ],
+            None,
+        )
+        .assert_failure();
+    assert!(
+        err.contains("calls itself \"fixture-flavor-tag\", not \"other\""),
+        "{err}"
+    );
+    let grants = work.join("grants.toml");
+    std::fs::write(&grants, "[limits]\nwall = \"later\"\n").unwrap();
+    let err = env
+        .run(
+            &[
+                "plugin",
+                "install",
+                built.to_str().unwrap(),
+                "--grants",
+                grants.to_str().unwrap(),
+            ],
+            None,
+        )
+        .assert_failure();
+    assert!(err.contains("limits.wall"), "{err}");
+    assert!(placed().is_empty(), "{:?}", placed());
+
+    // A good one: named as it names itself, its grants beside it, compiled into the cache the
+    // daemon reads, nothing half-written left behind.
+    std::fs::write(&grants, "[config]\ngreeting = \"hi\"\n").unwrap();
+    let out = env.ok(
+        &[
+            "plugin",
+            "install",
+            built.to_str().unwrap(),
+            "--grants",
+            grants.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.contains("installed fixture-flavor-tag (flavor plugin"),
+        "{out}"
+    );
+    assert_eq!(
+        placed(),
+        ["fixture-flavor-tag.toml", "fixture-flavor-tag.wasm"]
+    );
+    assert!(
+        std::fs::read_dir(env.data_dir().join("scratch"))
+            .map(|d| d
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with("install-")))
+            .unwrap_or(true),
+        "the trial load's scratch directory was left behind"
+    );
+    let row = env.plugin_row(&[], "fixture-flavor-tag");
+    assert_eq!(row["status"], "ok");
+    assert_eq!(row["cached"], true, "{row}");
+    assert_eq!(
+        row["size"].as_u64().unwrap(),
+        std::fs::metadata(&built).unwrap().len()
+    );
+    let table = env.ok(&["plugin", "ls"], None);
+    assert!(table.contains("(cached)"), "{table}");
+}

@@ -207,6 +207,15 @@ pub struct PluginRow {
     /// What it asks for and was granted only in part: `ASKED -> GRANTED[, GRANTED...]`.
     #[serde(default)]
     pub narrowed: Option<Vec<String>>,
+    /// The component's size in bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Time to have it compiled when it was loaded (ms): compiling, or reading the cache.
+    #[serde(default)]
+    pub compile_ms: Option<u64>,
+    /// Whether the compiled artifact came from the cache.
+    #[serde(default)]
+    pub cached: Option<bool>,
     /// Why it failed to load.
     #[serde(default)]
     pub error: Option<String>,
@@ -323,6 +332,9 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
             capabilities: Some(p.metadata().capabilities.clone()),
             not_granted: Some(p.ungranted()),
             narrowed: Some(narrowed_lines(p)),
+            size: Some(p.load_stats().size),
+            compile_ms: Some(p.load_stats().compile.as_millis() as u64),
+            cached: Some(p.load_stats().cached),
             error: None,
         })
         .collect();
@@ -338,6 +350,9 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
         capabilities: None,
         not_granted: None,
         narrowed: None,
+        size: None,
+        compile_ms: None,
+        cached: None,
         error,
     };
     rows.extend(

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Subcommand;
 
 use super::Cli;
@@ -18,6 +19,19 @@ pub enum PluginCommand {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: Format,
+    },
+    /// Check a component (world, metadata, name), compile it into the cache and place it in the
+    /// plugin directory under the name it gives itself, so a running daemon picks it up at
+    /// once without compiling.
+    Install {
+        /// The component (`.wasm`), e.g. `target/wasm32-wasip2/release/my_plugin.wasm`.
+        file: std::path::PathBuf,
+        /// The name it must give itself (refused if it gives another).
+        #[arg(long)]
+        name: Option<String>,
+        /// Its grant file, checked and placed beside it as `NAME.toml`.
+        #[arg(long, value_name = "FILE")]
+        grants: Option<std::path::PathBuf>,
     },
     /// Show one plugin: metadata, source, capabilities asked for and granted.
     Inspect {
@@ -45,6 +59,8 @@ fn print_rows(rows: &[PluginRow]) {
         "source",
         "asked for",
         "not granted",
+        "size",
+        "compiled",
     ]);
     for r in rows.iter().filter(|r| r.status == PluginState::Ok) {
         t.add_row(vec![
@@ -67,6 +83,14 @@ fn print_rows(rows: &[PluginRow]) {
                         .map(|n| format!("(narrowed: {n})")),
                 );
                 gaps.join(" ")
+            },
+            r.size
+                .map(|b| bytesize::ByteSize(b).to_string())
+                .unwrap_or_default(),
+            match (r.compile_ms, r.cached) {
+                (Some(ms), Some(true)) => format!("{ms} ms (cached)"),
+                (Some(ms), _) => format!("{ms} ms"),
+                _ => String::new(),
             },
         ]);
     }
@@ -150,6 +174,36 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
             match output {
                 Format::Table => print_rows(&rows),
                 other => output::value(*other, &rows)?,
+            }
+        }
+        PluginCommand::Install { file, name, grants } => {
+            let registry = crate::plugin::Registry::empty(cli.registry_config()?)
+                .map_err(|e| anyhow::anyhow!("{e:#}"))
+                .context("cannot start the WebAssembly engine")?;
+            let done = registry
+                .install(file, name.as_deref(), grants.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))?;
+            println!(
+                "installed {} ({} plugin {}) as {}{}: {}, compiled in {} ms{}",
+                done.name,
+                done.kind,
+                done.version,
+                done.path.display(),
+                done.grants
+                    .as_ref()
+                    .map(|g| format!(" with grants {}", g.display()))
+                    .unwrap_or_default(),
+                bytesize::ByteSize(done.load.size),
+                done.load.compile.as_millis(),
+                if done.load.cached {
+                    " (already in the cache)"
+                } else {
+                    ""
+                }
+            );
+            if client.is_some() {
+                println!("the running daemon picks it up at its next scan");
             }
         }
         PluginCommand::Inspect { name, output } => {

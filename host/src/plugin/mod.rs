@@ -32,7 +32,7 @@ pub use crate::model::{
     Allocation, Attachment, Capability, Description, DestroyContext, GuestError, Health, Index,
     InstanceSpec, Metadata, PluginKind, Tags,
 };
-pub use registry::{Change, LoadFailure, Registry, RegistryConfig};
+pub use registry::{Change, Installed, LoadFailure, Registry, RegistryConfig};
 
 use bindings::{FlavorPluginPre, InstancePluginPre};
 use sandbox::{Sandbox, State};
@@ -248,6 +248,18 @@ pub struct Plugin {
     metadata: Metadata,
     sha256: String,
     core: Arc<Core>,
+    load: LoadStats,
+}
+
+/// How a plugin's component was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// The component's size in bytes.
+    pub size: u64,
+    /// Time to have it compiled: compiling, or reading the cached artifact.
+    pub compile: std::time::Duration,
+    /// Whether the compiled artifact came from the cache.
+    pub cached: bool,
 }
 
 /// What a call needs. Shared with the calls in flight: each runs on a thread of its own and may
@@ -297,6 +309,11 @@ impl Plugin {
     /// Its name.
     pub fn name(&self) -> &str {
         &self.metadata.name
+    }
+
+    /// How its component was loaded: size, compile (or cache read) time.
+    pub fn load_stats(&self) -> LoadStats {
+        self.load
     }
 
     /// Instance or flavor.
@@ -1245,5 +1262,6 @@ async fn bind(
         metadata,
         sha256,
         core,
+        load: LoadStats::default(),
     })
 }

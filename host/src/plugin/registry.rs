@@ -43,6 +43,23 @@ impl RegistryConfig {
     }
 }
 
+/// A plugin placed in the plugin directory by [`Registry::install`].
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The name it gives itself, and its file's.
+    pub name: String,
+    /// Instance or flavor.
+    pub kind: super::PluginKind,
+    /// Its version.
+    pub version: String,
+    /// Where it was placed.
+    pub path: PathBuf,
+    /// Its grant file, when one was given.
+    pub grants: Option<PathBuf>,
+    /// Its size and compile time.
+    pub load: super::LoadStats,
+}
+
 /// A plugin file that could not be loaded.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadFailure {
@@ -442,6 +459,121 @@ impl Registry {
         bytes: &[u8],
         grants: Grants,
     ) -> Result<Arc<Plugin>, Error> {
+        let plugin = self
+            .load_component(name, source.clone(), bytes, grants)
+            .await?;
+        if plugin.metadata.name != name {
+            return Err(Error::Metadata {
+                origin: source,
+                reason: format!(
+                    "the plugin calls itself {:?}; name the file {:?} (the file name is the plugin's name)",
+                    plugin.metadata.name,
+                    format!("{}.wasm", plugin.metadata.name)
+                ),
+            });
+        }
+        Ok(Arc::new(plugin))
+    }
+
+    /// Validates a component for the plugin directory and precompiles it into the cache the
+    /// daemon reads, then places it there under the name it gives itself (with `grants`, if
+    /// given, as its grant file), each file written aside and renamed, so the daemon's scan
+    /// never sees half of one and picks it up without compiling. `name`, when given, must be
+    /// the plugin's own.
+    pub async fn install(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        grants_file: Option<&Path>,
+    ) -> Result<Installed, Error> {
+        let source = Source::File(file.to_path_buf());
+        let bytes = std::fs::read(file).map_err(|e| Error::Read {
+            path: file.to_path_buf(),
+            source: e,
+        })?;
+        let grants = match grants_file {
+            Some(g) => Grants::load(g)?,
+            None => Grants::default(),
+        };
+        // The sandbox of this trial load lives in a directory of its own, removed after.
+        let probe = format!("install-{}", std::process::id());
+        let loaded = self
+            .load_component(&probe, source.clone(), &bytes, grants.clone())
+            .await;
+        let _ = std::fs::remove_dir_all(self.config.data_dir.join("scratch").join(&probe));
+        let plugin = loaded?;
+        let real = plugin.metadata.name.clone();
+        let refuse = |reason: String| Error::Metadata {
+            origin: source.clone(),
+            reason,
+        };
+        if let Some(n) = name
+            && n != real
+        {
+            return Err(refuse(format!(
+                "the plugin calls itself {real:?}, not {n:?}; its name is the one it gives itself"
+            )));
+        }
+        if !valid_name(&real) {
+            return Err(refuse(format!(
+                "it calls itself {real:?}, which is not a plugin name (lowercase letters, digits \
+                 and `-`, starting with a letter)"
+            )));
+        }
+        if is_builtin(&real) {
+            return Err(refuse(format!(
+                "it calls itself {real:?}, the name of a built-in plugin"
+            )));
+        }
+        let Some(dir) = &self.config.plugins_dir else {
+            return Err(refuse(
+                "there is no plugin directory to install into (--plugins-dir)".into(),
+            ));
+        };
+        let place = |bytes: &[u8], target: PathBuf| -> Result<PathBuf, Error> {
+            let fail = |e: std::io::Error| Error::Read {
+                path: target.clone(),
+                source: e,
+            };
+            std::fs::create_dir_all(dir).map_err(fail)?;
+            let tmp = dir.join(format!(
+                ".{}.installing",
+                target.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            std::fs::write(&tmp, bytes).map_err(fail)?;
+            std::fs::rename(&tmp, &target).map_err(fail)?;
+            Ok(target)
+        };
+        // The grants go first: the daemon loads the component with them.
+        let grants_path = match grants_file {
+            Some(g) => {
+                let text = std::fs::read(g).map_err(|e| Error::Read {
+                    path: g.to_path_buf(),
+                    source: e,
+                })?;
+                Some(place(&text, dir.join(format!("{real}.toml")))?)
+            }
+            None => None,
+        };
+        let path = place(&bytes, dir.join(format!("{real}.wasm")))?;
+        Ok(Installed {
+            name: real,
+            kind: plugin.kind(),
+            version: plugin.metadata.version.clone(),
+            path,
+            grants: grants_path,
+            load: plugin.load,
+        })
+    }
+
+    /// Compiles (or reads from the cache) and binds a component, and asks its metadata.
+    async fn load_component(
+        &self,
+        name: &str,
+        source: Source,
+        bytes: &[u8],
+        grants: Grants,
+    ) -> Result<Plugin, Error> {
         let sha256 = sha256_hex(bytes);
         let started = std::time::Instant::now();
         // Compiling takes ~100 ms in a release host and seconds in a debug one (minutes for a
@@ -494,7 +626,8 @@ impl Registry {
             processes,
             disk,
         };
-        let plugin = super::bind(
+        let compile = started.elapsed();
+        let mut plugin = super::bind(
             &self.engine,
             &self.linker,
             &component,
@@ -504,17 +637,12 @@ impl Registry {
             metadata_cache,
         )
         .await?;
-        if plugin.metadata.name != name {
-            return Err(Error::Metadata {
-                origin: source,
-                reason: format!(
-                    "the plugin calls itself {:?}; name the file {:?} (the file name is the plugin's name)",
-                    plugin.metadata.name,
-                    format!("{}.wasm", plugin.metadata.name)
-                ),
-            });
-        }
-        Ok(Arc::new(plugin))
+        plugin.load = super::LoadStats {
+            size: bytes.len() as u64,
+            compile,
+            cached,
+        };
+        Ok(plugin)
     }
 
     /// The name a spec's plugin name stands for. InfraKit's specs name plugins as its
