@@ -29,16 +29,19 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
         ],
     );
     let base = format!("http://{}", daemon.tcp_address().unwrap());
-    // A group with two revisions, so that listing links lead to a real group that can roll back.
-    for size in [1, 2] {
-        let spec = env.data_dir().join("seeded.json");
-        write_spec(
-            &spec,
-            "seeded",
-            serde_json::json!({"Size": size}),
-            serde_json::json!({}),
-        );
-        env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    // Groups with two revisions each, so that listing links lead to real groups that can roll
+    // back, and still do after the generated calls have destroyed or freed some of them.
+    for name in ["seeded", "seeded-b", "seeded-c", "seeded-d"] {
+        for size in [1, 2] {
+            let spec = env.data_dir().join(format!("{name}.json"));
+            write_spec(
+                &spec,
+                name,
+                serde_json::json!({"Size": size}),
+                serde_json::json!({}),
+            );
+            env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+        }
     }
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/schemathesis.toml");
     let out = Command::new(&st)

@@ -728,6 +728,15 @@ async fn events(
             format!("query string: limit {limit} is above 100000 (the events kept)"),
         ));
     }
+    // The document says int64, as most clients read numbers: larger values are refused.
+    for (name, value) in [("after", Some(q.after)), ("since_ms", q.since_ms)] {
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query string: {name} is above {}", i64::MAX),
+            ));
+        }
+    }
     if q.tail.is_some_and(|t| t > 100_000) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
