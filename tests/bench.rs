@@ -944,12 +944,7 @@ async fn main() {
             } else {
                 Health::Healthy
             },
-            protected: false,
-            removal: None,
-            healthy_checks: 0,
-            healthy_since_ms: 0,
-            unhealthy_checks: 0,
-            unhealthy_since_ms: 0,
+            ..Default::default()
         })
         .collect();
     let plan_runs: Vec<Duration> = (0..runs(21))

@@ -184,12 +184,7 @@ mod tests {
             created_ms: created,
             index: Some(0),
             health: Health::Healthy,
-            protected: false,
-            removal: None,
-            healthy_checks: 0,
-            healthy_since_ms: 0,
-            unhealthy_checks: 0,
-            unhealthy_since_ms: 0,
+            ..Default::default()
         }
     }
 

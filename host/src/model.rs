@@ -150,8 +150,10 @@ pub struct Index {
     pub sequence: u32,
 }
 
-/// Health as judged by a flavor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+/// Health as judged by a flavor (unknown until one has).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Doing its job.
@@ -159,6 +161,7 @@ pub enum Health {
     /// Not doing its job.
     Unhealthy,
     /// Cannot tell.
+    #[default]
     Unknown,
 }
 

@@ -89,7 +89,7 @@ impl Desired {
 }
 
 /// One observed instance, as derived from its description (tags) and its flavor's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Member {
     /// Instance id.
     pub id: String,

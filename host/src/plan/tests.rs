@@ -34,12 +34,7 @@ fn member(id: &str, sha: &str, health: Health, age_ms: u64) -> Member {
         created_ms: NOW - age_ms,
         index: None,
         health,
-        protected: false,
-        removal: None,
-        healthy_checks: 0,
-        healthy_since_ms: 0,
-        unhealthy_checks: 0,
-        unhealthy_since_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -658,10 +653,7 @@ fn arb_members(pets: bool) -> impl Strategy<Value = Vec<Member>> {
                     health,
                     protected,
                     removal,
-                    healthy_checks: 0,
-                    healthy_since_ms: 0,
-                    unhealthy_checks: 0,
-                    unhealthy_since_ms: 0,
+                    ..Default::default()
                 },
             )
             .collect()
@@ -744,12 +736,7 @@ fn apply(p: &Plan, members: &[Member], now: u64) -> Vec<Member> {
             created_ms: now,
             index: Some(index),
             health: Health::Unknown,
-            protected: false,
-            removal: None,
-            healthy_checks: 0,
-            healthy_since_ms: 0,
-            unhealthy_checks: 0,
-            unhealthy_since_ms: 0,
+            ..Default::default()
         });
     }
     out
