@@ -1441,6 +1441,16 @@ fn named_instances_are_protected_destroyed_and_replaced_or_decremented() {
         json!(["a", "b"])
     );
     assert_eq!(pet("c"), None);
+    // Every pet at once would leave no logical ids: refused before anything is marked.
+    let (a, b) = (pet("a").unwrap(), pet("b").unwrap());
+    let err = env
+        .run(
+            &["group", "destroy-instances", "pets", &a, &b, "--decrement"],
+            None,
+        )
+        .assert_failure();
+    assert!(err.contains("would leave no logical ids"), "{err}");
+    assert_eq!((pet("a"), pet("b")), (Some(a), Some(b)));
 }
 
 fn example(name: &str) -> String {

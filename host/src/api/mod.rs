@@ -547,6 +547,22 @@ async fn destroy_instances(
     let req: DestroyInstancesRequest = json_body(body)?;
     let ids = named_instances(req.instances)?;
     let g = managed_group(&d, &id).await?;
+    // Checked before anything is marked: an empty list of pets is not a group (`Size: 0` or
+    // `group destroy` is).
+    if req.decrement
+        && let Some(lids) = &g.spec.properties.allocation.logical_ids
+        && ids.len() >= lids.len()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "removing {} of {} pets with --decrement would leave no logical ids; destroy \
+                 the group instead",
+                ids.len(),
+                lids.len()
+            ),
+        ));
+    }
     let mark = if req.decrement {
         spec::tags::REMOVE_DECREMENT
     } else {
