@@ -417,6 +417,27 @@ impl Builder {
         i
     }
 
+    /// Of the unhealthy members, those that may be replaced: protected ones are reported and
+    /// kept, unless the spec says to replace them too.
+    fn replaceable<'v, 'a>(
+        &mut self,
+        d: &Desired,
+        unhealthy: Vec<&'v View<'a>>,
+    ) -> Vec<&'v View<'a>> {
+        let (replace, kept): (Vec<&View>, Vec<&View>) = unhealthy
+            .into_iter()
+            .partition(|v| !v.m.protected || d.replace_protected);
+        if !kept.is_empty() {
+            self.paused = true;
+            self.messages.push(format!(
+                "unhealthy but protected, so not replaced: {}; unprotect (infrakit group \
+                 unprotect) or set Health.ReplaceProtected",
+                ids(&kept)
+            ));
+        }
+        replace
+    }
+
     fn destroy(&mut self, id: &str, context: DestroyContext, reason: String) {
         self.removals.push(Step::Drain {
             id: id.to_string(),
@@ -601,18 +622,13 @@ fn plan_cattle(d: &Desired, mine: Vec<View>, n: usize, now: u64) -> Plan {
     //    broken configuration; the batch timeout pauses the update instead. Protected ones
     //    are reported, not replaced, unless the spec says otherwise.
     let updating = rest.iter().any(|v| !v.current);
-    let (unhealthy, kept): (Vec<&View>, Vec<&View>) = rest
-        .iter()
-        .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
-        .partition(|v| !v.m.protected || d.replace_protected);
-    if !kept.is_empty() {
-        b.paused = true;
-        b.messages.push(format!(
-            "unhealthy but protected, so not replaced: {}; unprotect (infrakit group unprotect) \
-             or set Health.ReplaceProtected",
-            ids(&kept)
-        ));
-    }
+    let unhealthy = b.replaceable(
+        d,
+        rest.iter()
+            .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
+            .copied()
+            .collect(),
+    );
     let remediate = unhealthy.len() <= d.max_unhealthy as usize;
     if !unhealthy.is_empty() && !remediate {
         b.paused = true;
@@ -930,18 +946,13 @@ fn plan_pets(d: &Desired, mine: Vec<View>, logical_ids: &[String], now: u64) -> 
     // 3. Remediation of unhealthy pets (not of new-configuration ones during an update, as for
     //    cattle).
     let updating = pets.values().any(|v| !v.current);
-    let (unhealthy, kept): (Vec<&View>, Vec<&View>) = pets
-        .values()
-        .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
-        .partition(|v| !v.m.protected || d.replace_protected);
-    if !kept.is_empty() {
-        b.paused = true;
-        b.messages.push(format!(
-            "unhealthy but protected, so not replaced: {}; unprotect (infrakit group unprotect) \
-             or set Health.ReplaceProtected",
-            ids(&kept)
-        ));
-    }
+    let unhealthy = b.replaceable(
+        d,
+        pets.values()
+            .filter(|v| v.state == State::Unhealthy && !(updating && v.current))
+            .copied()
+            .collect(),
+    );
     let remediate = unhealthy.len() <= d.max_unhealthy as usize;
     if !unhealthy.is_empty() && !remediate {
         b.paused = true;

@@ -148,6 +148,14 @@ fn code(e: FsError) -> wasmtime::Result<ErrorCode> {
     e.downcast()
 }
 
+/// WASI's own answer, as the guest receives it (an error that is no error code traps).
+fn answer<T>(r: Result<T, FsError>) -> wasmtime::Result<(Result<T, ErrorCode>,)> {
+    Ok((match r {
+        Ok(v) => Ok(v),
+        Err(e) => Err(code(e)?),
+    },))
+}
+
 /// The size of the file behind `fd` (0 when it cannot be told: the write is then charged its
 /// length only, and WASI refuses it anyway if `fd` is no file).
 async fn size_of(state: &mut State, fd: &Resource<Descriptor>) -> u64 {
@@ -233,12 +241,7 @@ pub fn charge_writes(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok((Err(refused(state, "write")),));
                 }
                 let mut view = state.filesystem();
-                Ok((
-                    match HostDescriptor::write(&mut view, fd, buf, offset).await {
-                        Ok(n) => Ok(n),
-                        Err(e) => Err(code(e)?),
-                    },
-                ))
+                answer(HostDescriptor::write(&mut view, fd, buf, offset).await)
             })
         },
     )?;
@@ -256,12 +259,7 @@ pub fn charge_writes(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok((Err(refused(state, "set-size")),));
                 }
                 let mut view = state.filesystem();
-                Ok((
-                    match HostDescriptor::set_size(&mut view, fd, new_size).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(code(e)?),
-                    },
-                ))
+                answer(HostDescriptor::set_size(&mut view, fd, new_size).await)
             })
         },
     )?;
@@ -316,16 +314,10 @@ pub fn charge_writes(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok((Err(refused(state, "open-at create")),));
                 }
                 let mut view = state.filesystem();
-                Ok((
-                    match HostDescriptor::open_at(
-                        &mut view, fd, path_flags, path, open_flags, flags,
-                    )
-                    .await
-                    {
-                        Ok(d) => Ok(d),
-                        Err(e) => Err(code(e)?),
-                    },
-                ))
+                answer(
+                    HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags)
+                        .await,
+                )
             })
         },
     )?;
@@ -338,12 +330,7 @@ pub fn charge_writes(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok((Err(refused(state, "create-directory-at")),));
                 }
                 let mut view = state.filesystem();
-                Ok((
-                    match HostDescriptor::create_directory_at(&mut view, fd, path).await {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(code(e)?),
-                    },
-                ))
+                answer(HostDescriptor::create_directory_at(&mut view, fd, path).await)
             })
         },
     )?;
@@ -363,16 +350,10 @@ pub fn charge_writes(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok((Err(refused(state, "link-at")),));
                 }
                 let mut view = state.filesystem();
-                Ok((
-                    match HostDescriptor::link_at(
-                        &mut view, fd, old_flags, old_path, new_dir, new_path,
-                    )
-                    .await
-                    {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(code(e)?),
-                    },
-                ))
+                answer(
+                    HostDescriptor::link_at(&mut view, fd, old_flags, old_path, new_dir, new_path)
+                        .await,
+                )
             })
         },
     )?;
