@@ -1090,3 +1090,44 @@ async fn a_plugin_filling_the_disk_is_stopped_at_its_quota() {
     );
     still_works(&registry).await;
 }
+
+/// Granted directories are opened once per plugin and handed to a call only when its guest
+/// touches a file (`plugin::preopens`): a call that does no file I/O runs even while a granted
+/// directory is missing; one that does fails as a sandbox that could not be set up, naming the
+/// directory; a directory replaced on the host is followed, not the old one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn granted_directories_are_opened_when_used_and_follow_the_host() {
+    let env = Env::new();
+    let granted = env.data_dir().join("granted");
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::write(granted.join("f.txt"), "first").unwrap();
+    let registry = registry(&env, &grant_dir(&granted, "/g", "read-only")).await;
+    let read = json!({"Do": "read", "Path": "/g/f.txt"});
+    assert_eq!(attempt(&registry, read.clone()).await.unwrap(), "ok:first");
+
+    // Replaced: the new directory is what the guest reads.
+    std::fs::rename(&granted, env.data_dir().join("old")).unwrap();
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::write(granted.join("f.txt"), "second").unwrap();
+    assert_eq!(attempt(&registry, read.clone()).await.unwrap(), "ok:second");
+
+    // Removed: no file touched, no failure; a file touched (even in /data), a clear one.
+    std::fs::remove_dir_all(&granted).unwrap();
+    still_works(&registry).await;
+    let err = attempt(&registry, json!({"Do": "read", "Path": "/data/x"}))
+        .await
+        .unwrap_err();
+    let msg = message(&err);
+    assert!(matches!(err, Error::Sandbox { .. }), "{err:?}");
+    assert!(
+        msg.contains("cannot set up the sandbox for provision")
+            && msg.contains(&format!("granted directory {}", granted.display()))
+            && msg.contains("(guest /g)"),
+        "{msg}"
+    );
+
+    // Back: the next call finds it.
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::write(granted.join("f.txt"), "third").unwrap();
+    assert_eq!(attempt(&registry, read).await.unwrap(), "ok:third");
+}

@@ -13,6 +13,7 @@ pub mod combo;
 pub mod disk;
 pub mod engine;
 mod outbound;
+pub mod preopens;
 pub mod process;
 pub mod registry;
 pub mod sandbox;
@@ -1070,6 +1071,12 @@ fn classify<R>(
     let limits = core.sandbox.grants.limits;
     match outcome {
         Err(_elapsed) => Err(core.fault(export, Fault::WallClock(limits.wall))),
+        Ok(Err(_)) if state.setup_failed.is_some() => Err(Error::Sandbox {
+            plugin: core.sandbox.plugin.to_string(),
+            origin: core.source.clone(),
+            export,
+            reason: state.setup_failed.clone().unwrap_or_default(),
+        }),
         Ok(Err(trap)) => {
             let cause = if state.limiter.exceeded.is_some() {
                 Fault::Memory(limits.memory)

@@ -619,8 +619,10 @@ impl Registry {
         ));
         let metadata_cache = self.cache.metadata_path(&sha256, &grants);
         let disk = Arc::new(Sandbox::disk_quota(&scratch, &grants));
+        let preopens = Arc::new(super::preopens::Preopens::new(&scratch, &grants));
         let sandbox = Sandbox {
             plugin: Arc::from(name),
+            preopens,
             scratch,
             grants: Arc::new(grants),
             processes,

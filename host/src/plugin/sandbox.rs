@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
@@ -41,6 +41,8 @@ pub struct Sandbox {
     pub processes: Arc<super::process::Ledger>,
     /// Its disk quota, shared by its calls (see `plugin::disk`).
     pub disk: Arc<super::disk::DiskQuota>,
+    /// Its scratch and granted directories, opened once (see `plugin::preopens`).
+    pub preopens: Arc<super::preopens::Preopens>,
 }
 
 impl Sandbox {
@@ -79,6 +81,9 @@ pub struct State {
     scratch: std::path::PathBuf,
     ledger: Arc<super::process::Ledger>,
     disk: Arc<super::disk::DiskQuota>,
+    preopens: Arc<super::preopens::Preopens>,
+    /// Set when the call's directories could not be handed out (see `plugin::preopens`).
+    pub(super) setup_failed: Option<String>,
     pub(super) stdout: MemoryOutputPipe,
     pub(super) stderr: MemoryOutputPipe,
     log_lines: usize,
@@ -107,28 +112,8 @@ impl State {
         for (k, v) in &grants.env {
             wasi.env(k, v);
         }
-        // The registry creates the scratch directory at load; recreate it only if something
-        // removed it since, rather than paying a syscall on every call.
-        if wasi
-            .preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)
-            .is_err()
-        {
-            std::fs::create_dir_all(&sandbox.scratch)?;
-            wasi.preopened_dir(&sandbox.scratch, SCRATCH_GUEST_PATH, FsPerms::ReadWrite)?;
-        }
-        for f in &grants.files {
-            let perms = match f.mode {
-                grants::Mode::ReadOnly => FsPerms::ReadOnly,
-                grants::Mode::ReadWrite => FsPerms::ReadWrite,
-            };
-            wasi.preopened_dir(&f.host, &f.guest, perms).map_err(|e| {
-                e.context(format!(
-                    "granted directory {} (guest {})",
-                    f.host.display(),
-                    f.guest
-                ))
-            })?;
-        }
+        // No preopens here: `get-directories` is served from the plugin's handles, opened once
+        // (see `plugin::preopens`), so a call that touches no file pays nothing for its grants.
         // Every open file, directory, stream, request and header map is an entry here: the cap
         // bounds the host descriptors and host memory one call can hold (a guest opened
         // 19,983 files, or kept 20,000 header maps of 100 KB, before there was one).
@@ -150,6 +135,8 @@ impl State {
             scratch: sandbox.scratch.clone(),
             ledger: sandbox.processes.clone(),
             disk: sandbox.disk.clone(),
+            preopens: sandbox.preopens.clone(),
+            setup_failed: None,
             stdout,
             stderr,
             log_lines: 0,
@@ -177,6 +164,10 @@ impl State {
 
     pub(super) fn disk(&self) -> &Arc<super::disk::DiskQuota> {
         &self.disk
+    }
+
+    pub(super) fn preopens(&self) -> &super::preopens::Preopens {
+        &self.preopens
     }
 
     pub(super) fn table(&mut self) -> &mut ResourceTable {
@@ -564,5 +555,6 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     )?;
     refuse_symlinks(&mut linker)?;
     super::disk::charge_writes(&mut linker)?;
+    super::preopens::serve_preopens(&mut linker)?;
     Ok(linker)
 }
