@@ -1769,3 +1769,104 @@ fn plan_and_commit_show_the_changed_fields_and_the_whole_course_and_history_diff
         .assert_failure();
     assert!(err.contains("revision 9 is not in the history"), "{err}");
 }
+
+/// `infrakit_plugin_calls_total` of `plugin`, from the daemon's metrics (served on TCP).
+fn plugin_calls(addr: &str, plugin: &str) -> u64 {
+    let (status, body) = http_tcp(
+        addr,
+        "GET",
+        "/metrics",
+        b"",
+        &[("authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("infrakit_plugin_calls_total{{plugin=\"{plugin}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Groups on one instance plugin share its listing (`infrakit::listing`): far fewer calls
+/// than passes, where each pass would otherwise list on its own; and each group still heals
+/// alone, from a listing that shows what it did itself.
+#[test]
+fn groups_on_one_plugin_share_its_listing_and_still_heal_on_their_own() {
+    let env = Env::new();
+    let token_file = env.data_dir().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = Daemon::start(
+        &env,
+        &[
+            "--tcp",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let addr = daemon.tcp_address().expect("the TCP address in the log");
+    let n = 12;
+    for i in 0..n {
+        let spec = env.data_dir().join(format!("g{i}.json"));
+        write_spec(&spec, &format!("g{i}"), json!({"Size": 1}), json!({}));
+        env.ok(&["group", "commit", spec.to_str().unwrap()], None);
+    }
+    let groups = |env: &Env| -> Vec<Value> {
+        env.run(&["group", "ls", "-o", "json"], None)
+            .json()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let all_converged = |env: &Env| {
+        let g = groups(env);
+        g.len() == n
+            && g.iter().all(|g| g["status"]["phase"] == "converged")
+            && instances(env).len() == n
+    };
+    wait_until("12 converged groups", || all_converged(&env));
+    let passes = |env: &Env| -> u64 {
+        groups(env)
+            .iter()
+            .map(|g| g["status"]["passes"].as_u64().unwrap())
+            .sum()
+    };
+    let (calls0, passes0) = (plugin_calls(&addr, "instance-file"), passes(&env));
+    std::thread::sleep(Duration::from_secs(2));
+    let (calls1, passes1) = (plugin_calls(&addr, "instance-file"), passes(&env));
+    let (calls, passes_made) = (calls1 - calls0, passes1 - passes0);
+    assert!(
+        passes_made >= 100,
+        "{n} groups at a 100 ms poll made only {passes_made} passes in 2 s"
+    );
+    assert!(
+        calls * 3 <= passes_made,
+        "{calls} instance-file calls for {passes_made} idle passes: the listing is not shared"
+    );
+
+    // A lost instance of one group is replaced; the others keep theirs.
+    let before: BTreeSet<String> = instances(&env)
+        .iter()
+        .map(|i| i["ID"].as_str().unwrap().to_string())
+        .collect();
+    let victim = group_instances(&env, "g5")[0]["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    wait_until("g5's replacement", || {
+        group_instances(&env, "g5")
+            .iter()
+            .any(|i| i["ID"] != victim.as_str())
+    });
+    wait_until("all converged again", || all_converged(&env));
+    let after: BTreeSet<String> = instances(&env)
+        .iter()
+        .map(|i| i["ID"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(before.difference(&after).collect::<Vec<_>>(), [&victim]);
+    assert_eq!(after.difference(&before).count(), 1, "one replacement only");
+}

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use crate::event::{Event, EventKind, now_ms};
 use crate::expectations::{Expectations, Loss, Windows};
 use crate::leader::Fence;
+use crate::listing::Listings;
 use crate::plan::{self, Desired, Member, Phase, Plan, Step};
 use crate::plugin::combo::{self, GroupFlavor};
 use crate::plugin::{
@@ -67,9 +68,9 @@ pub enum Error {
         instance: Option<String>,
         /// What was being done.
         action: String,
-        /// The plugin's error (boxed: it is large and errors travel by value).
+        /// The plugin's error (behind a pointer: it is large and errors travel by value).
         #[source]
-        source: Box<plugin::Error>,
+        source: Arc<plugin::Error>,
     },
     /// Instances named for an operation are not members of the group (as its instance
     /// plugin lists them now).
@@ -310,6 +311,8 @@ struct Inner {
     /// Stops the reflector (at shutdown).
     stop_reflector: watch::Sender<bool>,
     reflector: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whole-plugin listings shared by the groups on a plugin (see `crate::listing`).
+    listings: Listings,
 }
 
 impl Controller {
@@ -332,6 +335,7 @@ impl Controller {
                 applied: watch::Sender::new(0),
                 stop_reflector: watch::Sender::new(false),
                 reflector: Mutex::new(None),
+                listings: Listings::default(),
             }),
         }
     }
@@ -389,6 +393,11 @@ impl Controller {
 
     /// Brings the group tasks in line with what the store holds.
     fn sync(&self, stored: Vec<StoredGroup>) {
+        self.inner.listings.set_users(
+            stored
+                .iter()
+                .map(|g| g.spec.properties.instance.plugin.as_str()),
+        );
         let ids: std::collections::HashSet<String> =
             stored.iter().map(|g| g.spec.id.clone()).collect();
         for g in stored {
@@ -458,7 +467,7 @@ impl Controller {
             group: spec.id.clone(),
             instance: None,
             action: action.to_string(),
-            source: Box::new(source),
+            source: Arc::new(source),
         };
         instance
             .validate(&spec.properties.instance.properties)
@@ -532,6 +541,7 @@ impl Controller {
             &mut cache,
             None,
             &Fence::default(),
+            None,
         )
         .await?;
         Ok(Arc::new(observed.members))
@@ -553,7 +563,7 @@ impl Controller {
             group: spec.id.clone(),
             instance: instance.map(str::to_string),
             action,
-            source: Box::new(source),
+            source: Arc::new(source),
         };
         let found = instance
             .describe(&filter, false)
@@ -717,6 +727,8 @@ struct Memory {
     losses_config: String,
     /// No provisions before this: the back-off after a loss.
     hold_until: Option<Instant>,
+    /// When the previous pass ended: a shared listing must be younger (see `crate::listing`).
+    last_pass_end: Option<Instant>,
 }
 
 /// What one pass did, and when the group wants its next one.
@@ -766,6 +778,7 @@ async fn observe(
     cache: &mut HealthCache,
     check_interval: Option<Duration>,
     fence: &Fence,
+    shared: Option<(&Listings, Instant)>,
 ) -> Result<Observed, Error> {
     let fenced = |source| Error::NotLeader {
         group: spec.id.clone(),
@@ -773,15 +786,24 @@ async fn observe(
     };
     fence.check().map_err(fenced)?;
     let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
-    let found = instance
-        .describe(&filter, false)
-        .await
-        .map_err(|source| Error::Plugin {
-            group: spec.id.clone(),
-            instance: None,
-            action: "observing instances (describe)".into(),
-            source: Box::new(source),
-        })?;
+    let listed = match shared {
+        Some((listings, not_before)) if listings.shares(&spec.properties.instance.plugin) => {
+            listings.members(instance, &spec.id, not_before).await
+        }
+        _ => None,
+    };
+    let found = match listed {
+        Some(found) => found,
+        None => instance
+            .describe(&filter, false)
+            .await
+            .map_err(|source| Error::Plugin {
+                group: spec.id.clone(),
+                instance: None,
+                action: "observing instances (describe)".into(),
+                source: Arc::new(source),
+            })?,
+    };
     // An instance listed twice (a plugin's bug, a listing racing a writer) would count twice
     // towards availability and let the planner take away more than it may.
     let mut seen = std::collections::HashSet::with_capacity(found.len());
@@ -913,7 +935,7 @@ fn plugins_of(
         group: spec.id.clone(),
         instance: None,
         action,
-        source: Box::new(source),
+        source: Arc::new(source),
     };
     let instance = plugins
         .plugin(&spec.properties.instance.plugin)
@@ -1000,6 +1022,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 .instrument(span)
                 .await
         };
+        memory.last_pass_end = Some(Instant::now());
         let pass_ms = pass_started.elapsed().as_millis() as u64;
 
         let mut requeue = Requeue::After(inner.options.poll_interval);
@@ -1188,6 +1211,13 @@ async fn reconcile(
     let group = &spec.id;
     let (instance, flavor) = plugins_of(&*inner.plugins, spec)?;
     let check_interval = spec.properties.health.check_interval.0;
+    // A shared listing must have started after this group's previous pass ended (it then
+    // shows all the group did) and within the poll interval (see `crate::listing`).
+    let now = Instant::now();
+    let listing_not_before = memory
+        .last_pass_end
+        .unwrap_or(now)
+        .max(now.checked_sub(inner.options.poll_interval).unwrap_or(now));
     let mut observed = observe(
         spec,
         &instance,
@@ -1195,6 +1225,7 @@ async fn reconcile(
         &mut memory.health,
         Some(check_interval),
         &inner.options.fence,
+        Some((&inner.listings, listing_not_before)),
     )
     .await?;
     for (id, old, new) in &observed.changes {
@@ -1397,7 +1428,7 @@ impl Executor<'_> {
             group: self.spec.id.clone(),
             instance: instance.map(str::to_string),
             action: action.into(),
-            source: Box::new(source),
+            source: Arc::new(source),
         }
     }
 

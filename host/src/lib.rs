@@ -34,6 +34,7 @@ pub mod event;
 pub mod expectations;
 pub mod grants;
 pub mod leader;
+pub mod listing;
 pub mod metrics;
 pub mod model;
 pub mod plan;

@@ -495,6 +495,13 @@ pub struct InstanceClient(Arc<Plugin>);
 #[derive(Clone, Debug)]
 pub struct FlavorClient(Arc<Plugin>);
 
+impl InstanceClient {
+    /// Whether both are the same loaded plugin (not a reloaded one under the same name).
+    pub fn same(&self, other: &InstanceClient) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl std::ops::Deref for InstanceClient {
     type Target = Plugin;
     fn deref(&self) -> &Plugin {
