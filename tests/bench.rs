@@ -920,7 +920,7 @@ async fn main() {
             "grants overhead per call (rich − none)",
             granted - fresh_describe,
             "µs",
-            None,
+            Some(("<=", 2.0)),
         );
     }
 
@@ -1229,6 +1229,7 @@ async fn main() {
         controller.shutdown().await;
     }
     api_under_load(&mut report, work.path(), quick).await;
+    idle_cpu(&mut report, work.path(), quick).await;
     eprintln!("docker");
     docker_rows(&mut report, work.path(), quick).await;
     eprintln!("aws");
@@ -1439,6 +1440,108 @@ async fn managers(report: &mut Report, work: &Path, quick: bool) {
         );
         drop(daemons);
     }
+}
+
+/// The real daemon at idle with many converged groups on `instance-file` and `flavor-vanilla`,
+/// at the defaults (1 s poll, 10 s health checks): the CPU it uses, in CPU-seconds a minute
+/// (user + system, from `/proc`).
+async fn idle_cpu(report: &mut Report, work: &Path, quick: bool) {
+    let (groups, size, window) = if quick {
+        (50, 4, Duration::from_secs(5))
+    } else {
+        (1000, 10, Duration::from_secs(30))
+    };
+    let dir = work.join("idle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("infrakit.sock");
+    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+        .args(["--data-dir", dir.to_str().unwrap(), "serve"])
+        .env("INFRAKIT_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(60), "daemon not ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..groups {
+        let spec = json!({"ID": format!("idle{i}"), "Properties": {
+            "Allocation": {"Size": size},
+            "Instance": {"Plugin": "instance-file", "Properties": {}},
+            "Flavor": {"Plugin": "flavor-vanilla", "Properties": {}}}})
+        .to_string();
+        assert_eq!(http_unix(&socket, "POST", "/v1/groups", &spec).0, 200);
+    }
+    let t = Instant::now();
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+            .args([
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "group",
+                "ls",
+                "-o",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let converged = listed.as_array().is_some_and(|a| {
+            a.len() == groups
+                && a.iter()
+                    .all(|g| g["status"]["phase"] == "converged" && g["status"]["current"] == size)
+        });
+        if converged {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "{groups} groups did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let converge = t.elapsed();
+    // Past the first health checks of the last instances.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = daemon.id();
+    let before = cpu_seconds(pid);
+    tokio::time::sleep(window).await;
+    let used = cpu_seconds(pid) - before;
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    report.add(
+        "controller",
+        format!("{groups} groups × {size} converged (instance-file, 1 s poll) in"),
+        converge.as_secs_f64(),
+        "s",
+        None,
+    );
+    report.add(
+        "controller",
+        format!("idle CPU, {groups} groups × {size} converged (1 s poll, 10 s health checks)"),
+        used / window.as_secs_f64() * 60.0,
+        "CPU-s/min",
+        (!quick).then_some(("<=", 6.0)),
+    );
+}
+
+/// User + system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces, so split after its `)`):
+    // utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz: f64 = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    ticks as f64 / hz
 }
 
 /// One HTTP/1.1 request on the daemon's unix socket; its status and how long it took.
