@@ -729,6 +729,9 @@ struct Memory {
     hold_until: Option<Instant>,
     /// When the previous pass ended: a shared listing must be younger (see `crate::listing`).
     last_pass_end: Option<Instant>,
+    /// The previous pass found the group converged: an idle group may take its members from
+    /// a shared listing (see `crate::listing`).
+    last_pass_idle: bool,
 }
 
 /// What one pass did, and when the group wants its next one.
@@ -1023,6 +1026,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 .await
         };
         memory.last_pass_end = Some(Instant::now());
+        memory.last_pass_idle = matches!(&outcome, Ok(pass) if pass.plan.phase == Phase::Converged);
         let pass_ms = pass_started.elapsed().as_millis() as u64;
 
         let mut requeue = Requeue::After(inner.options.poll_interval);
@@ -1211,13 +1215,16 @@ async fn reconcile(
     let group = &spec.id;
     let (instance, flavor) = plugins_of(&*inner.plugins, spec)?;
     let check_interval = spec.properties.health.check_interval.0;
-    // A shared listing must have started after this group's previous pass ended (it then
-    // shows all the group did) and within the poll interval (see `crate::listing`).
+    // An idle group may take a shared listing that started after its previous pass ended (it
+    // then shows all the group did) and within the poll interval (see `crate::listing`).
     let now = Instant::now();
-    let listing_not_before = memory
+    let shared = memory
         .last_pass_end
-        .unwrap_or(now)
-        .max(now.checked_sub(inner.options.poll_interval).unwrap_or(now));
+        .filter(|_| memory.last_pass_idle)
+        .map(|end| {
+            let recent = now.checked_sub(inner.options.poll_interval).unwrap_or(now);
+            (&inner.listings, end.max(recent))
+        });
     let mut observed = observe(
         spec,
         &instance,
@@ -1225,7 +1232,7 @@ async fn reconcile(
         &mut memory.health,
         Some(check_interval),
         &inner.options.fence,
-        Some((&inner.listings, listing_not_before)),
+        shared,
     )
     .await?;
     for (id, old, new) in &observed.changes {
