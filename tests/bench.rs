@@ -539,6 +539,16 @@ async fn main() {
     let started = Instant::now();
 
     let work = tempfile::tempdir().unwrap();
+    // `--only idle`: the idle-CPU rows alone (a few minutes at full size).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
+    if only.is_some_and(|o| o == "idle") {
+        idle_cpu(&mut report, work.path(), quick).await;
+        report.print();
+        return;
+    }
     let data = work.path().join("data");
     let plugins_dir = data.join("plugins");
     std::fs::create_dir_all(&plugins_dir).unwrap();
@@ -662,7 +672,6 @@ async fn main() {
 
     // Twice: the plugin logic alone (synthetic: no I/O, so the call path is what is measured;
     // these rows carry the targets), then the same calls reading and appending real files.
-    let mut fresh_describe = 0.0;
     for synthetic in [true, false] {
         // The rows with absolute targets use the plugin's synthetic mode (no I/O: the call path
         // is what is measured); the file-backed rows read and append real files and carry
@@ -762,9 +771,6 @@ async fn main() {
             "x",
             file_target(("<=", 10.0)),
         );
-        if synthetic {
-            fresh_describe = fresh_d;
-        }
 
         let sdk = sdk_spec(&spec);
         let s = time_calls(m, || async {
@@ -903,11 +909,29 @@ async fn main() {
         for _ in 0..10 {
             p.provision(sdk_spec(&spec_1k("ten"))).unwrap();
         }
-        let s = time_calls(n / 4, || async {
-            assert_eq!(gp.describe(&ten, false).await.unwrap().len(), 10)
-        })
-        .await;
-        let (granted, _) = stats(s);
+        // Interleaved, call for call, with the same call on the plugin without grants: the
+        // difference of two medians taken minutes apart on this machine is mostly its drift.
+        let (mut none, mut rich) = (Vec::new(), Vec::new());
+        for i in 0..n / 2 {
+            let t = Instant::now();
+            assert_eq!(wasm.describe(&ten, false).await.unwrap().len(), 10);
+            let plain = t.elapsed();
+            let t = Instant::now();
+            assert_eq!(gp.describe(&ten, false).await.unwrap().len(), 10);
+            if i >= n / 20 {
+                none.push(plain);
+                rich.push(t.elapsed());
+            }
+        }
+        let (plain, _) = stats(none);
+        let (granted, _) = stats(rich);
+        report.add(
+            "call",
+            "describe 10 synthetic · fresh sandbox without grants, interleaved median",
+            plain,
+            "µs",
+            None,
+        );
         report.add(
             "call",
             "describe 10 synthetic · fresh sandbox with a rich grant file median",
@@ -918,7 +942,7 @@ async fn main() {
         report.add(
             "call",
             "grants overhead per call (rich − none)",
-            granted - fresh_describe,
+            granted - plain,
             "µs",
             Some(("<=", 2.0)),
         );
@@ -1454,13 +1478,15 @@ async fn idle_cpu(report: &mut Report, work: &Path, quick: bool) {
     let dir = work.join("idle");
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("infrakit.sock");
-    let mut daemon = std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
-        .args(["--data-dir", dir.to_str().unwrap(), "serve"])
-        .env("INFRAKIT_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut daemon = Daemon(
+        std::process::Command::new(env!("CARGO_BIN_EXE_infrakit"))
+            .args(["--data-dir", dir.to_str().unwrap(), "serve"])
+            .env("INFRAKIT_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let t = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(t.elapsed() < Duration::from_secs(60), "daemon not ready");
@@ -1505,12 +1531,11 @@ async fn idle_cpu(report: &mut Report, work: &Path, quick: bool) {
     let converge = t.elapsed();
     // Past the first health checks of the last instances.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pid = daemon.id();
+    let pid = daemon.0.id();
     let before = cpu_seconds(pid);
     tokio::time::sleep(window).await;
     let used = cpu_seconds(pid) - before;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    daemon.kill();
     report.add(
         "controller",
         format!("{groups} groups × {size} converged (instance-file, 1 s poll) in"),
