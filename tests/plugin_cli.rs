@@ -686,3 +686,191 @@ fn plugin_install_checks_the_component_and_places_it_precompiled_under_its_own_n
     let table = env.ok(&["plugin", "ls"], None);
     assert!(table.contains("(cached)"), "{table}");
 }
+
+/// Cargo, for a generated project: the one running these tests, without what the outer
+/// invocation set for its own compilation.
+fn nested_cargo(dir: &std::path::Path, target: &std::path::Path, args: &[&str]) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(dir)
+        .args(args)
+        .env("CARGO_TARGET_DIR", target);
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_TARGET_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "cargo {args:?} in {}:\n{text}",
+        dir.display()
+    );
+    text
+}
+
+/// `plugin new` writes a project per kind that passes its own native tests, builds to a
+/// component, installs and answers through the real host as generated; it refuses a bad name
+/// and a directory that is not empty.
+#[test]
+fn plugin_new_projects_build_test_install_and_answer_as_generated() {
+    let env = Env::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = env.data_dir().join("projects");
+    // Shared by both projects and kept between runs (their dependencies build once).
+    let target = root.join("target").join("scaffold");
+    let sdk = root.join("sdk");
+    let new = |kind: &str, name: &str| -> std::path::PathBuf {
+        let dir = work.join(name);
+        let out = env.ok(
+            &[
+                "plugin",
+                "new",
+                name,
+                "--kind",
+                kind,
+                "--dir",
+                dir.to_str().unwrap(),
+                "--sdk",
+                sdk.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            out.contains("src/lib.rs") && out.contains(&format!("{name}.toml")),
+            "{out}"
+        );
+        // The workspace's lock: the same dependency versions, nothing to fetch.
+        std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+        let tested = nested_cargo(&dir, &target, &["test", "--quiet"]);
+        assert!(tested.contains("2 passed"), "{tested}");
+        nested_cargo(
+            &dir,
+            &target,
+            &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+        );
+        let artifact = target
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let grants = dir.join(format!("{name}.toml"));
+        let installed = env.ok(
+            &[
+                "plugin",
+                "install",
+                artifact.to_str().unwrap(),
+                "--grants",
+                grants.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            installed.contains(&format!("installed {name} ({kind} plugin")),
+            "{installed}"
+        );
+        dir
+    };
+
+    new("instance", "my-machines");
+    let id = env.ok(
+        &["instance", "provision", "--plugin", "my-machines"],
+        Some(r#"{"Properties": {"Note": "hi"}, "Tags": {"infrakit.group": "demo"}}"#),
+    );
+    let id = id.trim();
+    assert!(id.starts_with("my-machines-"), "{id}");
+    let listed = env
+        .run(
+            &[
+                "instance",
+                "describe",
+                "--plugin",
+                "my-machines",
+                "--tag",
+                "infrakit.group=demo",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(ids(&listed), [id.to_string()]);
+    assert!(
+        env.scratch("my-machines")
+            .join(format!("{id}.json"))
+            .exists()
+    );
+    let typo = env
+        .run(
+            &["instance", "validate", "--plugin", "my-machines"],
+            Some(r#"{"Properties": {"Nte": "hi"}}"#),
+        )
+        .assert_failure();
+    assert!(typo.contains("Nte"), "{typo}");
+    env.ok(
+        &["instance", "destroy", "--plugin", "my-machines", id],
+        None,
+    );
+
+    new("flavor", "my-role");
+    let props = r#"{"Init": ["systemctl start app"], "Tags": {"role": "web"}}"#;
+    let prepared = env
+        .run(
+            &[
+                "flavor",
+                "prepare",
+                "--plugin",
+                "my-role",
+                "--properties",
+                props,
+                "--group",
+                "demo",
+            ],
+            Some(r#"{"Init": "echo boot"}"#),
+        )
+        .json();
+    assert_eq!(prepared["Init"], "echo boot\nsystemctl start app");
+    assert_eq!(prepared["Tags"]["role"], "web");
+    let sick = env.run(
+        &[
+            "flavor",
+            "healthy",
+            "--plugin",
+            "my-role",
+            "--properties",
+            props,
+        ],
+        Some(r#"{"ID": "i-1", "Tags": {"role": "db"}}"#),
+    );
+    assert_eq!(sick.code(), Some(3), "{}", sick.stderr());
+
+    // Refused, with nothing written: a name that is not a plugin name, a directory in use.
+    let err = env
+        .run(&["plugin", "new", "My_Plugin", "--kind", "flavor"], None)
+        .assert_failure();
+    assert!(err.contains("is not a plugin name"), "{err}");
+    let used = work.join("my-role");
+    let err = env
+        .run(
+            &[
+                "plugin",
+                "new",
+                "again",
+                "--kind",
+                "flavor",
+                "--dir",
+                used.to_str().unwrap(),
+            ],
+            None,
+        )
+        .assert_failure();
+    assert!(err.contains("is not empty; nothing was written"), "{err}");
+}

@@ -9,6 +9,7 @@ mod input;
 mod instance;
 mod output;
 mod plugin;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -33,6 +33,22 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         grants: Option<std::path::PathBuf>,
     },
+    /// Write a new plugin project (Rust, on the SDK) that builds, tests and loads as
+    /// generated: Cargo.toml, src/lib.rs with native tests, a grant file and a README.
+    New {
+        /// The plugin's name (lowercase letters, digits, `-`); also its crate's.
+        name: String,
+        /// What it is.
+        #[arg(long, value_enum)]
+        kind: NewKind,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// The SDK directory to depend on (default: the checkout this binary was built from,
+        /// when it is there; else the published crate).
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<std::path::PathBuf>,
+    },
     /// Show one plugin: metadata, source, capabilities asked for and granted.
     Inspect {
         /// The plugin's name.
@@ -163,7 +179,69 @@ fn print_inspect(v: &PluginDetail) {
     );
 }
 
+/// The kinds `plugin new` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NewKind {
+    /// An instance plugin (provision, describe, label, destroy).
+    Instance,
+    /// A flavor plugin (validate, prepare, healthy, drain).
+    Flavor,
+}
+
+fn new_project(
+    name: &str,
+    kind: NewKind,
+    dir: Option<&std::path::Path>,
+    sdk: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use super::scaffold::{SdkSource, generate};
+    let dir = dir
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::PathBuf::from(name));
+    let sdk = match sdk {
+        Some(p) => {
+            let p = std::path::absolute(p)?;
+            anyhow::ensure!(
+                p.join("Cargo.toml").is_file(),
+                "{}: no SDK here (no Cargo.toml)",
+                p.display()
+            );
+            SdkSource::Path(p)
+        }
+        None => SdkSource::default_for_this_build(),
+    };
+    let kind = match kind {
+        NewKind::Instance => crate::plugin::PluginKind::Instance,
+        NewKind::Flavor => crate::plugin::PluginKind::Flavor,
+    };
+    let done = generate(name, kind, &dir, &sdk)?;
+    println!("wrote {} plugin {name} in {}:", kind, done.dir.display());
+    for f in &done.files {
+        println!("  {}", f.display());
+    }
+    println!(
+        "next: cd {} && cargo test && cargo build --target wasm32-wasip2 --release\n      \
+         infrakit plugin install {} --grants {name}.toml",
+        done.dir.display(),
+        done.artifact
+            .strip_prefix(&done.dir)
+            .unwrap_or(&done.artifact)
+            .display()
+    );
+    Ok(())
+}
+
 pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
+    if let PluginCommand::New {
+        name,
+        kind,
+        dir,
+        sdk,
+    } = cmd
+    {
+        new_project(name, *kind, dir.as_deref(), sdk.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = cli.daemon_if_running()?;
     match cmd {
         PluginCommand::Ls { output } => {
@@ -206,6 +284,7 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
                 println!("the running daemon picks it up at its next scan");
             }
         }
+        PluginCommand::New { .. } => unreachable!("handled above"),
         PluginCommand::Inspect { name, output } => {
             let view = match &client {
                 Some(c) => {
