@@ -415,6 +415,7 @@ impl Controller {
                 // left as they are.
                 h.retired = true;
                 h.stop.send_replace(true);
+                self.inner.listings.forget(id);
             }
         }
     }
@@ -727,7 +728,8 @@ struct Memory {
     losses_config: String,
     /// No provisions before this: the back-off after a loss.
     hold_until: Option<Instant>,
-    /// When the previous pass ended: a shared listing must be younger (see `crate::listing`).
+    /// When the previous pass ended (or the task started): a shared listing must be younger
+    /// (see `crate::listing`).
     last_pass_end: Option<Instant>,
     /// The previous pass found the group converged: an idle group may take its members from
     /// a shared listing (see `crate::listing`).
@@ -774,6 +776,15 @@ struct Observed {
     changes: Vec<(String, Option<Health>, Health)>,
 }
 
+/// A pass's use of the shared listings (see `crate::listing`).
+struct Sharing<'a> {
+    listings: &'a Listings,
+    /// A listing that started earlier does not show all the group did.
+    not_before: Instant,
+    /// The group's previous pass found it converged.
+    idle: bool,
+}
+
 async fn observe(
     spec: &GroupSpec,
     instance: &InstanceClient,
@@ -781,7 +792,7 @@ async fn observe(
     cache: &mut HealthCache,
     check_interval: Option<Duration>,
     fence: &Fence,
-    shared: Option<(&Listings, Instant)>,
+    shared: Option<Sharing<'_>>,
 ) -> Result<Observed, Error> {
     let fenced = |source| Error::NotLeader {
         group: spec.id.clone(),
@@ -789,23 +800,34 @@ async fn observe(
     };
     fence.check().map_err(fenced)?;
     let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
-    let listed = match shared {
-        Some((listings, not_before)) if listings.shares(&spec.properties.instance.plugin) => {
-            listings.members(instance, &spec.id, not_before).await
+    let shared = shared.filter(|s| s.listings.shares(&spec.properties.instance.plugin));
+    let listed = match &shared {
+        Some(s) => {
+            s.listings
+                .members(instance, &spec.id, s.idle, s.not_before)
+                .await
         }
-        _ => None,
+        None => None,
     };
     let found = match listed {
         Some(found) => found,
-        None => instance
-            .describe(&filter, false)
-            .await
-            .map_err(|source| Error::Plugin {
-                group: spec.id.clone(),
-                instance: None,
-                action: "observing instances (describe)".into(),
-                source: Arc::new(source),
-            })?,
+        None => {
+            let started = Instant::now();
+            let found =
+                instance
+                    .describe(&filter, false)
+                    .await
+                    .map_err(|source| Error::Plugin {
+                        group: spec.id.clone(),
+                        instance: None,
+                        action: "observing instances (describe)".into(),
+                        source: Arc::new(source),
+                    })?;
+            if let Some(s) = &shared {
+                s.listings.note_own(&spec.id, started.elapsed());
+            }
+            found
+        }
     };
     // An instance listed twice (a plugin's bug, a listing racing a writer) would count twice
     // towards availability and let the planner take away more than it may.
@@ -997,7 +1019,10 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
         wake,
         observed,
     } = channels;
-    let mut memory = Memory::default();
+    let mut memory = Memory {
+        last_pass_end: Some(Instant::now()),
+        ..Memory::default()
+    };
     let mut attempts: u32 = 0;
     let mut last_phase: Option<Phase> = None;
     let mut last_messages: Vec<String> = Vec::new();
@@ -1215,16 +1240,14 @@ async fn reconcile(
     let group = &spec.id;
     let (instance, flavor) = plugins_of(&*inner.plugins, spec)?;
     let check_interval = spec.properties.health.check_interval.0;
-    // An idle group may take a shared listing that started after its previous pass ended (it
-    // then shows all the group did) and within the poll interval (see `crate::listing`).
+    // A shared listing must have started after this group's previous pass ended (it then
+    // shows all the group did) and within the poll interval (see `crate::listing`).
     let now = Instant::now();
-    let shared = memory
-        .last_pass_end
-        .filter(|_| memory.last_pass_idle)
-        .map(|end| {
-            let recent = now.checked_sub(inner.options.poll_interval).unwrap_or(now);
-            (&inner.listings, end.max(recent))
-        });
+    let shared = memory.last_pass_end.map(|end| Sharing {
+        listings: &inner.listings,
+        not_before: end.max(now.checked_sub(inner.options.poll_interval).unwrap_or(now)),
+        idle: memory.last_pass_idle,
+    });
     let mut observed = observe(
         spec,
         &instance,
