@@ -12,6 +12,7 @@ mod groups;
 mod ha;
 mod instance_process;
 mod plugin_cli;
+mod python_plugin;
 mod sandbox;
 mod store;
 mod ui;
