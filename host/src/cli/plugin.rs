@@ -33,14 +33,18 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE")]
         grants: Option<std::path::PathBuf>,
     },
-    /// Write a new plugin project (Rust, on the SDK) that builds, tests and loads as
-    /// generated: Cargo.toml, src/lib.rs with native tests, a grant file and a README.
+    /// Write a new plugin project that builds, tests and loads as generated: in Rust,
+    /// Cargo.toml and src/lib.rs with native tests; in Python, app.py with a pytest suite and
+    /// the WIT; both with a grant file and a README.
     New {
         /// The plugin's name (lowercase letters, digits, `-`); also its crate's.
         name: String,
         /// What it is.
         #[arg(long, value_enum)]
         kind: NewKind,
+        /// Its language: Rust (the SDK crate) or Python (sdk/python, built with componentize-py).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: NewLang,
         /// Where to write it (default: ./NAME); must not exist or be empty.
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
@@ -179,6 +183,15 @@ fn print_inspect(v: &PluginDetail) {
     );
 }
 
+/// The languages `plugin new` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum NewLang {
+    /// A Rust crate.
+    Rust,
+    /// A Python module.
+    Python,
+}
+
 /// The kinds `plugin new` writes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum NewKind {
@@ -191,10 +204,11 @@ pub enum NewKind {
 fn new_project(
     name: &str,
     kind: NewKind,
+    lang: NewLang,
     dir: Option<&std::path::Path>,
     sdk: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    use super::scaffold::{SdkSource, generate};
+    use super::scaffold::{Lang, SdkSource, generate};
     let dir = dir
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| std::path::PathBuf::from(name));
@@ -214,10 +228,23 @@ fn new_project(
         NewKind::Instance => crate::plugin::PluginKind::Instance,
         NewKind::Flavor => crate::plugin::PluginKind::Flavor,
     };
-    let done = generate(name, kind, &dir, &sdk)?;
+    let lang = match lang {
+        NewLang::Rust => Lang::Rust,
+        NewLang::Python => Lang::Python,
+    };
+    let done = generate(name, kind, lang, &dir, &sdk)?;
     println!("wrote {} plugin {name} in {}:", kind, done.dir.display());
-    for f in &done.files {
+    for f in done.files.iter().filter(|f| !f.starts_with("wit")) {
         println!("  {}", f.display());
+    }
+    if lang == Lang::Python {
+        println!(
+            "  wit/ (the interfaces it is built against)\nnext: cd {} && pytest, then the \
+             componentize-py line of its README, then infrakit plugin install {name}.wasm \
+             --grants {name}.toml",
+            done.dir.display()
+        );
+        return Ok(());
     }
     println!(
         "next: cd {} && cargo test && cargo build --target wasm32-wasip2 --release\n      \
@@ -235,11 +262,12 @@ pub async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
     if let PluginCommand::New {
         name,
         kind,
+        lang,
         dir,
         sdk,
     } = cmd
     {
-        new_project(name, *kind, dir.as_deref(), sdk.as_deref())?;
+        new_project(name, *kind, *lang, dir.as_deref(), sdk.as_deref())?;
         return Ok(ExitCode::SUCCESS);
     }
     let client = cli.daemon_if_running()?;

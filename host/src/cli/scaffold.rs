@@ -48,11 +48,21 @@ pub struct Generated {
     pub artifact: PathBuf,
 }
 
-/// Writes a new `kind` plugin project called `name` into `dir`, which must not exist yet or
-/// be empty (nothing is overwritten).
+/// The language of a generated project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// A Rust crate on `infrakit-sdk`.
+    Rust,
+    /// A Python module on `infrakit_plugin` (`sdk/python`), built with componentize-py.
+    Python,
+}
+
+/// Writes a new `kind` plugin project called `name` in `lang` into `dir`, which must not
+/// exist yet or be empty (nothing is overwritten).
 pub fn generate(
     name: &str,
     kind: PluginKind,
+    lang: Lang,
     dir: &Path,
     sdk: &SdkSource,
 ) -> anyhow::Result<Generated> {
@@ -67,6 +77,9 @@ pub fn generate(
             "{} already exists and is not empty; nothing was written",
             dir.display()
         );
+    }
+    if lang == Lang::Python {
+        return generate_python(name, kind, dir, sdk);
     }
     let crate_name = name.replace('-', "_");
     let (source, kind_word, description, try_it) = match kind {
@@ -111,8 +124,18 @@ pub fn generate(
             include_str!("scaffold/gitignore.tmpl").to_string(),
         ),
     ];
+    Ok(Generated {
+        dir: dir.to_path_buf(),
+        files: write_all(dir, &files)?,
+        artifact: dir
+            .join("target/wasm32-wasip2/release")
+            .join(format!("{crate_name}.wasm")),
+    })
+}
+
+fn write_all(dir: &Path, files: &[(String, String)]) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
-    for (rel, text) in &files {
+    for (rel, text) in files {
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -121,13 +144,99 @@ pub fn generate(
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         written.push(PathBuf::from(rel));
     }
+    Ok(written)
+}
+
+/// A Python project: the app module, its pytest suite, a copy of the WIT it is built against.
+/// It needs a checkout: the Python SDK is not published.
+fn generate_python(
+    name: &str,
+    kind: PluginKind,
+    dir: &Path,
+    sdk: &SdkSource,
+) -> anyhow::Result<Generated> {
+    let SdkSource::Path(rust_sdk) = sdk else {
+        anyhow::bail!(
+            "a Python plugin needs an infrakit checkout (its sdk/python and wit/): give --sdk \
+             CHECKOUT/sdk"
+        );
+    };
+    let sdk_python = rust_sdk.join("python");
+    let wit = rust_sdk.parent().map(|p| p.join("wit")).unwrap_or_default();
+    anyhow::ensure!(
+        sdk_python.join("infrakit_plugin").is_dir() && wit.is_dir(),
+        "{}: no Python SDK (python/infrakit_plugin) or no ../wit beside it",
+        rust_sdk.display()
+    );
+    let (app, test, kind_word) = match kind {
+        PluginKind::Instance => (
+            include_str!("scaffold/python/instance.py.tmpl"),
+            include_str!("scaffold/python/test_instance.py.tmpl"),
+            "instance",
+        ),
+        PluginKind::Flavor => (
+            include_str!("scaffold/python/flavor.py.tmpl"),
+            include_str!("scaffold/python/test_flavor.py.tmpl"),
+            "flavor",
+        ),
+    };
+    let sdk_python = sdk_python.display().to_string();
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{kind}}", kind_word)
+            .replace("{{sdk_python}}", &sdk_python)
+    };
+    let mut files = vec![
+        ("app.py".to_string(), fill(app)),
+        ("test_app.py".to_string(), fill(test)),
+        (
+            "conftest.py".to_string(),
+            fill(include_str!("scaffold/python/conftest.py.tmpl")),
+        ),
+        (
+            "pyproject.toml".to_string(),
+            fill(include_str!("scaffold/python/pyproject.toml.tmpl")),
+        ),
+        (
+            format!("{name}.toml"),
+            fill(include_str!("scaffold/grants.toml.tmpl")),
+        ),
+        (
+            "README.md".to_string(),
+            fill(include_str!("scaffold/python/README.md.tmpl")),
+        ),
+        (
+            ".gitignore".to_string(),
+            "*.wasm\n__pycache__/\n.pytest_cache/\n".to_string(),
+        ),
+    ];
+    for entry in walkdir(&wit)? {
+        let rel = entry.strip_prefix(&wit).expect("under wit");
+        let text = std::fs::read_to_string(&entry)
+            .with_context(|| format!("cannot read {}", entry.display()))?;
+        files.push((Path::new("wit").join(rel).display().to_string(), text));
+    }
     Ok(Generated {
         dir: dir.to_path_buf(),
-        files: written,
-        artifact: dir
-            .join("target/wasm32-wasip2/release")
-            .join(format!("{crate_name}.wasm")),
+        files: write_all(dir, &files)?,
+        artifact: dir.join(format!("{name}.wasm")),
     })
+}
+
+/// The `.wit` files under `dir`, recursively.
+fn walkdir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walkdir(&path)?);
+        } else if path.extension().is_some_and(|e| e == "wit") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 const INSTANCE_TRY: &str = "```sh
