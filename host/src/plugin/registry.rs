@@ -566,6 +566,26 @@ impl Registry {
         })
     }
 
+    /// Loads a component file as `install` does before placing it (compiled into the cache, or
+    /// read from it; bound; metadata asked) and puts it away again: what loading it costs.
+    pub async fn trial_load(&self, file: &Path) -> Result<super::LoadStats, Error> {
+        let bytes = std::fs::read(file).map_err(|e| Error::Read {
+            path: file.to_path_buf(),
+            source: e,
+        })?;
+        let probe = format!("trial-{}", std::process::id());
+        let loaded = self
+            .load_component(
+                &probe,
+                Source::File(file.to_path_buf()),
+                &bytes,
+                Grants::default(),
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(self.config.data_dir.join("scratch").join(&probe));
+        Ok(loaded?.load)
+    }
+
     /// Compiles (or reads from the cache) and binds a component, and asks its metadata.
     async fn load_component(
         &self,
