@@ -763,20 +763,7 @@ fn plugin_new_projects_build_test_install_and_answer_as_generated() {
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", name.replace('-', "_")));
         let grants = dir.join(format!("{name}.toml"));
-        let installed = env.ok(
-            &[
-                "plugin",
-                "install",
-                artifact.to_str().unwrap(),
-                "--grants",
-                grants.to_str().unwrap(),
-            ],
-            None,
-        );
-        assert!(
-            installed.contains(&format!("installed {name} ({kind} plugin")),
-            "{installed}"
-        );
+        env.install_built(&artifact, &grants, name, kind);
         dir
     };
 

@@ -237,20 +237,7 @@ fn plugin_new_python_projects_test_build_install_and_answer_as_generated() {
             "the README's build line is the one tested:\n{readme}"
         );
         let grants = dir.join(format!("{name}.toml"));
-        let installed = env.ok(
-            &[
-                "plugin",
-                "install",
-                dir.join(&wasm).to_str().unwrap(),
-                "--grants",
-                grants.to_str().unwrap(),
-            ],
-            None,
-        );
-        assert!(
-            installed.contains(&format!("installed {name} ({kind} plugin")),
-            "{installed}"
-        );
+        env.install_built(&dir.join(&wasm), &grants, name, kind);
         dir
     };
 

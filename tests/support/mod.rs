@@ -109,6 +109,25 @@ impl Env {
         self.dir.path().join("scratch").join(plugin)
     }
 
+    /// `infrakit plugin install WASM --grants GRANTS`, checked to have placed `name` as a
+    /// `kind` plugin.
+    pub fn install_built(&self, wasm: &Path, grants: &Path, name: &str, kind: &str) {
+        let installed = self.ok(
+            &[
+                "plugin",
+                "install",
+                wasm.to_str().unwrap(),
+                "--grants",
+                grants.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            installed.contains(&format!("installed {name} ({kind} plugin")),
+            "{installed}"
+        );
+    }
+
     /// Drops the compiled guest `name` into the plugin directory as `NAME.wasm`, with `grants`
     /// as its `NAME.toml` when given.
     pub fn install_plugin(&self, name: &str, grants: Option<&str>) {

@@ -495,13 +495,7 @@ impl Registry {
             Some(g) => Grants::load(g)?,
             None => Grants::default(),
         };
-        // The sandbox of this trial load lives in a directory of its own, removed after.
-        let probe = format!("install-{}", std::process::id());
-        let loaded = self
-            .load_component(&probe, source.clone(), &bytes, grants.clone())
-            .await;
-        let _ = std::fs::remove_dir_all(self.config.data_dir.join("scratch").join(&probe));
-        let plugin = loaded?;
+        let plugin = self.probe(file, &bytes, grants).await?;
         let real = plugin.metadata.name.clone();
         let refuse = |reason: String| Error::Metadata {
             origin: source.clone(),
@@ -573,17 +567,18 @@ impl Registry {
             path: file.to_path_buf(),
             source: e,
         })?;
-        let probe = format!("trial-{}", std::process::id());
+        Ok(self.probe(file, &bytes, Grants::default()).await?.load)
+    }
+
+    /// Loads `file`'s `bytes` under `grants` without registering it: its sandbox lives in a
+    /// scratch directory of its own, removed after.
+    async fn probe(&self, file: &Path, bytes: &[u8], grants: Grants) -> Result<Plugin, Error> {
+        let probe = format!("probe-{}", std::process::id());
         let loaded = self
-            .load_component(
-                &probe,
-                Source::File(file.to_path_buf()),
-                &bytes,
-                Grants::default(),
-            )
+            .load_component(&probe, Source::File(file.to_path_buf()), bytes, grants)
             .await;
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("scratch").join(&probe));
-        Ok(loaded?.load)
+        loaded
     }
 
     /// Compiles (or reads from the cache) and binds a component, and asks its metadata.

@@ -391,23 +391,21 @@ class InstancePlugin:
 def export_instance(plugin: Type[InstancePlugin]) -> Any:
     """The component's `Instance` export for `plugin`: assign it to `Instance` in the app
     module. Outside a component build (in tests) `plugin` itself is returned."""
-    if not plugin.name:
-        raise ValueError(f"{plugin.__name__}.name must be set: it is the plugin's name")
-    try:
-        from . import _component
-    except ImportError:
-        return plugin
-    return _component.instance(plugin)
+    return _export(plugin, "instance")
 
 
 def export_flavor(plugin: Type[FlavorPlugin]) -> Any:
     """The component's `Flavor` export for `plugin`: assign it to `Flavor` in the app module.
     Outside a component build (in tests) the bindings do not exist and `plugin` itself is
     returned."""
+    return _export(plugin, "flavor")
+
+
+def _export(plugin: Any, adapter: str) -> Any:
     if not plugin.name:
         raise ValueError(f"{plugin.__name__}.name must be set: it is the plugin's name")
     try:
         from . import _component
     except ImportError:
         return plugin
-    return _component.flavor(plugin)
+    return getattr(_component, adapter)(plugin)
