@@ -1,10 +1,12 @@
 //! Python plugins (issue 15): the example flavor in `examples/python-flavor`, on the Python SDK
 //! in `sdk/python`, built into a component by componentize-py and loaded by the real host.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crate::support::Env;
+use crate::support::http::Recorder;
 
 /// The componentize-py executable: `INFRAKIT_COMPONENTIZE_PY`, or `componentize-py` on the PATH.
 fn componentize_py() -> Option<String> {
@@ -24,7 +26,14 @@ fn component(tool: &str) -> &'static Path {
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
         let run = std::process::Command::new(tool)
             .current_dir(root)
-            .args(["-d", "wit", "-w", "flavor-plugin", "componentize", "app"])
+            .args([
+                "-d",
+                "wit",
+                "-w",
+                "flavor-plugin-http",
+                "componentize",
+                "app",
+            ])
             .args(["-p", "examples/python-flavor", "-p", "sdk/python", "-o"])
             .arg(&out)
             .output()
@@ -46,7 +55,24 @@ fn the_python_example_installs_and_answers_every_call_with_errors_and_faults_con
     };
     let wasm = component(&tool);
     let env = Env::new();
-    let installed = env.ok(&["plugin", "install", wasm.to_str().unwrap()], None);
+    // A real HTTP server for `Notify`, the only target granted.
+    let (hooks, port) = Recorder::tcp();
+    let grants = env.data_dir().join("py-flavor.toml");
+    std::fs::write(
+        &grants,
+        format!("[http]\nallow = [\"http://127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let installed = env.ok(
+        &[
+            "plugin",
+            "install",
+            wasm.to_str().unwrap(),
+            "--grants",
+            grants.to_str().unwrap(),
+        ],
+        None,
+    );
     assert!(
         installed.contains("installed py-flavor (flavor plugin 0.1.0)"),
         "{installed}"
@@ -123,6 +149,49 @@ fn the_python_example_installs_and_answers_every_call_with_errors_and_faults_con
     )
     .assert_success();
 
+    // HTTP through the host (`infrakit_plugin.http` over wasi:http): the granted target
+    // receives the POST with its JSON body (sent with a content-length), ...
+    let notify = |url: &str| {
+        let props = format!(r#"{{"Notify": "{url}"}}"#);
+        flavor(
+            &["drain", "--plugin", "py-flavor", "--properties", &props],
+            Some(r#"{"ID": "i-9"}"#),
+        )
+    };
+    notify(&format!("http://127.0.0.1:{port}/drained?from=py")).assert_success();
+    let seen = hooks.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].request, "POST /drained?from=py");
+    assert!(
+        seen[0]
+            .head
+            .to_ascii_lowercase()
+            .contains("content-length: 37"),
+        "{}",
+        seen[0].head
+    );
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"event": "drain", "instance": "i-9"})
+    );
+    // ... and a target outside the grant is refused by the host: the error answer names the
+    // URL (an `http.Denied`, a PluginError: not a trap), and nothing is sent.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere = format!("http://{}/drained", other.local_addr().unwrap());
+    let denied = notify(&elsewhere).assert_failure();
+    assert!(
+        denied.contains(&format!("HTTP request POST {elsewhere} denied by the host"))
+            && !denied.contains("trapped"),
+        "{denied}"
+    );
+    other.set_nonblocking(true).unwrap();
+    assert!(
+        other.accept().is_err(),
+        "the refused request reached its target"
+    );
+    assert_eq!(hooks.seen.lock().unwrap().len(), 1);
+
     let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
     let row = rows
         .as_array()
@@ -167,7 +236,7 @@ fn the_python_sdk_and_the_example_pass_their_pytest_suites() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(run.status.success(), "pytest failed:\n{out}");
-    assert!(out.contains("17 passed"), "{out}");
+    assert!(out.contains("27 passed"), "{out}");
 }
 
 /// `plugin new --lang python` for both kinds: the generated project passes its pytest suite,
@@ -207,7 +276,7 @@ fn plugin_new_python_projects_test_build_install_and_answer_as_generated() {
             .unwrap();
         let out = String::from_utf8_lossy(&tested.stdout).to_string();
         assert!(tested.status.success() && out.contains("2 passed"), "{out}");
-        let world = format!("{kind}-plugin");
+        let world = format!("{kind}-plugin-http");
         let wasm = format!("{name}.wasm");
         let built = std::process::Command::new(&tool)
             .current_dir(&dir)

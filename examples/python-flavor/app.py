@@ -1,13 +1,15 @@
 """py-flavor: an infrakit flavor plugin in Python, on the `infrakit_plugin` SDK.
 
-It adds the `Init` lines and `Tags` of its properties to each instance, and judges an
-instance healthy once it reports (tag `uptime`, in seconds) at least `MinUptime`.
+It adds the `Init` lines and `Tags` of its properties to each instance, judges an
+instance healthy once it reports (tag `uptime`, in seconds) at least `MinUptime`, and, when
+`Notify` names a URL, tells it about each instance it drains (an HTTP POST through the host,
+which must grant that URL: `[http] allow` in the plugin's grant file).
 """
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-from infrakit_plugin import FlavorPlugin, Health, Invalid, export_flavor, log, parse
+from infrakit_plugin import FlavorPlugin, Health, Invalid, export_flavor, http, log, parse
 
 
 @dataclass
@@ -15,6 +17,7 @@ class Props:
     Init: List[str] = field(default_factory=list)
     Tags: Dict[str, str] = field(default_factory=dict)
     MinUptime: int = 0
+    Notify: Optional[str] = None
 
 
 class UptimeFlavor(FlavorPlugin):
@@ -28,6 +31,8 @@ class UptimeFlavor(FlavorPlugin):
         for key in props.Tags:
             if key.startswith("infrakit."):
                 raise Invalid(f"properties at `Tags.{key}`: the infrakit. prefix belongs to the host")
+        if props.Notify and not props.Notify.startswith(("http://", "https://")):
+            raise Invalid("properties at `Notify`: must be an http:// or https:// URL")
 
     def prepare(self, properties, spec, allocation, index):
         props = parse(properties, Props)
@@ -47,6 +52,13 @@ class UptimeFlavor(FlavorPlugin):
 
     def drain(self, properties, instance):
         log.info(f"draining {instance.id}")
+        notify = parse(properties, Props).Notify
+        if notify:
+            # An error (refused, unreachable, a 5xx) is the call's answer: the host retries
+            # a transient one.
+            http.post(
+                notify, json={"event": "drain", "instance": instance.id}, timeout=5
+            ).raise_for_status()
 
 
 Flavor = export_flavor(UptimeFlavor)

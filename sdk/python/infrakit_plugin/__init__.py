@@ -22,12 +22,16 @@ A plugin is a class deriving from `FlavorPlugin`; one line exports it as the com
 
     Flavor = export_flavor(RoleFlavor)
 
-Build with ``componentize-py -d WIT_DIR -w flavor-plugin componentize app -o role-flavor.wasm``
+Build with ``componentize-py -d WIT_DIR -w flavor-plugin-http componentize app -o role-flavor.wasm``
 and install with ``infrakit plugin install role-flavor.wasm``. The plugin's logic is plain
 Python: test it with pytest, natively, without wasm (`config`, `log` and the types work
 outside a component; `testing.config` sets configuration values). An instance plugin derives
 from `InstancePlugin` and is exported with ``Instance = export_instance(MyPlugin)``, built with
-``-w instance-plugin``.
+``-w instance-plugin-http``.
+
+HTTP: `infrakit_plugin.http` sends requests through the host, to the targets the grant file
+allows (the ``-http`` worlds above are what give the component `wasi:http`); natively they go
+to ``testing.http``.
 
 Errors: raise `Invalid` (bad input: the group pauses until its spec changes), `NotFound`,
 `Transient` (retried with back-off) or `PluginError`. Any other exception is a fault of that
@@ -59,6 +63,7 @@ __all__ = [
     "config",
     "export_flavor",
     "export_instance",
+    "http",
     "log",
     "parse",
     "testing",
@@ -262,15 +267,19 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 class _Testing:
-    """Stands in for the host outside a component: configuration values and captured logs."""
+    """Stands in for the host outside a component: configuration values, captured logs, and
+    `http`, a function from `http.Request` to `http.Response` (or raising an `http.HttpError`)
+    that answers the plugin's requests."""
 
     def __init__(self) -> None:
         self.config: Dict[str, str] = {}
         self.logs: List[tuple] = []
+        self.http: Optional[Any] = None
 
     def reset(self) -> None:
         self.config.clear()
         self.logs.clear()
+        self.http = None
 
 
 testing = _Testing()
@@ -409,3 +418,6 @@ def _export(plugin: Any, adapter: str) -> Any:
     except ImportError:
         return plugin
     return getattr(_component, adapter)(plugin)
+
+
+from . import http  # noqa: E402  (it needs PluginError, defined above)

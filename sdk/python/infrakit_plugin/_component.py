@@ -8,7 +8,13 @@ from __future__ import annotations
 from typing import Any, Callable, List, Type
 
 from componentize_py_types import Err, Ok  # type: ignore[import-not-found]
-from wit_world.imports import types as t  # type: ignore[import-not-found]
+
+try:
+    # A world that also imports wasi:http has two `types` interfaces: componentize-py then
+    # names each after its package.
+    from wit_world.imports import infrakit_plugin_types as t  # type: ignore[import-not-found]
+except ImportError:
+    from wit_world.imports import types as t  # type: ignore[import-not-found]
 
 from . import (
     Allocation,
@@ -33,15 +39,17 @@ _HEALTH = {
 }
 
 
+_KINDS = {
+    Invalid.kind: t.Error_Invalid,
+    NotFound.kind: t.Error_NotFound,
+    Transient.kind: t.Error_Transient,
+}
+
+
 def _error(e: PluginError) -> Any:
+    # By `kind`, not class: an `http.StatusError` is transient or not-found by its status.
     message = str(e) or type(e).__name__
-    if isinstance(e, Invalid):
-        return t.Error_Invalid(message)
-    if isinstance(e, NotFound):
-        return t.Error_NotFound(message)
-    if isinstance(e, Transient):
-        return t.Error_Transient(message)
-    return t.Error_Other(message)
+    return _KINDS.get(getattr(e, "kind", ""), t.Error_Other)(message)
 
 
 def _call(f: Callable[[], Any]) -> Any:

@@ -97,3 +97,75 @@ def test_config_and_logs_come_from_testing_outside_a_component():
     ik.log.warn("careful")
     assert ik.testing.logs == [("warn", "careful")]
     ik.testing.reset()
+
+
+# --- HTTP, natively: requests go to testing.http ----------------------------------------------
+
+
+def test_http_without_a_handler_is_unsupported_and_names_the_way_out():
+    ik.testing.reset()
+    with pytest.raises(ik.http.Unsupported, match="set infrakit_plugin.testing.http"):
+        ik.http.get("http://api.test/x")
+
+
+def test_http_requests_reach_the_handler_with_json_bodies_and_headers():
+    seen = []
+
+    def handler(req):
+        seen.append(req)
+        return ik.http.Response(201, [("Content-Type", "application/json")], b'{"id": "s-1"}')
+
+    ik.testing.http = handler
+    try:
+        r = ik.http.post(
+            "https://api.test/servers?dry=1",
+            json={"size": "small"},
+            headers={"Authorization": "Bearer t"},
+            timeout=3,
+        )
+        assert r.raise_for_status() is r
+        assert r.json() == {"id": "s-1"}
+        assert r.header("content-type") == "application/json"
+        (req,) = seen
+        assert (req.method, req.url, req.timeout) == ("POST", "https://api.test/servers?dry=1", 3)
+        assert req.body == b'{"size": "small"}'
+        assert req.header("authorization") == "Bearer t"
+        assert req.header("content-type") == "application/json"
+        ik.http.put("http://api.test/x", body="text")
+        assert seen[-1].body == b"text"
+    finally:
+        ik.testing.reset()
+
+
+@pytest.mark.parametrize(
+    "status, kind",
+    [(500, "transient"), (503, "transient"), (429, "transient"), (404, "not-found"), (400, "other")],
+)
+def test_http_status_errors_carry_the_kind_the_host_acts_on(status, kind):
+    r = ik.http.Response(status, [], b"no such server" * 40, "http://api.test/s/1")
+    with pytest.raises(ik.http.StatusError) as e:
+        r.raise_for_status()
+    assert e.value.kind == kind and e.value.status == status
+    assert isinstance(e.value, ik.PluginError)
+    assert f"HTTP {status} from http://api.test/s/1: no such server" in str(e.value)
+    assert len(str(e.value)) < 300
+
+
+def test_http_refuses_bad_urls_and_bodies_that_are_not_json():
+    ik.testing.http = lambda req: ik.http.Response(200, [], b"<html>")
+    try:
+        for url, why in [("api.test/x", "no scheme"), ("ftp://x/", "not http"), ("http:///p", "no host")]:
+            with pytest.raises(ik.http.InvalidUrl, match=why):
+                ik.http.get(url)
+        with pytest.raises(ik.http.HttpError, match="body is not JSON"):
+            ik.http.get("http://api.test/").json()
+        with pytest.raises(ValueError, match="body or json"):
+            ik.http.post("http://api.test/", body=b"x", json={})
+    finally:
+        ik.testing.reset()
+
+
+def test_http_url_split():
+    assert ik.http._split("https://h:8443/v1/x?y=1") == (True, "h:8443", "/v1/x?y=1")
+    assert ik.http._split("http://h") == (False, "h", "/")
+    assert ik.http._split("http://h?q") == (False, "h", "/?q")
