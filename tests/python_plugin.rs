@@ -202,6 +202,30 @@ fn the_python_example_installs_and_answers_every_call_with_errors_and_faults_con
         .clone();
     assert_eq!(row["kind"], "flavor");
     assert_eq!(row["status"], "ok");
+    assert_eq!(row["code"], "optimized", "install compiles optimised code");
+
+    // Dropped into a plugin directory instead (no install), the first load compiles baseline
+    // code (Winch), several times faster than the optimised compile `install` did; it answers
+    // the same, and a passive command keeps it (only a daemon compiles on in the background).
+    let dropped = Env::new();
+    let own_cache = dropped.data_dir().join("cache");
+    dropped.set_var("INFRAKIT_CACHE_DIR", own_cache.to_str().unwrap());
+    std::fs::copy(wasm, dropped.plugins_dir().join("py-flavor.wasm")).unwrap();
+    let run = dropped.run(
+        &[
+            "flavor",
+            "healthy",
+            "--plugin",
+            "py-flavor",
+            "--properties",
+            props,
+        ],
+        Some(r#"{"ID": "i-1", "Tags": {"uptime": "45"}}"#),
+    );
+    assert_eq!(run.code(), Some(0), "{}", run.stderr());
+    let row = dropped.plugin_row(&[], "py-flavor");
+    assert_eq!(row["code"], "baseline", "{row}");
+    assert_eq!(row["cached"], true, "{row}");
 }
 
 /// The Python SDK's own tests and the example's, natively under pytest (no wasm): how a plugin

@@ -1131,3 +1131,81 @@ async fn granted_directories_are_opened_when_used_and_follow_the_host() {
     std::fs::write(granted.join("f.txt"), "third").unwrap();
     assert_eq!(attempt(&registry, read).await.unwrap(), "ok:third");
 }
+
+/// A large component first runs baseline code (Winch) while its optimised code compiles in
+/// the background (issue 15: first load of a Python plugin within seconds). Baseline code must
+/// keep every limit: the CPU deadline (epoch interruption), the memory limit, trap containment;
+/// and a rescan after the background compile swaps the plugin onto optimised code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_code_keeps_every_limit_until_optimised_code_replaces_it() {
+    use infrakit::plugin::Tier;
+    use infrakit::plugin::registry::Change;
+
+    let env = Env::new();
+    env.install_plugin(
+        PLUGIN,
+        Some("[limits]\ncpu = \"200ms\"\nwall = \"20s\"\nmemory = \"32 MiB\"\n"),
+    );
+    let mut config = RegistryConfig::under(env.data_dir());
+    // Its own cache: the shared one may hold the optimised code already, which is used first.
+    config.cache_dir = Some(env.data_dir().join("cache"));
+    config.baseline_above = Some(0); // every component counts as large
+    config.optimize_in_background = true;
+    let registry = Registry::load(config).await.expect("engine");
+    let tier = || registry.get(PLUGIN).unwrap().load_stats().tier;
+    assert_eq!(tier(), Tier::Baseline);
+
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "loop"})).await);
+    assert_eq!(
+        cause,
+        Fault::CpuDeadline(std::time::Duration::from_millis(200)),
+        "{msg}"
+    );
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "flood"})).await);
+    assert_eq!(cause, Fault::Memory(32 << 20), "{msg}");
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "panic"})).await);
+    assert!(matches!(cause, Fault::Trap(_)), "{msg}");
+    still_works(&registry).await;
+
+    // The background compile finishes; the next rescan swaps the plugin, and only it.
+    let started = std::time::Instant::now();
+    let mut swapped = Vec::new();
+    while !swapped
+        .iter()
+        .any(|c| matches!(c, Change::Optimized { name, .. } if name == PLUGIN))
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "no swap onto optimised code: {swapped:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        swapped.extend(registry.rescan().await);
+    }
+    assert_eq!(tier(), Tier::Optimized);
+    assert!(
+        swapped
+            .iter()
+            .all(|c| matches!(c, Change::Optimized { .. })),
+        "{swapped:?}"
+    );
+    let (cause, msg) = fault_of(attempt(&registry, json!({"Do": "loop"})).await);
+    assert!(matches!(cause, Fault::CpuDeadline(_)), "{msg}");
+    still_works(&registry).await;
+
+    // Both codes are cached now (two engines, two artifacts of the same bytes); a new load
+    // takes the optimised one at once.
+    let artifacts = std::fs::read_dir(env.data_dir().join("cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        })
+        .count();
+    assert!(artifacts >= 2, "{artifacts} artifacts");
+    let mut config = RegistryConfig::under(env.data_dir());
+    config.cache_dir = Some(env.data_dir().join("cache"));
+    config.baseline_above = Some(0);
+    let again = Registry::load_named(config, PLUGIN).await.unwrap();
+    let load = again.get(PLUGIN).unwrap().load_stats();
+    assert_eq!((load.tier, load.cached), (Tier::Optimized, true));
+}

@@ -228,8 +228,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // Plugins load in the background (compiling one can take seconds, a slow `metadata` its
     // whole limit): the daemon serves at once, lists them as loading, and groups that need
     // one retry until it is there.
+    let mut registry_config = options.registry.clone();
+    // The daemon lives on: a plugin started on baseline code gets its optimised code.
+    registry_config.optimize_in_background = true;
     let registry = Arc::new(
-        Registry::empty(options.registry.clone())
+        Registry::empty(registry_config)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("starting the WebAssembly engine")?,
     );
@@ -409,6 +412,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                         Change::Removed(n) => (
                             n.clone(),
                             "removed; groups using it report it until it returns".to_string(),
+                        ),
+                        Change::Optimized { name, compile } => (
+                            name.clone(),
+                            format!(
+                                "now runs optimised code (compiled in the background in {} ms; \
+                                 it ran baseline code until now)",
+                                compile.as_millis()
+                            ),
                         ),
                         Change::Failed {
                             name,

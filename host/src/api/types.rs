@@ -216,6 +216,10 @@ pub struct PluginRow {
     /// Whether the compiled artifact came from the cache.
     #[serde(default)]
     pub cached: Option<bool>,
+    /// Which compiler made the code it runs: `optimized`, or `baseline` while a large
+    /// component's optimised code is compiled in the background.
+    #[serde(default)]
+    pub code: Option<String>,
     /// Why it failed to load.
     #[serde(default)]
     pub error: Option<String>,
@@ -335,6 +339,7 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
             size: Some(p.load_stats().size),
             compile_ms: Some(p.load_stats().compile.as_millis() as u64),
             cached: Some(p.load_stats().cached),
+            code: Some(p.load_stats().tier.as_str().to_string()),
             error: None,
         })
         .collect();
@@ -353,6 +358,7 @@ pub fn plugin_rows(registry: &Registry) -> Vec<PluginRow> {
         size: None,
         compile_ms: None,
         cached: None,
+        code: None,
         error,
     };
     rows.extend(

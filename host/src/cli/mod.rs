@@ -63,6 +63,19 @@ pub struct Cli {
     )]
     pub cache_dir: Option<PathBuf>,
 
+    /// Components at least this large (e.g. `4MiB`) whose optimised code is not cached yet
+    /// start on baseline code, compiled several times faster; the daemon then compiles the
+    /// optimised code in the background and swaps it in. `off`: always compile optimised.
+    #[arg(
+        long,
+        global = true,
+        env = "INFRAKIT_BASELINE_ABOVE",
+        value_name = "SIZE",
+        default_value = "4MiB",
+        value_parser = parse_baseline_above
+    )]
+    pub baseline_above: Baseline,
+
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -70,6 +83,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--baseline-above`: a size in bytes, or `None` for `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline(pub Option<u64>);
+
+fn parse_baseline_above(text: &str) -> Result<Baseline, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Baseline(None));
+    }
+    text.parse::<bytesize::ByteSize>()
+        .map(|b| Baseline(Some(b.as_u64())))
+        .map_err(|e| format!("{text:?} is not a size (like 4MiB) or `off`: {e}"))
 }
 
 /// How logs are written.
@@ -177,6 +203,7 @@ impl Cli {
         if let Some(c) = &self.cache_dir {
             config.cache_dir = Some(c.clone());
         }
+        config.baseline_above = self.baseline_above.0;
         Ok(config)
     }
 

@@ -111,6 +111,10 @@ fn print_rows(rows: &[PluginRow]) {
                 (Some(ms), Some(true)) => format!("{ms} ms (cached)"),
                 (Some(ms), _) => format!("{ms} ms"),
                 _ => String::new(),
+            } + if r.code.as_deref() == Some("baseline") {
+                " baseline"
+            } else {
+                ""
             },
         ]);
     }

@@ -43,6 +43,11 @@ impl ArtifactCache {
         Some(dir.join(format!("{sha256}-{}.cwasm", self.engine_key)))
     }
 
+    /// Whether the compiled form of the component with `sha256` is in the cache.
+    pub fn contains(&self, sha256: &str) -> bool {
+        self.path_for(sha256).is_some_and(|p| p.exists())
+    }
+
     /// Where the metadata of the component with `sha256` is kept, for a plugin loaded under
     /// `grants` (a plugin may answer by its configuration, so each grant has its own entry).
     pub fn metadata_path(&self, sha256: &str, grants: &crate::grants::Grants) -> Option<PathBuf> {

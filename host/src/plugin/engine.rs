@@ -36,6 +36,16 @@ pub fn new_engine() -> wasmtime::Result<(Engine, bool)> {
     }
 }
 
+/// The baseline engine: Winch, wasmtime's single-pass compiler, which compiles a large component
+/// several times faster than Cranelift into slower code. A large plugin runs on it while its
+/// optimised code is compiled in the background (see `Registry`). Allocation is on demand: large
+/// components are few, and a second pool would double the virtual memory reserved.
+pub fn new_baseline_engine() -> wasmtime::Result<Engine> {
+    let mut config = base_config();
+    config.strategy(wasmtime::Strategy::Winch);
+    Ok(start_ticker(Engine::new(&config)?))
+}
+
 fn base_config() -> Config {
     let mut config = Config::new();
     config

@@ -261,6 +261,29 @@ pub struct LoadStats {
     pub compile: std::time::Duration,
     /// Whether the compiled artifact came from the cache.
     pub cached: bool,
+    /// Which compiler made the code it runs.
+    pub tier: Tier,
+}
+
+/// Which compiler made a plugin's code. A large component first runs baseline code (fast to
+/// compile, slower to run) while its optimised code is compiled in the background.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tier {
+    /// Cranelift, optimising: what every plugin runs in the end.
+    #[default]
+    Optimized,
+    /// Winch, wasmtime's single-pass compiler.
+    Baseline,
+}
+
+impl Tier {
+    /// `optimized` or `baseline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Optimized => "optimized",
+            Tier::Baseline => "baseline",
+        }
+    }
 }
 
 /// What a call needs. Shared with the calls in flight: each runs on a thread of its own and may

@@ -4,14 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 
 use super::cache::{ArtifactCache, sha256_hex};
 use super::sandbox::{self, Sandbox, State};
-use super::{Error, Plugin, Source, builtin, engine};
+use super::{Error, Plugin, Source, Tier, builtin, engine};
 use crate::grants::Grants;
 
 /// InfraKit's plugin names for the plugins that ship here.
@@ -29,7 +30,19 @@ pub struct RegistryConfig {
     pub cache_dir: Option<PathBuf>,
     /// Grants for built-in plugins, by name (directory plugins use their `NAME.toml`).
     pub builtin_grants: BTreeMap<String, Grants>,
+    /// Components of at least this many bytes whose optimised code is not cached yet are
+    /// first compiled by the baseline compiler, in a fraction of the time; `None` compiles
+    /// every component optimised at once.
+    pub baseline_above: Option<u64>,
+    /// Whether a plugin loaded with baseline code has its optimised code compiled in the
+    /// background, to be swapped in by a later [`Registry::rescan`] (the daemon); otherwise
+    /// it keeps its baseline code (a passive command, which is gone in a moment).
+    pub optimize_in_background: bool,
 }
+
+/// The default of [`RegistryConfig::baseline_above`]: a component bundling an interpreter
+/// (a Python plugin: ~18 MB) is over it, a compiled Rust plugin (well under 1 MB) is not.
+pub const BASELINE_ABOVE: u64 = 4 << 20;
 
 impl RegistryConfig {
     /// Plugins under `data_dir`: `plugins/`, `cache/`, `scratch/`.
@@ -39,6 +52,8 @@ impl RegistryConfig {
             plugins_dir: Some(data_dir.join("plugins")),
             cache_dir: Some(data_dir.join("cache")),
             builtin_grants: BTreeMap::new(),
+            baseline_above: Some(BASELINE_ABOVE),
+            optimize_in_background: false,
         }
     }
 }
@@ -82,6 +97,13 @@ pub enum Change {
     Replaced(String),
     /// A plugin's file is gone; so is the plugin.
     Removed(String),
+    /// A plugin that ran baseline code now runs its optimised code, compiled in `compile`.
+    Optimized {
+        /// The plugin's name.
+        name: String,
+        /// How long the optimised compile took.
+        compile: Duration,
+    },
     /// A file failed to load (the message names path and reason); `kept` when an earlier
     /// version stays in service.
     Failed {
@@ -141,7 +163,33 @@ pub struct Registry {
     /// Plugins being loaded for the first time (compiling, or answering `metadata`).
     loading: RwLock<std::collections::BTreeSet<String>>,
     dir: tokio::sync::Mutex<DirState>,
+    /// The baseline compiler's engine, made when a large component first needs it.
+    baseline: OnceLock<Result<Baseline, String>>,
+    /// Optimised compiles running in the background for plugins on baseline code.
+    upgrades: Mutex<Vec<Upgrade>>,
 }
+
+/// The baseline engine with what plugins on it need (see [`engine::new_baseline_engine`]).
+struct Baseline {
+    engine: Engine,
+    linker: Linker<State>,
+    cache: ArtifactCache,
+}
+
+/// An optimised compile in the background, for the plugin `name` as loaded from `sha256`
+/// under `grants`.
+struct Upgrade {
+    name: String,
+    source: Source,
+    sha256: String,
+    grants: Grants,
+    size: u64,
+    /// Filled by the compile thread.
+    done: Arc<Mutex<Option<Compiled>>>,
+}
+
+/// What an optimised compile gave: the component and how long it took, or why it failed.
+type Compiled = Result<(Component, Duration), String>;
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -212,6 +260,8 @@ impl Registry {
             failures: RwLock::new(BTreeMap::new()),
             loading: RwLock::new(loading),
             dir: tokio::sync::Mutex::new(DirState::default()),
+            baseline: OnceLock::new(),
+            upgrades: Mutex::new(Vec::new()),
         })
     }
 
@@ -306,6 +356,7 @@ impl Registry {
             return Vec::new();
         };
         let mut state = self.dir.lock().await;
+        let mut changes = self.apply_upgrades().await;
         // A scan that fails (out of descriptors, the directory replaced by a file) changes
         // nothing: read as "no plugins", it would unload every plugin in service.
         let listed = wasm_files(&dir).and_then(|files| {
@@ -326,10 +377,9 @@ impl Registry {
                     error = %e,
                     "cannot scan the plugin directory; the plugins in service stay as they are"
                 );
-                return Vec::new();
+                return changes;
             }
         };
-        let mut changes = Vec::new();
         // Removed files.
         let gone: Vec<PathBuf> = state
             .loaded
@@ -460,7 +510,7 @@ impl Registry {
         grants: Grants,
     ) -> Result<Arc<Plugin>, Error> {
         let plugin = self
-            .load_component(name, source.clone(), bytes, grants)
+            .load_component(name, source.clone(), bytes, grants, true)
             .await?;
         if plugin.metadata.name != name {
             return Err(Error::Metadata {
@@ -472,7 +522,131 @@ impl Registry {
                 ),
             });
         }
+        if plugin.load.tier == Tier::Baseline && self.config.optimize_in_background {
+            self.optimize_later(name, &source, bytes, &plugin);
+        }
         Ok(Arc::new(plugin))
+    }
+
+    /// Compiles `bytes` optimised on a thread of its own (into the cache); the next rescan
+    /// after it is done swaps the plugin onto that code.
+    fn optimize_later(&self, name: &str, source: &Source, bytes: &[u8], plugin: &Plugin) {
+        let done = Arc::new(Mutex::new(None));
+        let (slot, cache, engine, sha256, bytes) = (
+            done.clone(),
+            self.cache.clone(),
+            self.engine.clone(),
+            plugin.sha256.clone(),
+            bytes.to_vec(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("infrakit-optimize".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let compiled = cache
+                    .load(&engine, &sha256, &bytes)
+                    .map(|(component, _)| (component, started.elapsed()))
+                    .map_err(|e| super::one_line(&format!("{e:#}")));
+                *slot.lock().expect("lock") = Some(compiled);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(plugin = name, error = %e, "cannot start the optimised compile; the plugin keeps its baseline code");
+            return;
+        }
+        tracing::info!(
+            plugin = name,
+            "running baseline code; compiling optimised code in the background"
+        );
+        let mut upgrades = self.upgrades.lock().expect("lock");
+        // A newer load of the same plugin supersedes an older compile.
+        upgrades.retain(|u| u.name != name);
+        upgrades.push(Upgrade {
+            name: name.to_string(),
+            source: source.clone(),
+            sha256: plugin.sha256.clone(),
+            grants: plugin.grants().clone(),
+            size: plugin.load.size,
+            done,
+        });
+    }
+
+    /// Swaps each plugin whose optimised compile is done onto its optimised code, if it is
+    /// still the plugin that compile was for (same bytes and grants, on baseline code).
+    async fn apply_upgrades(&self) -> Vec<Change> {
+        let ready: Vec<Upgrade> = {
+            let mut upgrades = self.upgrades.lock().expect("lock");
+            let (ready, pending) = std::mem::take(&mut *upgrades)
+                .into_iter()
+                .partition(|u| u.done.lock().expect("lock").is_some());
+            *upgrades = pending;
+            ready
+        };
+        let mut changes = Vec::new();
+        for u in ready {
+            let Some(done) = u.done.lock().expect("lock").take() else {
+                continue;
+            };
+            let current = self.plugins.read().expect("lock").get(&u.name).cloned();
+            let still = current.is_some_and(|p| {
+                p.load.tier == Tier::Baseline && p.sha256 == u.sha256 && p.grants() == &u.grants
+            });
+            if !still {
+                continue;
+            }
+            let upgraded = match done {
+                Ok((component, compile)) => {
+                    let load = super::LoadStats {
+                        size: u.size,
+                        compile,
+                        cached: false,
+                        tier: Tier::Optimized,
+                    };
+                    let code = Code {
+                        engine: &self.engine,
+                        linker: &self.linker,
+                        cache: &self.cache,
+                    };
+                    self.assemble(&u.name, u.source, component, u.sha256, u.grants, code, load)
+                        .await
+                        .map(|p| (p, compile))
+                        .map_err(|e| crate::error_chain(&e))
+                }
+                Err(e) => Err(e),
+            };
+            match upgraded {
+                Ok((plugin, compile)) => {
+                    self.plugins
+                        .write()
+                        .expect("lock")
+                        .insert(u.name.clone(), Arc::new(plugin));
+                    changes.push(Change::Optimized {
+                        name: u.name,
+                        compile,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %u.name, error = %e, "optimised code not usable; the plugin keeps its baseline code");
+                }
+            }
+        }
+        changes
+    }
+
+    /// The baseline engine, made on first use.
+    fn baseline(&self) -> Result<&Baseline, String> {
+        self.baseline
+            .get_or_init(|| {
+                let engine = engine::new_baseline_engine().map_err(|e| format!("{e:#}"))?;
+                let linker = sandbox::linker(&engine).map_err(|e| format!("{e:#}"))?;
+                let cache = ArtifactCache::new(&engine, self.config.cache_dir.clone());
+                Ok(Baseline {
+                    engine,
+                    linker,
+                    cache,
+                })
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Validates a component for the plugin directory and precompiles it into the cache the
@@ -495,7 +669,8 @@ impl Registry {
             Some(g) => Grants::load(g)?,
             None => Grants::default(),
         };
-        let plugin = self.probe(file, &bytes, grants).await?;
+        // Optimised: what install is for is that the daemon's pickup compiles nothing.
+        let plugin = self.probe(file, &bytes, grants, false).await?;
         let real = plugin.metadata.name.clone();
         let refuse = |reason: String| Error::Metadata {
             origin: source.clone(),
@@ -562,41 +737,91 @@ impl Registry {
 
     /// Loads a component file as `install` does before placing it (compiled into the cache, or
     /// read from it; bound; metadata asked) and puts it away again: what loading it costs.
-    pub async fn trial_load(&self, file: &Path) -> Result<super::LoadStats, Error> {
+    /// With `tiering`, a large component is compiled as the daemon first loads it (baseline
+    /// code; see [`RegistryConfig::baseline_above`]), else optimised as `install` does.
+    pub async fn trial_load(&self, file: &Path, tiering: bool) -> Result<super::LoadStats, Error> {
         let bytes = std::fs::read(file).map_err(|e| Error::Read {
             path: file.to_path_buf(),
             source: e,
         })?;
-        Ok(self.probe(file, &bytes, Grants::default()).await?.load)
+        Ok(self
+            .probe(file, &bytes, Grants::default(), tiering)
+            .await?
+            .load)
     }
 
     /// Loads `file`'s `bytes` under `grants` without registering it: its sandbox lives in a
     /// scratch directory of its own, removed after.
-    async fn probe(&self, file: &Path, bytes: &[u8], grants: Grants) -> Result<Plugin, Error> {
+    async fn probe(
+        &self,
+        file: &Path,
+        bytes: &[u8],
+        grants: Grants,
+        tiering: bool,
+    ) -> Result<Plugin, Error> {
         let probe = format!("probe-{}", std::process::id());
         let loaded = self
-            .load_component(&probe, Source::File(file.to_path_buf()), bytes, grants)
+            .load_component(
+                &probe,
+                Source::File(file.to_path_buf()),
+                bytes,
+                grants,
+                tiering,
+            )
             .await;
         let _ = std::fs::remove_dir_all(self.config.data_dir.join("scratch").join(&probe));
         loaded
     }
 
-    /// Compiles (or reads from the cache) and binds a component, and asks its metadata.
+    /// Compiles (or reads from the cache) and binds a component, and asks its metadata. With
+    /// `tiering`, a large component whose optimised code is not cached yet gets baseline code.
     async fn load_component(
         &self,
         name: &str,
         source: Source,
         bytes: &[u8],
         grants: Grants,
+        tiering: bool,
     ) -> Result<Plugin, Error> {
         let sha256 = sha256_hex(bytes);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let large = self
+            .config
+            .baseline_above
+            .is_some_and(|n| bytes.len() as u64 >= n);
+        let baseline = if tiering && large && !self.cache.contains(&sha256) {
+            self.baseline()
+                .inspect_err(|e| {
+                    tracing::warn!(plugin = name, error = %e, "no baseline compiler; compiling optimised")
+                })
+                .ok()
+        } else {
+            None
+        };
+        let (code, tier) = match baseline {
+            Some(b) => (
+                Code {
+                    engine: &b.engine,
+                    linker: &b.linker,
+                    cache: &b.cache,
+                },
+                Tier::Baseline,
+            ),
+            None => (
+                Code {
+                    engine: &self.engine,
+                    linker: &self.linker,
+                    cache: &self.cache,
+                },
+                Tier::Optimized,
+            ),
+        };
         // Compiling takes ~100 ms in a release host and seconds in a debug one (minutes for a
         // large component): never on a worker of the async runtime.
         let compiled = {
             let (cache, engine, sha256, bytes) = (
-                self.cache.clone(),
-                self.engine.clone(),
+                code.cache.clone(),
+                code.engine.clone(),
                 sha256.clone(),
                 bytes.to_vec(),
             );
@@ -609,7 +834,32 @@ impl Registry {
                 origin: source.clone(),
                 reason: super::one_line(&format!("{e:#}")),
             })?;
-        tracing::debug!(plugin = name, cached, elapsed = ?started.elapsed(), "component ready");
+        tracing::debug!(plugin = name, cached, tier = tier.as_str(), elapsed = ?started.elapsed(), "component ready");
+        let load = super::LoadStats {
+            size: bytes.len() as u64,
+            compile: started.elapsed(),
+            cached,
+            tier,
+        };
+        for warning in grants.warnings(&self.config.data_dir) {
+            tracing::warn!(plugin = name, "grant to look at: {warning}");
+        }
+        self.assemble(name, source, component, sha256, grants, code, load)
+            .await
+    }
+
+    /// Gives a compiled component its sandbox and binds it (asking its metadata).
+    #[allow(clippy::too_many_arguments)]
+    async fn assemble(
+        &self,
+        name: &str,
+        source: Source,
+        component: Component,
+        sha256: String,
+        grants: Grants,
+        code: Code<'_>,
+        load: super::LoadStats,
+    ) -> Result<Plugin, Error> {
         let scratch = self.config.data_dir.join("scratch").join(name);
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -623,16 +873,13 @@ impl Registry {
                     scratch.display()
                 ),
             })?;
-        for warning in grants.warnings(&self.config.data_dir) {
-            tracing::warn!(plugin = name, "grant to look at: {warning}");
-        }
         let processes = Arc::new(super::process::Ledger::new(
             self.config
                 .data_dir
                 .join("processes")
                 .join(format!("{name}.json")),
         ));
-        let metadata_cache = self.cache.metadata_path(&sha256, &grants);
+        let metadata_cache = code.cache.metadata_path(&sha256, &grants);
         let disk = Arc::new(Sandbox::disk_quota(&scratch, &grants));
         let preopens = Arc::new(super::preopens::Preopens::new(&scratch, &grants));
         let sandbox = Sandbox {
@@ -643,10 +890,9 @@ impl Registry {
             processes,
             disk,
         };
-        let compile = started.elapsed();
         let mut plugin = super::bind(
-            &self.engine,
-            &self.linker,
+            code.engine,
+            code.linker,
             &component,
             &source,
             sandbox,
@@ -654,11 +900,7 @@ impl Registry {
             metadata_cache,
         )
         .await?;
-        plugin.load = super::LoadStats {
-            size: bytes.len() as u64,
-            compile,
-            cached,
-        };
+        plugin.load = load;
         Ok(plugin)
     }
 
@@ -755,6 +997,14 @@ impl Registry {
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The engine, linker and artifact cache a component is compiled and run with.
+#[derive(Clone, Copy)]
+struct Code<'a> {
+    engine: &'a Engine,
+    linker: &'a Linker<State>,
+    cache: &'a ArtifactCache,
 }
 
 /// The `*.wasm` files in the plugin directory: none when there is no directory, an error when
