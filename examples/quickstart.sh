@@ -7,8 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-cargo build --quiet
-bin=./target/debug/infrakit
+# INFRAKIT_BIN: a binary built already (CI passes the one `cargo test` built, to save a
+# second build of the same code with other dev-dependency features).
+if [ -n "${INFRAKIT_BIN:-}" ]; then
+  bin=$INFRAKIT_BIN
+else
+  cargo build --quiet
+  bin=./target/debug/infrakit
+fi
 
 data=$(mktemp -d -t infrakit-quickstart-XXXXXX)
 export INFRAKIT_DATA_DIR="$data"

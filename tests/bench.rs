@@ -674,6 +674,26 @@ async fn main() {
     let mut live = wasm.live_instance().await.unwrap();
     let n = 20_000 / scale;
     let m = 5_000 / scale;
+    // `--only fresh|live`: one kind of synthetic describe, over and over for 15 s, for a
+    // profiler attached to this process (`perf record -p`); prints the median.
+    if let Some(kind @ ("fresh" | "live")) = only.map(String::as_str) {
+        let mut ten = group_tags("ten");
+        ten.insert("bench.synthetic".into(), "1".into());
+        let mut samples = Vec::new();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            let t = Instant::now();
+            if kind == "fresh" {
+                assert_eq!(wasm.describe(&ten, false).await.unwrap().len(), 10);
+            } else {
+                assert_eq!(live.describe(&ten).await.unwrap(), 10);
+            }
+            samples.push(t.elapsed());
+        }
+        let calls = samples.len();
+        println!("{kind}: {calls} calls, median {:.1} µs", stats(samples).0);
+        return;
+    }
 
     // Twice: the plugin logic alone (synthetic: no I/O, so the call path is what is measured;
     // these rows carry the targets), then the same calls reading and appending real files.
