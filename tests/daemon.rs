@@ -471,6 +471,68 @@ fn the_plugin_directory_is_live() {
     });
 }
 
+/// Tiered compilation in the daemon (issue 15): with every component counted as large, each
+/// plugin starts on baseline code, serves a group at once, and is swapped onto its optimised
+/// code (compiled in the background) at a later plugin scan, with an event saying so.
+#[test]
+fn plugins_start_on_baseline_code_and_the_daemon_swaps_in_optimised_code() {
+    let env = Env::new();
+    // Its own cache: optimised code already cached is used at once, with no baseline step.
+    let cache = env.data_dir().join("own-cache");
+    env.set_var("INFRAKIT_CACHE_DIR", cache.to_str().unwrap());
+    env.set_var("INFRAKIT_BASELINE_ABOVE", "0");
+    std::fs::copy(
+        guest("fixture-flavor-tag"),
+        env.plugins_dir().join("fixture-flavor-tag.wasm"),
+    )
+    .unwrap();
+    let _daemon = Daemon::start(&env, &[]);
+    let spec = env.data_dir().join("tiered.json");
+    write_spec(
+        &spec,
+        "tiered",
+        json!({"Size": 2}),
+        json!({"Flavor": {"Plugin": "fixture-flavor-tag", "Properties": {"Tag": "t"}}}),
+    );
+    env.ok(&["group", "commit", spec.to_str().unwrap(), "--wait"], None);
+    wait_until("every plugin on optimised code", || {
+        let rows = env.run(&["plugin", "ls", "-o", "json"], None).json();
+        let rows = rows.as_array().unwrap();
+        !rows.is_empty() && rows.iter().all(|r| r["code"] == "optimized")
+    });
+    let events = env.ok(&["events", "--after", "0"], None);
+    for plugin in ["fixture-flavor-tag", "instance-file"] {
+        assert!(
+            events.contains(&format!("plugin {plugin} now runs optimised code")),
+            "{events}"
+        );
+    }
+    // Both codes were compiled: the baseline artifact is what served first.
+    let artifacts = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        })
+        .count();
+    let plugins = env.run(&["plugin", "ls", "-o", "json"], None).json();
+    assert_eq!(
+        artifacts,
+        2 * plugins.as_array().unwrap().len(),
+        "{plugins}"
+    );
+    // And the group still heals on the swapped plugins.
+    let victim = instances(&env)[0]["ID"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{victim}.json"))).unwrap();
+    wait_until("healing on optimised code", || {
+        let now = instances(&env);
+        now.len() == 2
+            && now
+                .iter()
+                .all(|i| i["ID"] != victim.as_str() && tag(i, "fixture") == "t")
+    });
+}
+
 #[test]
 fn access_control_socket_mode_and_a_single_daemon_per_data_dir() {
     let env = Env::new();

@@ -356,7 +356,12 @@ impl Registry {
             return Vec::new();
         };
         let mut state = self.dir.lock().await;
-        let mut changes = self.apply_upgrades().await;
+        // At a rescan only: the first load's scan has no one to report the swaps to.
+        let mut changes = if wait_until_stable {
+            self.apply_upgrades().await
+        } else {
+            Vec::new()
+        };
         // A scan that fails (out of descriptors, the directory replaced by a file) changes
         // nothing: read as "no plugins", it would unload every plugin in service.
         let listed = wasm_files(&dir).and_then(|files| {
