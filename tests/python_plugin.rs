@@ -63,20 +63,7 @@ fn the_python_example_installs_and_answers_every_call_with_errors_and_faults_con
         format!("[http]\nallow = [\"http://127.0.0.1:{port}\"]\n"),
     )
     .unwrap();
-    let installed = env.ok(
-        &[
-            "plugin",
-            "install",
-            wasm.to_str().unwrap(),
-            "--grants",
-            grants.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(
-        installed.contains("installed py-flavor (flavor plugin 0.1.0)"),
-        "{installed}"
-    );
+    env.install_built(wasm, &grants, "py-flavor", "flavor");
     let props = r#"{"Init": ["systemctl start app"], "Tags": {"role": "web"}, "MinUptime": 30}"#;
     let flavor = |args: &[&str], stdin: Option<&str>| {
         let mut all = vec!["flavor"];
