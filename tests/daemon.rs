@@ -1908,13 +1908,13 @@ fn groups_on_one_plugin_share_its_listing_and_still_heal_on_their_own() {
         passes_made >= 100,
         "{n} groups at a 250 ms poll made only {passes_made} passes in 4 s"
     );
-    // Unshared, every pass lists on its own (calls = passes). Shared, far fewer do: one pass
-    // in three here (59 calls for 186 passes quiet, 57 for 176 with both cores saturated;
-    // more than the one listing per poll the rules allow for, seen and not yet explained).
-    // Half is the line between the two behaviours.
+    // Unshared, every pass lists on its own (calls = passes). Shared, about one listing a
+    // poll serves the 12 groups. (One pass in three listed while the first groups committed,
+    // each the whole of a listing of one or two instances then, were held to be dominant and
+    // listed on their own for a minute: the quarter rule now needs 50 instances.)
     eprintln!("{calls} instance-file calls for {passes_made} idle passes");
     assert!(
-        calls * 2 <= passes_made,
+        calls * 4 <= passes_made,
         "{calls} instance-file calls for {passes_made} idle passes: the listing is not shared"
     );
 

@@ -12,8 +12,8 @@
 //! group's own filtered one (a plugin that reads everything to filter, like `instance-file`);
 //! where filtering is cheap on the plugin's side (a cloud API's tag filter, a file per group),
 //! a working group keeps its own call. A group found holding more than a quarter of a shared
-//! listing lists on its own for a minute at a time (the whole listing costs it several times
-//! its own), and so does a group alone on its plugin.
+//! listing of at least 50 instances lists on its own for a minute at a time (the whole listing
+//! costs it several times its own), and so does a group alone on its plugin.
 //!
 //! A pass only accepts a listing that started after its own previous pass ended (or, for its
 //! first, after its task started), so whatever the group did itself is in it just as in a
@@ -47,6 +47,11 @@ struct ByGroup {
 /// How long a group found to dominate its plugin's listing lists on its own before it looks
 /// at a shared listing again.
 const RECHECK_DOMINANT: Duration = Duration::from_secs(60);
+
+/// Below this many instances a whole listing costs about what a filtered one does, so no
+/// group is judged to dominate it. Without this floor the first groups committed on a plugin
+/// (each holding all of a listing of a handful) listed on their own for a minute each.
+const DOMINANT_FROM: usize = 50;
 
 /// The shared listings of the instance plugins, and what decides who uses them.
 #[derive(Default)]
@@ -162,7 +167,7 @@ impl Listings {
         };
         let by_group = listing.await?;
         let mine = by_group.groups.get(group).cloned().unwrap_or_default();
-        if mine.len().saturating_mul(4) > by_group.total {
+        if by_group.total >= DOMINANT_FROM && mine.len().saturating_mul(4) > by_group.total {
             // Its own filtered listing costs it less; it tries sharing again later, as the
             // other groups grow.
             self.groups
