@@ -1507,25 +1507,7 @@ fn python_example(work: &Path) -> Option<PathBuf> {
         return None;
     }
     let out = work.join("py-flavor.wasm");
-    let built = std::process::Command::new(&tool)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "-d",
-            "wit",
-            "-w",
-            "flavor-plugin-http",
-            "componentize",
-            "app",
-        ])
-        .args(["-p", "examples/python-flavor", "-p", "sdk/python", "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    support::tools::build_python_example(&tool, &out);
     Some(out)
 }
 
@@ -1554,7 +1536,7 @@ async fn load_rows(report: &mut Report, work: &Path, quick: bool) {
             (Registry::empty(config).unwrap(), data)
         };
         // The first load as the daemon makes it: baseline code for a large component.
-        let (tiered, _) = registry("tiered");
+        let (tiered, tiered_data) = registry("tiered");
         let first = tiered.trial_load(&file, true).await.unwrap();
         assert!(!first.cached, "{name}: the cache was empty");
         report.add(
@@ -1607,7 +1589,7 @@ async fn load_rows(report: &mut Report, work: &Path, quick: bool) {
                 config.plugins_dir = Some(plugins.clone());
                 // The baseline cache of `tiered` is another directory: point at it.
                 if baseline {
-                    config.cache_dir = Some(work.join(format!("load-{i}-tiered")).join("cache"));
+                    config.cache_dir = Some(tiered_data.join("cache"));
                 }
                 config.baseline_above = baseline.then_some(0);
                 let registry = Registry::load_named(config, "py-flavor").await.unwrap();

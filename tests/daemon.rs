@@ -508,13 +508,7 @@ fn plugins_start_on_baseline_code_and_the_daemon_swaps_in_optimised_code() {
         );
     }
     // Both codes were compiled: the baseline artifact is what served first.
-    let artifacts = std::fs::read_dir(&cache)
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-        })
-        .count();
+    let artifacts = crate::support::compiled_artifacts(&cache);
     let plugins = env.run(&["plugin", "ls", "-o", "json"], None).json();
     assert_eq!(
         artifacts,

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::support::scaffold::{check_generated_flavor, check_generated_instance};
 use crate::support::{Env, guest};
 
 fn ids(described: &Value) -> Vec<String> {
@@ -768,76 +769,14 @@ fn plugin_new_projects_build_test_install_and_answer_as_generated() {
     };
 
     new("instance", "my-machines");
-    let id = env.ok(
-        &["instance", "provision", "--plugin", "my-machines"],
-        Some(r#"{"Properties": {"Note": "hi"}, "Tags": {"infrakit.group": "demo"}}"#),
-    );
-    let id = id.trim();
-    assert!(id.starts_with("my-machines-"), "{id}");
-    let listed = env
-        .run(
-            &[
-                "instance",
-                "describe",
-                "--plugin",
-                "my-machines",
-                "--tag",
-                "infrakit.group=demo",
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .json();
-    assert_eq!(ids(&listed), [id.to_string()]);
-    assert!(
-        env.scratch("my-machines")
-            .join(format!("{id}.json"))
-            .exists()
-    );
-    let typo = env
-        .run(
-            &["instance", "validate", "--plugin", "my-machines"],
-            Some(r#"{"Properties": {"Nte": "hi"}}"#),
-        )
-        .assert_failure();
-    assert!(typo.contains("Nte"), "{typo}");
+    let id = check_generated_instance(&env, "my-machines");
     env.ok(
-        &["instance", "destroy", "--plugin", "my-machines", id],
+        &["instance", "destroy", "--plugin", "my-machines", &id],
         None,
     );
 
     new("flavor", "my-role");
-    let props = r#"{"Init": ["systemctl start app"], "Tags": {"role": "web"}}"#;
-    let prepared = env
-        .run(
-            &[
-                "flavor",
-                "prepare",
-                "--plugin",
-                "my-role",
-                "--properties",
-                props,
-                "--group",
-                "demo",
-            ],
-            Some(r#"{"Init": "echo boot"}"#),
-        )
-        .json();
-    assert_eq!(prepared["Init"], "echo boot\nsystemctl start app");
-    assert_eq!(prepared["Tags"]["role"], "web");
-    let sick = env.run(
-        &[
-            "flavor",
-            "healthy",
-            "--plugin",
-            "my-role",
-            "--properties",
-            props,
-        ],
-        Some(r#"{"ID": "i-1", "Tags": {"role": "db"}}"#),
-    );
-    assert_eq!(sick.code(), Some(3), "{}", sick.stderr());
+    check_generated_flavor(&env, "my-role");
 
     // Refused, with nothing written: a name that is not a plugin name, a directory in use.
     let err = env

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use crate::support::Env;
 use crate::support::http::Recorder;
+use crate::support::scaffold::{check_generated_flavor, check_generated_instance};
 
 /// The componentize-py executable: `INFRAKIT_COMPONENTIZE_PY`, or `componentize-py` on the PATH.
 fn componentize_py() -> Option<String> {
@@ -24,26 +25,7 @@ fn component(tool: &str) -> &'static Path {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let out = root.join("target").join("python").join("py-flavor.wasm");
         std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        let run = std::process::Command::new(tool)
-            .current_dir(root)
-            .args([
-                "-d",
-                "wit",
-                "-w",
-                "flavor-plugin-http",
-                "componentize",
-                "app",
-            ])
-            .args(["-p", "examples/python-flavor", "-p", "sdk/python", "-o"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "componentize-py failed:\n{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
+        crate::support::tools::build_python_example(tool, &out);
         out
     })
 }
@@ -322,35 +304,7 @@ fn plugin_new_python_projects_test_build_install_and_answer_as_generated() {
     };
 
     new("instance", "py-machines");
-    let id = env
-        .ok(
-            &["instance", "provision", "--plugin", "py-machines"],
-            Some(r#"{"Properties": {"Note": "hi"}, "Tags": {"infrakit.group": "demo"}}"#),
-        )
-        .trim()
-        .to_string();
-    assert!(id.starts_with("py-machines-"), "{id}");
-    assert!(
-        env.scratch("py-machines")
-            .join(format!("{id}.json"))
-            .exists()
-    );
-    let listed = env
-        .run(
-            &[
-                "instance",
-                "describe",
-                "--plugin",
-                "py-machines",
-                "--tag",
-                "infrakit.group=demo",
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .json();
-    assert_eq!(listed[0]["ID"], id.as_str(), "{listed}");
+    let id = check_generated_instance(&env, "py-machines");
     env.ok(
         &[
             "instance",
@@ -363,13 +317,6 @@ fn plugin_new_python_projects_test_build_install_and_answer_as_generated() {
         ],
         None,
     );
-    let typo = env
-        .run(
-            &["instance", "validate", "--plugin", "py-machines"],
-            Some(r#"{"Properties": {"Nte": "x"}}"#),
-        )
-        .assert_failure();
-    assert!(typo.contains("`Nte`"), "{typo}");
     env.ok(
         &["instance", "destroy", "--plugin", "py-machines", &id],
         None,
@@ -386,34 +333,5 @@ fn plugin_new_python_projects_test_build_install_and_answer_as_generated() {
     );
 
     new("flavor", "py-role");
-    let props = r#"{"Init": ["systemctl start app"], "Tags": {"role": "web"}}"#;
-    let prepared = env
-        .run(
-            &[
-                "flavor",
-                "prepare",
-                "--plugin",
-                "py-role",
-                "--properties",
-                props,
-                "--group",
-                "demo",
-                "-",
-            ],
-            Some(r#"{"Init": "echo boot"}"#),
-        )
-        .json();
-    assert_eq!(prepared["Init"], "echo boot\nsystemctl start app");
-    let sick = env.run(
-        &[
-            "flavor",
-            "healthy",
-            "--plugin",
-            "py-role",
-            "--properties",
-            props,
-        ],
-        Some(r#"{"ID": "i-1", "Tags": {"role": "db"}}"#),
-    );
-    assert_eq!(sick.code(), Some(3), "{}", sick.stderr());
+    check_generated_flavor(&env, "py-role");
 }

@@ -1194,13 +1194,7 @@ async fn baseline_code_keeps_every_limit_until_optimised_code_replaces_it() {
 
     // Both codes are cached now (two engines, two artifacts of the same bytes); a new load
     // takes the optimised one at once.
-    let artifacts = std::fs::read_dir(env.data_dir().join("cache"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-        })
-        .count();
+    let artifacts = crate::support::compiled_artifacts(&env.data_dir().join("cache"));
     assert!(artifacts >= 2, "{artifacts} artifacts");
     let mut config = RegistryConfig::under(env.data_dir());
     config.cache_dir = Some(env.data_dir().join("cache"));

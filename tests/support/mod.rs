@@ -11,6 +11,7 @@ pub mod http;
 pub mod manager;
 pub mod moto;
 pub mod process;
+pub mod scaffold;
 pub mod tools;
 pub mod zookeeper;
 
@@ -74,6 +75,17 @@ pub fn release_fifo(path: &Path) {
 /// takes seconds, loading it from the cache well under one.
 pub fn shared_cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("infrakit-test-cache")
+}
+
+/// How many compiled artifacts (`*.cwasm`) a cache directory holds.
+pub fn compiled_artifacts(cache: &Path) -> usize {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        })
+        .count()
 }
 
 /// A private data directory and a way to run the binary against it.

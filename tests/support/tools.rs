@@ -1,5 +1,6 @@
 //! External tools the tests drive (servers, checkers), found or skipped the same way.
 
+use std::path::Path;
 use std::process::Command;
 
 /// An external tool a test drives: the path in `env_var`, or `default` on the PATH, if it
@@ -20,4 +21,29 @@ pub fn external_tool(env_var: &str, default: &str, install: &str) -> Option<Stri
     );
     eprintln!("skipping: {candidate} not found ({install}, or set {env_var})");
     None
+}
+
+/// Builds the Python example (`examples/python-flavor` on `sdk/python`, against the world
+/// with `wasi:http`) into `out` with the componentize-py at `tool`.
+pub fn build_python_example(tool: &str, out: &Path) {
+    let run = Command::new(tool)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "-d",
+            "wit",
+            "-w",
+            "flavor-plugin-http",
+            "componentize",
+            "app",
+        ])
+        .args(["-p", "examples/python-flavor", "-p", "sdk/python", "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "componentize-py failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
 }

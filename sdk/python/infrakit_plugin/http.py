@@ -189,7 +189,7 @@ def request(
             pairs.append(("content-type", "application/json"))
     data = body.encode() if isinstance(body, str) else (body or b"")
     req = Request(method.upper(), url, [(str(k), str(v)) for k, v in pairs], data, timeout)
-    _split(url)  # the same refusal of a bad URL natively as in a component
+    parts = _split(url)  # a bad URL is refused natively just as in a component
     from . import _host, testing
 
     if _host() is None:
@@ -200,7 +200,7 @@ def request(
                 url,
             )
         return testing.http(req)
-    return _wasi_send(req)
+    return _wasi_send(req, parts)
 
 
 def get(url: str, **kwargs: Any) -> Response:
@@ -293,7 +293,7 @@ def _from_code(code: Any, req: Request) -> HttpError:
     return cls(f"HTTP {req.method} {req.url}: {what}{suffix}", req.url)
 
 
-def _wasi_send(req: Request) -> Response:
+def _wasi_send(req: Request, parts: Tuple[bool, str, str]) -> Response:
     if _wasi is None:
         raise Unsupported(
             f"HTTP is not available to this component ({req.method} {req.url}): build it "
@@ -303,7 +303,7 @@ def _wasi_send(req: Request) -> Response:
         )
     Err, Ok, outgoing_handler, streams, h = _wasi
 
-    https, authority, path = _split(req.url)
+    https, authority, path = parts
     entries = [
         (k.lower(), v.encode())
         for k, v in req.headers
