@@ -452,6 +452,45 @@ async fn a_panic_ends_only_its_call() {
     assert!(!id.is_empty());
 }
 
+/// Memory slots are reused and kept resident between calls (see `plugin::engine`): every call
+/// must still start from the component's initial memory, whatever the last one wrote to its
+/// data segment, heap or stack region, however large it grew, and whether it trapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_starts_from_the_initial_memory_whatever_the_last_one_left() {
+    let env = Env::new();
+    let registry = registry(&env, "").await;
+    let fresh = "ok:7:0:0";
+    for (mib, trap) in [
+        (1, false),
+        (1, false),
+        (12, false),
+        (1, true),
+        (1, false),
+        (24, true),
+    ] {
+        let answer = attempt(
+            &registry,
+            json!({"Do": "remember", "MiB": mib, "Trap": trap}),
+        )
+        .await;
+        if trap {
+            let (cause, msg) = fault_of(answer);
+            assert!(matches!(cause, Fault::Trap(_)), "{msg}");
+        } else {
+            assert_eq!(answer.unwrap(), fresh, "after {mib} MiB");
+        }
+    }
+    // In parallel, so that slots are taken and given back in every order.
+    let calls = (0..16).map(|i| attempt(&registry, json!({"Do": "remember", "MiB": 1 + i % 3})));
+    for answer in futures_util::future::join_all(calls).await {
+        assert_eq!(answer.unwrap(), fresh);
+    }
+    assert_eq!(
+        attempt(&registry, json!({"Do": "remember"})).await.unwrap(),
+        fresh
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_in_parallel_calls_do_not_disturb_each_other() {
     let env = Env::new();
