@@ -4,6 +4,15 @@
 //! the group controller provisions a replacement. The directory is the guest path given by the
 //! `dir` config value (default `/data`, the plugin's private directory under the host's data dir).
 //! Files are written to a temporary name and renamed, so a reader never sees half an instance.
+//!
+//! A listing reads every file, which at 10,000 instances was most of an idle daemon's CPU (one
+//! whole listing a poll). So a listing is also kept as a snapshot (`.listing/records.json` in
+//! the directory) and reused while the directory has not changed since: every write here goes
+//! through a rename or an unlink, and so does a user creating, deleting or replacing a file,
+//! all of which change the directory's mtime. A snapshot is trusted only when the directory had
+//! been still for [`SETTLED`] before its listing began (so that no change can share its mtime),
+//! and for at most [`SNAPSHOT_MAX_AGE`]: a file edited in place, which leaves the directory's
+//! mtime alone, is seen within that.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,6 +28,28 @@ use serde::{Deserialize, Serialize};
 
 /// The guest directory used when no `dir` is configured.
 pub const DEFAULT_DIR: &str = "/data";
+
+/// How long the directory must have been unchanged before a listing starts for its snapshot
+/// to be trusted. Far above any filesystem's timestamp granularity (1 s on the coarsest).
+pub const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Longest a snapshot is reused, for files edited in place.
+pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The snapshot's directory, inside the instance directory: writing in it changes its own mtime,
+/// not the instance directory's. No `.json` extension, so listings skip it.
+const SNAPSHOT_DIR: &str = ".listing";
+const SNAPSHOT_FILE: &str = "records.json";
+
+/// A whole listing and the directory state it was taken from.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    /// The directory's mtime when the listing began, in nanoseconds since the epoch.
+    dir_mtime: u128,
+    /// When the listing began (the clock), in nanoseconds since the epoch.
+    listed_at: u128,
+    records: Vec<Record>,
+}
 
 /// Instance properties this plugin reads. Any others are kept in the instance file as given,
 /// as InfraKit's file plugin did (its tutorials put a `Note` there), so its specs load as they
@@ -152,6 +183,59 @@ impl FilePlugin {
     }
 
     fn records(&self) -> Result<Vec<Record>> {
+        let started = now_nanos();
+        let dir_mtime = match fs::metadata(&self.dir).and_then(|m| m.modified()) {
+            Ok(t) => t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::other(format!("{}: {e}", self.dir.display()))),
+        };
+        if let Some(snapshot) = self.snapshot() {
+            let fresh = snapshot.dir_mtime == dir_mtime
+                && snapshot.listed_at >= dir_mtime + SETTLED.as_nanos()
+                && started.saturating_sub(snapshot.listed_at) < SNAPSHOT_MAX_AGE.as_nanos();
+            if fresh {
+                return Ok(snapshot.records);
+            }
+        }
+        let records = self.scan()?;
+        if started >= dir_mtime + SETTLED.as_nanos() {
+            let snapshot = Snapshot {
+                dir_mtime,
+                listed_at: started,
+                records,
+            };
+            // A cache: failing to keep it costs the next listing a scan, nothing more.
+            if let Err(e) = self.keep_snapshot(&snapshot) {
+                infrakit_sdk::debug!("listing snapshot not kept: {e}");
+            }
+            return Ok(snapshot.records);
+        }
+        Ok(records)
+    }
+
+    /// The last snapshot, unless missing or unreadable.
+    fn snapshot(&self) -> Option<Snapshot> {
+        let text = fs::read(self.dir.join(SNAPSHOT_DIR).join(SNAPSHOT_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn keep_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let dir = self.dir.join(SNAPSHOT_DIR);
+        fs::create_dir_all(&dir)?;
+        // Concurrent listings each write their own file; the rename makes the last one whole.
+        let tmp = dir.join(format!(".{:x}.tmp", now_nanos()));
+        let text = serde_json::to_vec(snapshot).map_err(|e| Error::other(e.to_string()))?;
+        fs::write(&tmp, text)?;
+        fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        Ok(())
+    }
+
+    fn scan(&self) -> Result<Vec<Record>> {
         // Listing races with writers renaming and deleting files. On wasi, std's `ReadDir` ends
         // at the first entry that fails (one deleted while listed), so what came before it is
         // only part of the directory: a partial list would make the controller provision the
@@ -322,6 +406,7 @@ infrakit_sdk::export_instance!(FilePlugin);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn spec(tags: &[(&str, &str)]) -> InstanceSpec {
         InstanceSpec {
@@ -455,6 +540,93 @@ mod tests {
         fs::write(dir.path().join("junk.json"), "{not json").unwrap();
         assert_eq!(plugin.describe(&vec![], false).unwrap().len(), 1);
         assert!(host.logs().iter().any(|(_, m)| m.contains("junk.json")));
+    }
+
+    /// Moves the directory's mtime into the past, as if it had been still for a while.
+    fn settle(dir: &Path) {
+        let past = SystemTime::now() - SETTLED * 3;
+        fs::File::open(dir).unwrap().set_modified(past).unwrap();
+    }
+
+    fn ids(plugin: &FilePlugin) -> Vec<String> {
+        let mut ids: Vec<String> = plugin
+            .describe(&vec![], false)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_still_directory_is_listed_from_its_snapshot_and_any_change_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = infrakit_sdk::testing::Host::new();
+        let _g = host.install();
+        let plugin = FilePlugin::new(dir.path());
+        let a = plugin.provision(spec(&[("k", "a")])).unwrap();
+        let b = plugin.provision(spec(&[("k", "b")])).unwrap();
+        // Changed just now: listed by reading the files, and no snapshot kept.
+        assert_eq!(ids(&plugin).len(), 2);
+        assert!(!dir.path().join(SNAPSHOT_DIR).exists());
+        // Still for a while: the listing is kept (its directory made, which is a change).
+        settle(dir.path());
+        assert_eq!(ids(&plugin).len(), 2);
+        settle(dir.path());
+        assert_eq!(ids(&plugin).len(), 2);
+        let snapshot = dir.path().join(SNAPSHOT_DIR).join(SNAPSHOT_FILE);
+        assert!(snapshot.exists());
+        // Edited in place, the directory untouched: the snapshot answers, as the design says
+        // (until it ages out)...
+        let path = dir.path().join(format!("{a}.json"));
+        let mtime = fs::metadata(dir.path()).unwrap().modified().unwrap();
+        let edited = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"a\"", "\"edited\"");
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap()
+            .write_all(edited.as_bytes())
+            .unwrap();
+        assert_eq!(fs::metadata(dir.path()).unwrap().modified().unwrap(), mtime);
+        let tags = |plugin: &FilePlugin| -> Vec<String> {
+            plugin
+                .describe(&vec![], false)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.tag("k").unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(tags(&plugin), ["a", "b"]);
+        // ...and any change to the directory is seen at once: a file deleted by hand,
+        fs::remove_file(dir.path().join(format!("{b}.json"))).unwrap();
+        assert_eq!(ids(&plugin), [a.clone()]);
+        assert_eq!(tags(&plugin), ["edited"]);
+        // one created by the plugin,
+        settle(dir.path());
+        assert_eq!(ids(&plugin).len(), 1);
+        let c = plugin.provision(spec(&[])).unwrap();
+        assert_eq!(ids(&plugin), [a.clone(), c.clone()]);
+        // a label (a rename over the file),
+        settle(dir.path());
+        assert_eq!(ids(&plugin).len(), 2);
+        plugin
+            .label(&c, vec![("k".to_string(), "labelled".to_string())])
+            .unwrap();
+        assert_eq!(tags(&plugin), ["edited", "labelled"]);
+        // a destroy.
+        settle(dir.path());
+        assert_eq!(ids(&plugin).len(), 2);
+        plugin.destroy(&a, DestroyContext::Terminate).unwrap();
+        assert_eq!(ids(&plugin), [c.clone()]);
+        // A damaged snapshot is only a cache: the files answer.
+        settle(dir.path());
+        assert_eq!(ids(&plugin), [c.clone()]);
+        fs::write(&snapshot, "{damaged").unwrap();
+        assert_eq!(ids(&plugin), [c]);
     }
 
     #[test]
