@@ -603,13 +603,13 @@ mod tests {
         assert_eq!(tags(&plugin), ["a", "b"]);
         // ...and any change to the directory is seen at once: a file deleted by hand,
         fs::remove_file(dir.path().join(format!("{b}.json"))).unwrap();
-        assert_eq!(ids(&plugin), [a.clone()]);
+        assert_eq!(ids(&plugin), [a.as_str()]);
         assert_eq!(tags(&plugin), ["edited"]);
         // one created by the plugin,
         settle(dir.path());
         assert_eq!(ids(&plugin).len(), 1);
         let c = plugin.provision(spec(&[])).unwrap();
-        assert_eq!(ids(&plugin), [a.clone(), c.clone()]);
+        assert_eq!(ids(&plugin), [a.as_str(), c.as_str()]);
         // a label (a rename over the file),
         settle(dir.path());
         assert_eq!(ids(&plugin).len(), 2);
@@ -621,12 +621,12 @@ mod tests {
         settle(dir.path());
         assert_eq!(ids(&plugin).len(), 2);
         plugin.destroy(&a, DestroyContext::Terminate).unwrap();
-        assert_eq!(ids(&plugin), [c.clone()]);
+        assert_eq!(ids(&plugin), [c.as_str()]);
         // A damaged snapshot is only a cache: the files answer.
         settle(dir.path());
-        assert_eq!(ids(&plugin), [c.clone()]);
+        assert_eq!(ids(&plugin), [c.as_str()]);
         fs::write(&snapshot, "{damaged").unwrap();
-        assert_eq!(ids(&plugin), [c]);
+        assert_eq!(ids(&plugin), [c.as_str()]);
     }
 
     #[test]
