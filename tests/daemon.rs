@@ -1828,6 +1828,14 @@ fn plan_and_commit_show_the_changed_fields_and_the_whole_course_and_history_diff
 
 /// `infrakit_plugin_calls_total` of `plugin`, from the daemon's metrics (served on TCP).
 fn plugin_calls(addr: &str, plugin: &str) -> u64 {
+    metric(
+        addr,
+        &format!("infrakit_plugin_calls_total{{plugin=\"{plugin}\"}}"),
+    ) as u64
+}
+
+/// The value of the metric `name` (with its labels), from the daemon's metrics.
+fn metric(addr: &str, name: &str) -> f64 {
     let (status, body) = http_tcp(
         addr,
         "GET",
@@ -1836,7 +1844,7 @@ fn plugin_calls(addr: &str, plugin: &str) -> u64 {
         &[("authorization", "Bearer s3cret-token")],
     );
     assert_eq!(status, 200, "{body}");
-    let prefix = format!("infrakit_plugin_calls_total{{plugin=\"{plugin}\"}} ");
+    let prefix = format!("{name} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {prefix} in the metrics:\n{body}"))
@@ -1894,6 +1902,11 @@ fn groups_on_one_plugin_share_its_listing_and_still_heal_on_their_own() {
             .map(|g| g["status"]["passes"].as_u64().unwrap())
             .sum()
     };
+    // Between calls the sandbox pool keeps what calls dirtied resident, and says so.
+    assert!(metric(&addr, "infrakit_sandbox_pool_warm_slots") >= 1.0);
+    if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        assert!(metric(&addr, "infrakit_sandbox_pool_resident_bytes") > 0.0);
+    }
     let (calls0, passes0) = (plugin_calls(&addr, "instance-file"), passes(&env));
     std::thread::sleep(Duration::from_secs(4));
     let (calls1, passes1) = (plugin_calls(&addr, "instance-file"), passes(&env));

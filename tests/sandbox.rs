@@ -491,6 +491,37 @@ async fn every_call_starts_from_the_initial_memory_whatever_the_last_one_left() 
     );
 }
 
+/// `keep_resident` (`--keep-resident`): with it, an idle slot keeps the pages its call wrote;
+/// with 0 (`off`) it gives them back, and calls answer the same either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slots_keep_what_calls_wrote_resident_only_when_asked() {
+    let env = Env::new();
+    env.install_plugin(PLUGIN, Some(""));
+    let mut resident = Vec::new();
+    for keep in [0, 2 << 20] {
+        let mut config = RegistryConfig::under(env.data_dir());
+        config.cache_dir = Some(shared_cache_dir());
+        config.keep_resident = keep;
+        let registry = Registry::load(config).await.unwrap();
+        assert_eq!(
+            attempt(&registry, json!({"Do": "remember"})).await.unwrap(),
+            "ok:7:0:0"
+        );
+        let pool = registry
+            .engine()
+            .pooling_allocator_metrics()
+            .expect("pooled");
+        assert!(pool.unused_warm_memories() >= 1);
+        resident.push(pool.unused_memory_bytes_resident());
+    }
+    assert_eq!(resident[0], 0, "off keeps nothing");
+    if wasmtime::PoolingAllocationConfig::is_pagemap_scan_available() {
+        // The call wrote 32 KiB low in memory and a MiB of heap from above its data (the part
+        // of it inside the 2 MiB window stays).
+        assert!(resident[1] > 256 << 10, "{resident:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_in_parallel_calls_do_not_disturb_each_other() {
     let env = Env::new();

@@ -109,6 +109,25 @@ pub fn render(controller: &Controller, plugins: &plugin::Registry) -> impl IntoR
     reg.register("group_size", "The allocation's size", size);
     reg.register("reconcile_passes", "Reconcile passes", passes);
     reg.register("reconcile_seconds", "Time spent reconciling", pass_seconds);
+    // Between calls the sandbox pool keeps the pages calls dirtied resident (see
+    // `plugin::engine`): how many slots and how much memory that is.
+    if let Some(pool) = plugins.engine().pooling_allocator_metrics() {
+        let warm = Gauge::<i64>::default();
+        warm.set(i64::from(pool.unused_warm_memories()));
+        let resident = Gauge::<i64>::default();
+        resident
+            .set((pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident()) as i64);
+        reg.register(
+            "sandbox_pool_warm_slots",
+            "Memory slots of the sandbox pool idle and ready for a call",
+            warm,
+        );
+        reg.register(
+            "sandbox_pool_resident_bytes",
+            "Memory the idle slots of the sandbox pool keep resident",
+            resident,
+        );
+    }
     reg.register("plugin_calls", "Plugin calls", calls);
     reg.register(
         "plugin_faults",

@@ -12,18 +12,24 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// store limiter. Sized so that the pool's virtual reservation stays reasonable.
 const MAX_MEMORY_BYTES: usize = 1 << 30;
 
-/// Bytes at the start of a memory or table slot kept resident between instances. A Rust
+/// The default of bytes at the start of a memory or table slot kept resident between
+/// instances ([`RegistryConfig::keep_resident`](super::RegistryConfig)). A Rust
 /// guest's stack ends at the 1 MiB mark with its data and first heap pages just above, so 2 MiB
 /// holds what a typical call dirties. Only the pages a call wrote are reset (found with the
 /// kernel's `PAGEMAP_SCAN`), by copying the initial image back over them: the next instance in
 /// the slot starts from the same bytes, with no page faults, no `madvise` and no TLB
 /// shoot-downs to the other cores (which were a quarter of a fresh call's CPU). Resident memory
-/// this keeps: at most this much per warm slot, dirty pages only.
-const KEEP_RESIDENT: usize = 2 << 20;
+/// this keeps: the pages calls dirtied in this window, in every slot that has served a call,
+/// so it grows with the most calls ever run at once (a few hundred KB each for a small Rust
+/// plugin); `infrakit_sandbox_pool_resident_bytes` shows it and `--keep-resident off` gives
+/// it back after each call.
+pub const KEEP_RESIDENT: usize = 2 << 20;
 
 /// An engine with epoch interruption, using the pooling allocator when its virtual memory
 /// reservation succeeds and on-demand allocation otherwise (e.g. under a tight `ulimit -v`).
-pub fn new_engine() -> wasmtime::Result<(Engine, bool)> {
+/// Each pool slot keeps up to `keep_resident` bytes resident between instances where the
+/// kernel can say which pages were written.
+pub fn new_engine(keep_resident: usize) -> wasmtime::Result<(Engine, bool)> {
     let mut pooled = base_config();
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(512)
@@ -33,10 +39,10 @@ pub fn new_engine() -> wasmtime::Result<(Engine, bool)> {
         .max_memory_size(MAX_MEMORY_BYTES);
     // Without the scan (Linux before 6.7) keeping pages resident means a memset of the whole
     // window per call, measured slower than the page faults it saves (57 µs vs 49 µs).
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
+    if keep_resident > 0 && PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.pagemap_scan(wasmtime::Enabled::Yes)
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(KEEP_RESIDENT);
+            .linear_memory_keep_resident(keep_resident)
+            .table_keep_resident(keep_resident);
     }
     pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     match Engine::new(&pooled) {

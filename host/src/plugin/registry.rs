@@ -38,6 +38,9 @@ pub struct RegistryConfig {
     /// background, to be swapped in by a later [`Registry::rescan`] (the daemon); otherwise
     /// it keeps its baseline code (a passive command, which is gone in a moment).
     pub optimize_in_background: bool,
+    /// Bytes at the start of each sandbox memory and table slot kept resident between calls
+    /// (see [`engine::new_engine`]); 0 gives every slot back after each call.
+    pub keep_resident: u64,
 }
 
 /// The default of [`RegistryConfig::baseline_above`]: a component bundling an interpreter
@@ -54,6 +57,7 @@ impl RegistryConfig {
             builtin_grants: BTreeMap::new(),
             baseline_above: Some(BASELINE_ABOVE),
             optimize_in_background: false,
+            keep_resident: engine::KEEP_RESIDENT as u64,
         }
     }
 }
@@ -235,7 +239,7 @@ impl Registry {
     /// as loading until [`Registry::load_all`] gets to it. The daemon serves at once this way
     /// and loads in the background.
     pub fn empty(config: RegistryConfig) -> wasmtime::Result<Registry> {
-        let (engine, pooling) = engine::new_engine()?;
+        let (engine, pooling) = engine::new_engine(config.keep_resident as usize)?;
         let linker = sandbox::linker(&engine)?;
         let cache = ArtifactCache::new(&engine, config.cache_dir.clone());
         let mut loading: std::collections::BTreeSet<String> = builtin::BUILTINS
