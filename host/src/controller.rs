@@ -761,9 +761,9 @@ enum Done {
 
 impl HealthCache {
     /// The verdict on `id` if it is younger than `every` (never, without an interval).
-    fn fresh(&self, id: &str, every: Option<Duration>) -> Option<Health> {
+    fn fresh(&self, id: &str, every: Option<Duration>, now: Instant) -> Option<Health> {
         match (self.verdicts.get(id), every) {
-            (Some((h, at)), Some(every)) if at.elapsed() < every => Some(*h),
+            (Some((h, at)), Some(every)) if now.saturating_duration_since(*at) < every => Some(*h),
             _ => None,
         }
     }
@@ -831,12 +831,20 @@ async fn observe(
     };
     // An instance listed twice (a plugin's bug, a listing racing a writer) would count twice
     // towards availability and let the planner take away more than it may.
-    let mut seen = std::collections::HashSet::with_capacity(found.len());
     let listed = found.len();
-    let found: Vec<Description> = found
-        .into_iter()
-        .filter(|d| seen.insert(d.id.clone()))
-        .collect();
+    let duplicated = {
+        let mut seen = std::collections::HashSet::with_capacity(found.len());
+        !found.iter().all(|d| seen.insert(d.id.as_str()))
+    };
+    let found: Vec<Description> = if duplicated {
+        let mut seen = std::collections::HashSet::with_capacity(found.len());
+        found
+            .into_iter()
+            .filter(|d| seen.insert(d.id.clone()))
+            .collect()
+    } else {
+        found
+    };
     if found.len() < listed {
         tracing::warn!(group = %spec.id, plugin = %instance.name(), duplicates = listed - found.len(), "describe listed instances more than once; counting each once");
     }
@@ -844,13 +852,16 @@ async fn observe(
     // while the checks below run, which once made healthy instances unavailable mid-update.
     // The rest are asked for concurrently, `Parallelism` at a time (a probe of a real service
     // takes milliseconds to seconds).
-    let fresh: HashMap<String, Health> = found
+    let checked_at = Instant::now();
+    let fresh: Vec<Option<Health>> = found
         .iter()
-        .filter_map(|d| Some((d.id.clone(), cache.fresh(&d.id, check_interval)?)))
+        .map(|d| cache.fresh(&d.id, check_interval, checked_at))
         .collect();
     let due: Vec<&Description> = found
         .iter()
-        .filter(|d| !fresh.contains_key(&d.id))
+        .zip(&fresh)
+        .filter(|(_, f)| f.is_none())
+        .map(|(d, _)| d)
         .collect();
     let parallelism = spec.properties.parallelism.max(1) as usize;
     let batch = health_batch(flavor.check_time(), due.len(), parallelism);
@@ -887,7 +898,7 @@ async fn observe(
     let mut members = Vec::with_capacity(found.len());
     let mut descriptions = HashMap::with_capacity(found.len());
     let mut changes = Vec::new();
-    for d in found {
+    for (d, fresh) in found.into_iter().zip(fresh) {
         let health = match checked.get(&d.id) {
             Some(&h) => {
                 let before = cache.verdicts.get(&d.id).map(|c| c.0);
@@ -905,10 +916,7 @@ async fn observe(
                 };
                 h
             }
-            None => fresh
-                .get(&d.id)
-                .copied()
-                .expect("every instance is either fresh or checked"),
+            None => fresh.expect("every instance is either fresh or checked"),
         };
         let mut member = Member::from_description(&d, health);
         match cache.streaks.get(&d.id) {
@@ -1026,6 +1034,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
     let mut attempts: u32 = 0;
     let mut last_phase: Option<Phase> = None;
     let mut last_messages: Vec<String> = Vec::new();
+    let mut config_sha: Option<(Arc<GroupSpec>, String)> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -1035,6 +1044,17 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
             revision,
             destroying,
         } = intent.borrow_and_update().clone();
+        // Hashing the configuration is a serialisation and a SHA-256: once per revision, not
+        // once per pass. The cache holds the spec it was computed for, so a new spec cannot
+        // take its place at the same address.
+        let sha = match &config_sha {
+            Some((hashed, sha)) if Arc::ptr_eq(hashed, &spec) => sha.clone(),
+            _ => {
+                let sha = spec.config_sha();
+                config_sha = Some((spec.clone(), sha.clone()));
+                sha
+            }
+        };
 
         let pass_started = Instant::now();
         let outcome = {
@@ -1046,7 +1066,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
             let span = tracing::info_span!("reconcile", group = %spec.id);
             // Between steps, a pass gives way to a new revision or a stop.
             let cancelled = || *stop.borrow() || intent.has_changed().unwrap_or(true);
-            reconcile(&inner, &spec, destroying, &mut memory, &cancelled)
+            reconcile(&inner, &spec, &sha, destroying, &mut memory, &cancelled)
                 .instrument(span)
                 .await
         };
@@ -1073,7 +1093,7 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 next.messages = plan.messages.clone();
                 next.size = plan.size;
                 next.current = plan.current;
-                next.config_sha = spec.config_sha();
+                next.config_sha = sha;
                 next.last_error = None;
                 let members = Arc::new(members);
                 memory.expected.remember(members.clone());
@@ -1233,6 +1253,7 @@ async fn finalize(inner: &Inner, id: &str) -> bool {
 async fn reconcile(
     inner: &Inner,
     spec: &GroupSpec,
+    config_sha: &str,
     destroying: bool,
     memory: &mut Memory,
     cancelled: &(dyn Fn() -> bool + Sync),
@@ -1269,7 +1290,7 @@ async fn reconcile(
             ));
         }
     }
-    let mut desired = Desired::from_spec(spec);
+    let mut desired = Desired::from_spec_with_sha(spec, config_sha.to_string());
     if destroying {
         desired.allocation = Allocation::Size(0);
         // Destroying is not an update: everything goes, as fast as drains allow.

@@ -59,10 +59,15 @@ pub struct Desired {
 impl Desired {
     /// The desired state a spec describes.
     pub fn from_spec(spec: &GroupSpec) -> Desired {
+        Desired::from_spec_with_sha(spec, spec.config_sha())
+    }
+
+    /// [`Desired::from_spec`] with the spec's [`GroupSpec::config_sha`] already computed.
+    pub fn from_spec_with_sha(spec: &GroupSpec, config_sha: String) -> Desired {
         let p = &spec.properties;
         Desired {
             group: spec.id.clone(),
-            config_sha: spec.config_sha(),
+            config_sha,
             allocation: spec.allocation(),
             max_surge: p.updating.max_surge,
             max_unavailable: p.updating.max_unavailable,
