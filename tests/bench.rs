@@ -564,6 +564,13 @@ async fn main() {
     .unwrap();
     let mut config = RegistryConfig::under(&data);
     config.cache_dir = Some(work.path().join("cache"));
+    // As the daemon reads it, so that one variable sets both for an A/B run.
+    if let Ok(v) = std::env::var("INFRAKIT_KEEP_RESIDENT") {
+        config.keep_resident = match v.as_str() {
+            "off" => 0,
+            size => size.parse::<bytesize::ByteSize>().unwrap().as_u64(),
+        };
+    }
 
     // --- 4/5. Start-up and size first, on a quiet machine.
     eprintln!("start-up and size");
@@ -892,6 +899,32 @@ async fn main() {
         "µs",
         None,
     );
+    // And the hand-off every fresh call makes, alone: an empty closure run as a call is run
+    // (spawn_blocking on a second runtime, block_on there) and its answer awaited here.
+    let other = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = other.handle().clone();
+    let s = time_calls(n / 2, || {
+        let h = handle.clone();
+        async move {
+            let inner = h.clone();
+            std::hint::black_box(h.spawn_blocking(move || inner.block_on(async { 1 })).await)
+                .unwrap();
+        }
+    })
+    .await;
+    let (handoff, _) = stats(s);
+    report.add(
+        "call",
+        "breakdown: the thread hand-off alone (empty call to a plugin thread and back), median",
+        handoff,
+        "µs",
+        None,
+    );
+    other.shutdown_background();
     let ten: Tags = [
         ("bench.synthetic".to_string(), "1".to_string()),
         (tags::GROUP.to_string(), "ten".to_string()),
@@ -926,6 +959,7 @@ async fn main() {
         std::fs::write(gplugins.join("instance-bench.toml"), toml).unwrap();
         let mut gconfig = RegistryConfig::under(&gdata);
         gconfig.cache_dir = config.cache_dir.clone();
+        gconfig.keep_resident = config.keep_resident;
         let greg = Registry::load(gconfig).await.unwrap();
         let gp = greg.instance("instance-bench").unwrap();
         let gscratch = gp.scratch_dir().to_path_buf();
@@ -1133,6 +1167,18 @@ async fn main() {
         "MB",
         Some(("<=", 200.0)),
     );
+    if let Some(pool) = registry.engine().pooling_allocator_metrics() {
+        report.add(
+            "scale",
+            format!(
+                "of which kept resident by {} idle sandbox slots",
+                pool.unused_warm_memories()
+            ),
+            (pool.unused_memory_bytes_resident() + pool.unused_table_bytes_resident()) as f64 / 1e6,
+            "MB",
+            None,
+        );
+    }
     controller.shutdown().await;
 
     // --- 3. Convergence latency.
