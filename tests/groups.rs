@@ -727,3 +727,54 @@ fn a_flapping_check_costs_no_instance_under_an_unhealthy_threshold() {
         LONG,
     );
 }
+
+/// A converged group whose listing and spec stay the same, with its verdicts still fresh,
+/// reuses its last plan instead of re-planning (see `Settled` in the controller). Here every
+/// pass after convergence would be such a pass (verdicts are kept for an hour), so only the
+/// comparison of what is listed can let a change through: each must be acted on.
+#[test]
+fn a_group_left_settled_for_many_passes_still_sees_every_change() {
+    let env = Env::new();
+    let spec = env.data_dir().join("calm.json");
+    let health = json!({"Health": {"CheckInterval": "1h", "GracePeriod": "0s"}});
+    write_spec(&spec, "calm", json!({"Size": 3}), health.clone());
+    let mut run = GroupRun::start(&env, &spec);
+    run.wait_for("3 instances", LONG, || ids(&env).len() == 3);
+    run.wait_for_output(&["converged"], LONG);
+    run.wait_passes("calm", 30);
+    let settled = ids(&env);
+    assert_eq!(settled.len(), 3, "nothing happened over 30 passes");
+
+    // A removal requested by tag (as `group destroy-instances` does): a tag changed.
+    let removed = settled.iter().next().unwrap().clone();
+    env.ok(
+        &[
+            "instance",
+            "label",
+            "--plugin",
+            "instance-file",
+            &removed,
+            "--tag",
+            "infrakit.remove=replace",
+        ],
+        None,
+    );
+    run.wait_for("the removed one replaced", LONG, || {
+        let now = ids(&env);
+        now.len() == 3 && !now.contains(&removed)
+    });
+    run.wait_passes("calm", 30);
+
+    // An instance deleted behind the manager's back.
+    let lost = ids(&env).into_iter().next_back().unwrap();
+    std::fs::remove_file(env.scratch("instance-file").join(format!("{lost}.json"))).unwrap();
+    run.wait_for("the lost one replaced", LONG, || {
+        let now = ids(&env);
+        now.len() == 3 && !now.contains(&lost)
+    });
+    run.wait_passes("calm", 30);
+
+    // A new spec: the size goes up.
+    write_spec(&spec, "calm", json!({"Size": 4}), health);
+    run.wait_for("a fourth instance", LONG, || ids(&env).len() == 4);
+}

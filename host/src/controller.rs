@@ -313,6 +313,8 @@ struct Inner {
     reflector: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whole-plugin listings shared by the groups on a plugin (see `crate::listing`).
     listings: Listings,
+    /// Where the grid of idle polls starts (see [`on_poll_grid`]).
+    origin: tokio::time::Instant,
 }
 
 impl Controller {
@@ -336,6 +338,7 @@ impl Controller {
                 stop_reflector: watch::Sender::new(false),
                 reflector: Mutex::new(None),
                 listings: Listings::default(),
+                origin: tokio::time::Instant::now(),
             }),
         }
     }
@@ -534,17 +537,9 @@ impl Controller {
             return Ok(members);
         }
         let (instance, flavor) = self.loaded_plugins_of(spec).await?;
+        let found = list(spec, &instance, &Fence::default(), None).await?;
         let mut cache = HealthCache::default();
-        let observed = observe(
-            spec,
-            &instance,
-            &flavor,
-            &mut cache,
-            None,
-            &Fence::default(),
-            None,
-        )
-        .await?;
+        let observed = observe(spec, found, &flavor, &mut cache, None, &Fence::default()).await?;
         Ok(Arc::new(observed.members))
     }
 
@@ -734,14 +729,47 @@ struct Memory {
     /// The previous pass found the group converged: an idle group may take its members from
     /// a shared listing (see `crate::listing`).
     last_pass_idle: bool,
+    /// What the last pass found, when it found the group settled.
+    settled: Option<Settled>,
 }
 
 /// What one pass did, and when the group wants its next one.
 struct Pass {
     plan: Plan,
-    members: Vec<Member>,
+    members: Arc<Vec<Member>>,
     /// Other than the usual requeue, when the pass says so.
     requeue: Option<Requeue>,
+    /// The pass found what the previous one found and reused its plan (see [`Settled`]).
+    unchanged: bool,
+}
+
+/// A converged group with nothing to do and nothing expected, as its last pass found it. A
+/// pass that lists the same instances for the same spec, with every health verdict still
+/// fresh, would plan the same: all members are healthy and current, and time only proves them
+/// further. It reuses this instead of rebuilding members, expectations, plan and status, which
+/// was most of an idle group's pass.
+struct Settled {
+    spec: Arc<GroupSpec>,
+    listing: Arc<Vec<Description>>,
+    members: Arc<Vec<Member>>,
+    plan: Plan,
+}
+
+impl Settled {
+    fn holds(
+        &self,
+        spec: &Arc<GroupSpec>,
+        found: &Arc<Vec<Description>>,
+        health: &HealthCache,
+        check_interval: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        Arc::ptr_eq(&self.spec, spec)
+            && (Arc::ptr_eq(&self.listing, found) || *self.listing == **found)
+            && found
+                .iter()
+                .all(|d| health.fresh(&d.id, Some(check_interval), now).is_some())
+    }
 }
 
 /// When a group's next pass runs.
@@ -771,7 +799,8 @@ impl HealthCache {
 
 struct Observed {
     members: Vec<Member>,
-    descriptions: HashMap<String, Description>,
+    /// The listing the members came from.
+    found: Arc<Vec<Description>>,
     /// (instance, old, new) for verdicts that changed.
     changes: Vec<(String, Option<Health>, Health)>,
 }
@@ -785,20 +814,18 @@ struct Sharing<'a> {
     idle: bool,
 }
 
-async fn observe(
+/// The group's instances as its plugin lists them now (its part of a shared listing where
+/// that applies), each once.
+async fn list(
     spec: &GroupSpec,
     instance: &InstanceClient,
-    flavor: &GroupFlavor,
-    cache: &mut HealthCache,
-    check_interval: Option<Duration>,
     fence: &Fence,
     shared: Option<Sharing<'_>>,
-) -> Result<Observed, Error> {
-    let fenced = |source| Error::NotLeader {
+) -> Result<Arc<Vec<Description>>, Error> {
+    fence.check().map_err(|source| Error::NotLeader {
         group: spec.id.clone(),
         source,
-    };
-    fence.check().map_err(fenced)?;
+    })?;
     let filter: Tags = [(tags::GROUP.to_string(), spec.id.clone())].into();
     let shared = shared.filter(|s| s.listings.shares(&spec.properties.instance.plugin));
     let listed = match &shared {
@@ -826,28 +853,39 @@ async fn observe(
             if let Some(s) = &shared {
                 s.listings.note_own(&spec.id, started.elapsed());
             }
-            found
+            Arc::new(found)
         }
     };
     // An instance listed twice (a plugin's bug, a listing racing a writer) would count twice
     // towards availability and let the planner take away more than it may.
-    let listed = found.len();
-    let duplicated = {
-        let mut seen = std::collections::HashSet::with_capacity(found.len());
-        !found.iter().all(|d| seen.insert(d.id.as_str()))
-    };
-    let found: Vec<Description> = if duplicated {
-        let mut seen = std::collections::HashSet::with_capacity(found.len());
-        found
-            .into_iter()
-            .filter(|d| seen.insert(d.id.clone()))
-            .collect()
-    } else {
-        found
-    };
-    if found.len() < listed {
-        tracing::warn!(group = %spec.id, plugin = %instance.name(), duplicates = listed - found.len(), "describe listed instances more than once; counting each once");
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    if found.iter().all(|d| seen.insert(d.id.as_str())) {
+        return Ok(found);
     }
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    let once: Vec<Description> = found
+        .iter()
+        .filter(|d| seen.insert(d.id.as_str()))
+        .cloned()
+        .collect();
+    tracing::warn!(group = %spec.id, plugin = %instance.name(), duplicates = found.len() - once.len(), "describe listed instances more than once; counting each once");
+    Ok(Arc::new(once))
+}
+
+/// The members of a listing, with their health: verdicts younger than `check_interval` are
+/// reused, the rest asked of the flavor.
+async fn observe(
+    spec: &GroupSpec,
+    found: Arc<Vec<Description>>,
+    flavor: &GroupFlavor,
+    cache: &mut HealthCache,
+    check_interval: Option<Duration>,
+    fence: &Fence,
+) -> Result<Observed, Error> {
+    let fenced = |source| Error::NotLeader {
+        group: spec.id.clone(),
+        source,
+    };
     // Verdicts still fresh are reused, read once: one must not expire (and read as unknown)
     // while the checks below run, which once made healthy instances unavailable mid-update.
     // The rest are asked for concurrently, `Parallelism` at a time (a probe of a real service
@@ -896,9 +934,8 @@ async fn observe(
         .await;
     fence.check().map_err(fenced)?;
     let mut members = Vec::with_capacity(found.len());
-    let mut descriptions = HashMap::with_capacity(found.len());
     let mut changes = Vec::new();
-    for (d, fresh) in found.into_iter().zip(fresh) {
+    for (d, fresh) in found.iter().zip(fresh) {
         let health = match checked.get(&d.id) {
             Some(&h) => {
                 let before = cache.verdicts.get(&d.id).map(|c| c.0);
@@ -918,7 +955,7 @@ async fn observe(
             }
             None => fresh.expect("every instance is either fresh or checked"),
         };
-        let mut member = Member::from_description(&d, health);
+        let mut member = Member::from_description(d, health);
         match cache.streaks.get(&d.id) {
             Some(&(Health::Healthy, n, since)) => {
                 member.healthy_checks = n;
@@ -931,13 +968,15 @@ async fn observe(
             _ => {}
         }
         members.push(member);
-        descriptions.insert(d.id.clone(), d);
     }
-    cache.verdicts.retain(|id, _| descriptions.contains_key(id));
-    cache.streaks.retain(|id, _| descriptions.contains_key(id));
+    if cache.verdicts.len() > found.len() || cache.streaks.len() > found.len() {
+        let listed: std::collections::HashSet<&str> = found.iter().map(|d| d.id.as_str()).collect();
+        cache.verdicts.retain(|id, _| listed.contains(id.as_str()));
+        cache.streaks.retain(|id, _| listed.contains(id.as_str()));
+    }
     Ok(Observed {
         members,
-        descriptions,
+        found,
         changes,
     })
 }
@@ -1075,143 +1114,166 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
         let pass_ms = pass_started.elapsed().as_millis() as u64;
 
         let mut requeue = Requeue::After(inner.options.poll_interval);
-        let mut next = status.borrow().clone();
-        next.passes += 1;
-        next.updated_ms = now_ms();
-        next.last_pass_ms = pass_ms;
-        next.pass_ms_total += pass_ms;
-        next.destroying = destroying;
-        next.revision = revision;
-        match outcome {
-            Ok(Pass {
-                plan,
-                members,
-                requeue: wanted,
-            }) => {
-                attempts = 0;
-                next.phase = plan.phase;
-                next.messages = plan.messages.clone();
-                next.size = plan.size;
-                next.current = plan.current;
-                next.config_sha = sha;
-                next.last_error = None;
-                let members = Arc::new(members);
-                memory.expected.remember(members.clone());
-                next.instances = members
-                    .iter()
-                    .map(|m| InstanceStatus {
-                        id: m.id.clone(),
-                        logical_id: m.logical_id.clone(),
-                        health: m.health,
-                        config_sha: m.config_sha.clone(),
-                        current: m.config_sha == next.config_sha,
-                        created_ms: m.created_ms,
-                        protected: m.protected,
-                        removal_requested: m.removal.is_some(),
-                    })
-                    .collect();
-                if (plan.phase != last_phase.unwrap_or(Phase::Converging)
-                    || plan.messages != last_messages)
-                    && !destroying
-                {
-                    match plan.phase {
-                        Phase::Paused => inner.events.record(Event::now(
-                            &spec.id,
-                            EventKind::Paused,
-                            None,
-                            plan.messages.join("; "),
-                        )),
-                        Phase::Converged => inner.events.record(Event::now(
-                            &spec.id,
-                            EventKind::Converged,
-                            None,
-                            format!(
-                                "{} of {} instances, all current and healthy",
-                                plan.current, plan.size
-                            ),
-                        )),
-                        _ => {}
-                    }
-                }
-                last_phase = Some(plan.phase);
-                last_messages = plan.messages.clone();
-                if plan.has_work() {
-                    // Re-observe promptly to see what the steps did.
-                    requeue =
-                        Requeue::After(inner.options.poll_interval.min(Duration::from_millis(50)));
-                }
-                requeue = match (wanted, requeue) {
-                    (Some(Requeue::After(a)), Requeue::After(b)) => Requeue::After(a.min(b)),
-                    (Some(w), _) => w,
-                    (None, r) => r,
-                };
-                if destroying
-                    && members.is_empty()
-                    && !plan.has_work()
-                    && finalize(&inner, &spec.id).await
-                {
-                    status.send_replace(next);
-                    return;
-                }
-                *observed.lock().expect("observed lock") = Some(LastObserved {
-                    spec: spec.clone(),
-                    members,
-                    at: Instant::now(),
-                });
+        if matches!(&outcome, Ok(pass) if pass.unchanged) {
+            // What the last pass found: only the counters move, and the status is not copied.
+            let mut passes = 0;
+            status.send_modify(|s| {
+                s.revision = revision;
+                s.passes += 1;
+                s.updated_ms = now_ms();
+                s.last_pass_ms = pass_ms;
+                s.pass_ms_total += pass_ms;
+                passes = s.passes;
+            });
+            if let Some(o) = observed.lock().expect("observed lock").as_mut() {
+                o.at = Instant::now();
             }
-            Err(e) => {
-                let message = crate::error_chain(&e);
-                // Recorded once per distinct failure, not at every retry.
-                let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_quiet();
-                if new {
-                    inner.events.record(Event::now(
-                        &spec.id,
-                        e.event_kind(),
-                        e.instance(),
-                        message.clone(),
-                    ));
+            tracing::debug!(group = %spec.id, passes, phase = %Phase::Converged, "pass finished");
+        } else {
+            let mut next = status.borrow().clone();
+            next.passes += 1;
+            next.updated_ms = now_ms();
+            next.last_pass_ms = pass_ms;
+            next.pass_ms_total += pass_ms;
+            next.destroying = destroying;
+            next.revision = revision;
+            match outcome {
+                Ok(Pass {
+                    plan,
+                    members,
+                    requeue: wanted,
+                    ..
+                }) => {
+                    attempts = 0;
+                    next.phase = plan.phase;
+                    next.messages = plan.messages.clone();
+                    next.size = plan.size;
+                    next.current = plan.current;
+                    next.config_sha = sha;
+                    next.last_error = None;
+                    memory.expected.remember(members.clone());
+                    next.instances = members
+                        .iter()
+                        .map(|m| InstanceStatus {
+                            id: m.id.clone(),
+                            logical_id: m.logical_id.clone(),
+                            health: m.health,
+                            config_sha: m.config_sha.clone(),
+                            current: m.config_sha == next.config_sha,
+                            created_ms: m.created_ms,
+                            protected: m.protected,
+                            removal_requested: m.removal.is_some(),
+                        })
+                        .collect();
+                    if (plan.phase != last_phase.unwrap_or(Phase::Converging)
+                        || plan.messages != last_messages)
+                        && !destroying
+                    {
+                        match plan.phase {
+                            Phase::Paused => inner.events.record(Event::now(
+                                &spec.id,
+                                EventKind::Paused,
+                                None,
+                                plan.messages.join("; "),
+                            )),
+                            Phase::Converged => inner.events.record(Event::now(
+                                &spec.id,
+                                EventKind::Converged,
+                                None,
+                                format!(
+                                    "{} of {} instances, all current and healthy",
+                                    plan.current, plan.size
+                                ),
+                            )),
+                            _ => {}
+                        }
+                    }
+                    last_phase = Some(plan.phase);
+                    last_messages = plan.messages.clone();
+                    if plan.has_work() {
+                        // Re-observe promptly to see what the steps did.
+                        requeue = Requeue::After(
+                            inner.options.poll_interval.min(Duration::from_millis(50)),
+                        );
+                    }
+                    requeue = match (wanted, requeue) {
+                        (Some(Requeue::After(a)), Requeue::After(b)) => Requeue::After(a.min(b)),
+                        (Some(w), _) => w,
+                        (None, r) => r,
+                    };
+                    if destroying
+                        && members.is_empty()
+                        && !plan.has_work()
+                        && finalize(&inner, &spec.id).await
+                    {
+                        status.send_replace(next);
+                        return;
+                    }
+                    *observed.lock().expect("observed lock") = Some(LastObserved {
+                        spec: spec.clone(),
+                        members,
+                        at: Instant::now(),
+                    });
                 }
-                next.last_error = Some(message.clone());
-                if e.refused_as_invalid() {
-                    // The same spec would be refused again: wait for a new one.
-                    tracing::warn!(group = %spec.id, error = %message, "the plugin refused the spec as invalid; paused until the spec changes");
-                    next.phase = Phase::Paused;
-                    next.messages = vec![format!(
-                        "paused until the spec changes: the plugin refused it as invalid ({message}); \
-                         fix the spec and commit it again"
-                    )];
+                Err(e) => {
+                    let message = crate::error_chain(&e);
+                    // Recorded once per distinct failure, not at every retry.
+                    let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_quiet();
                     if new {
                         inner.events.record(Event::now(
                             &spec.id,
-                            EventKind::Paused,
-                            None,
-                            next.messages[0].clone(),
+                            e.event_kind(),
+                            e.instance(),
+                            message.clone(),
                         ));
                     }
-                    last_phase = Some(Phase::Paused);
-                    last_messages = next.messages.clone();
-                    requeue = Requeue::WhenSpecChanges;
-                } else {
-                    attempts = attempts.saturating_add(1);
-                    next.phase = Phase::Failing;
-                    let delay = backoff(
-                        attempts,
-                        Duration::from_millis(100),
-                        inner.options.max_backoff,
-                        random_unit(),
-                    );
-                    tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
-                    requeue = Requeue::After(delay);
+                    next.last_error = Some(message.clone());
+                    if e.refused_as_invalid() {
+                        // The same spec would be refused again: wait for a new one.
+                        tracing::warn!(group = %spec.id, error = %message, "the plugin refused the spec as invalid; paused until the spec changes");
+                        next.phase = Phase::Paused;
+                        next.messages = vec![format!(
+                            "paused until the spec changes: the plugin refused it as invalid ({message}); \
+                             fix the spec and commit it again"
+                        )];
+                        if new {
+                            inner.events.record(Event::now(
+                                &spec.id,
+                                EventKind::Paused,
+                                None,
+                                next.messages[0].clone(),
+                            ));
+                        }
+                        last_phase = Some(Phase::Paused);
+                        last_messages = next.messages.clone();
+                        requeue = Requeue::WhenSpecChanges;
+                    } else {
+                        attempts = attempts.saturating_add(1);
+                        next.phase = Phase::Failing;
+                        let delay = backoff(
+                            attempts,
+                            Duration::from_millis(100),
+                            inner.options.max_backoff,
+                            random_unit(),
+                        );
+                        tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
+                        requeue = Requeue::After(delay);
+                    }
                 }
             }
+            // Tests and operators can count passes (e.g. to show that nothing happened over
+            // several of them, rather than over a fixed sleep).
+            tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
+            status.send_replace(next);
         }
-        // Tests and operators can count passes (e.g. to show that nothing happened over
-        // several of them, rather than over a fixed sleep).
-        tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
-        status.send_replace(next);
 
+        let poll = inner.options.poll_interval;
         let timer = async {
             match requeue {
+                Requeue::After(delay) if delay == poll => {
+                    let deadline = tokio::time::Instant::now() + delay;
+                    tokio::time::sleep_until(on_poll_grid(deadline, inner.origin, poll)).await
+                }
                 Requeue::After(delay) => tokio::time::sleep(delay).await,
                 Requeue::WhenSpecChanges => std::future::pending::<()>().await,
             }
@@ -1223,6 +1285,22 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
             _ = wake.notified() => {}
         }
     }
+}
+
+/// When an idle group's next poll starts: `deadline` put off to the next step of a grid of a
+/// tenth of the poll interval from `origin`, shared by every group. Groups due within one
+/// step then run together, and the daemon wakes ten times a poll rather than once per group
+/// (with 1,000 idle groups that was some 7% of the daemon's idle CPU). A poll is at most a
+/// tenth of an interval late.
+fn on_poll_grid(
+    deadline: tokio::time::Instant,
+    origin: tokio::time::Instant,
+    poll: Duration,
+) -> tokio::time::Instant {
+    let step = (poll / 10).max(Duration::from_millis(1)).as_nanos();
+    let since = deadline.saturating_duration_since(origin).as_nanos();
+    let steps = since.div_ceil(step);
+    origin + Duration::from_nanos(u64::try_from(steps * step).unwrap_or(u64::MAX))
 }
 
 /// The destroy's finalizer: once a destroying group has no instance left, it is removed from
@@ -1252,7 +1330,7 @@ async fn finalize(inner: &Inner, id: &str) -> bool {
 /// One pass: observe, plan, execute. Returns the plan and what was observed before it ran.
 async fn reconcile(
     inner: &Inner,
-    spec: &GroupSpec,
+    spec: &Arc<GroupSpec>,
     config_sha: &str,
     destroying: bool,
     memory: &mut Memory,
@@ -1269,14 +1347,30 @@ async fn reconcile(
         not_before: end.max(now.checked_sub(inner.options.poll_interval).unwrap_or(now)),
         idle: memory.last_pass_idle,
     });
+    // Taken first: a pass that fails on the way leaves nothing to reuse.
+    let settled = memory.settled.take();
+    let found = list(spec, &instance, &inner.options.fence, shared).await?;
+    if !destroying
+        && let Some(mut settled) = settled
+        && settled.holds(spec, &found, &memory.health, check_interval)
+    {
+        settled.listing = found;
+        let pass = Pass {
+            plan: settled.plan.clone(),
+            members: settled.members.clone(),
+            requeue: None,
+            unchanged: true,
+        };
+        memory.settled = Some(settled);
+        return Ok(pass);
+    }
     let mut observed = observe(
         spec,
-        &instance,
+        found,
         &flavor,
         &mut memory.health,
         Some(check_interval),
         &inner.options.fence,
-        shared,
     )
     .await?;
     for (id, old, new) in &observed.changes {
@@ -1314,8 +1408,9 @@ async fn reconcile(
     if let Some(braked) = crash_loop(inner, spec, &desired, destroying, memory, applied.losses) {
         return Ok(Pass {
             plan: braked,
-            members: observed.members,
+            members: Arc::new(observed.members),
             requeue: Some(Requeue::WhenSpecChanges),
+            unchanged: false,
         });
     }
     let mut plan = plan::plan(&desired, &observed.members, now);
@@ -1358,7 +1453,12 @@ async fn reconcile(
         config_sha: &desired.config_sha,
         instance: &instance,
         flavor: &flavor,
-        observed: &observed.descriptions,
+        // Only steps look descriptions up.
+        observed: if plan.has_work() {
+            observed.found.iter().map(|d| (d.id.as_str(), d)).collect()
+        } else {
+            HashMap::new()
+        },
         done: Mutex::new(Vec::new()),
     };
     let outcome = executor.execute(&plan, cancelled).await;
@@ -1371,10 +1471,25 @@ async fn reconcile(
         }
     }
     outcome?;
+    let members = Arc::new(observed.members);
+    if !destroying
+        && plan.phase == Phase::Converged
+        && plan.steps.is_empty()
+        && requeue.is_none()
+        && memory.expected.is_settled()
+    {
+        memory.settled = Some(Settled {
+            spec: spec.clone(),
+            listing: observed.found,
+            members: members.clone(),
+            plan: plan.clone(),
+        });
+    }
     Ok(Pass {
         plan,
-        members: observed.members,
+        members,
         requeue,
+        unchanged: false,
     })
 }
 
@@ -1450,7 +1565,8 @@ struct Executor<'a> {
     config_sha: &'a str,
     instance: &'a InstanceClient,
     flavor: &'a GroupFlavor,
-    observed: &'a HashMap<String, Description>,
+    /// The listing the plan was made from, by id.
+    observed: HashMap<&'a str, &'a Description>,
     /// What was provisioned and destroyed, for the expectations.
     done: Mutex<Vec<Done>>,
 }
@@ -1827,6 +1943,29 @@ mod tests {
         );
         assert_eq!(health_batch(Some(us(80)), 640, 32), 20, "32 batches of 20");
         assert_eq!(health_batch(Some(us(80)), 0, 32), 1);
+    }
+
+    #[test]
+    fn idle_polls_land_on_the_next_step_of_a_shared_grid() {
+        let origin = tokio::time::Instant::now();
+        let poll = Duration::from_secs(1);
+        let at = |ms: u64| origin + Duration::from_millis(ms);
+        // Put off to the next tenth of the interval, never earlier, at most a tenth later.
+        assert_eq!(on_poll_grid(at(1_001), origin, poll), at(1_100));
+        assert_eq!(on_poll_grid(at(1_099), origin, poll), at(1_100));
+        assert_eq!(on_poll_grid(at(1_100), origin, poll), at(1_100));
+        assert_eq!(on_poll_grid(at(0), origin, poll), at(0));
+        // Groups due within one step share it.
+        assert_eq!(
+            on_poll_grid(at(5_230), origin, poll),
+            on_poll_grid(at(5_290), origin, poll)
+        );
+        // A short interval keeps a step of at least a millisecond.
+        let short = Duration::from_millis(5);
+        assert_eq!(
+            on_poll_grid(at(3) + Duration::from_micros(10), origin, short),
+            at(4)
+        );
     }
 
     #[test]

@@ -86,6 +86,12 @@ impl Expectations {
         self.last = members;
     }
 
+    /// Nothing provisioned or destroyed is still awaited and nothing listed before is missing:
+    /// the same listing would leave the members as they are.
+    pub fn is_settled(&self) -> bool {
+        self.adds.is_empty() && self.dels.is_empty() && self.missing.is_empty()
+    }
+
     /// How many provisions are still unlisted.
     pub fn pending(&self) -> usize {
         self.adds.len()

@@ -34,10 +34,11 @@ use crate::spec::tags;
 /// A whole-plugin listing; `None` if it failed.
 type Listing = Shared<BoxFuture<'static, Option<Arc<ByGroup>>>>;
 
-/// A whole listing, indexed by the group tag's value.
+/// A whole listing, indexed by the group tag's value. Each group's part is shared, not copied,
+/// with the passes that take it.
 #[derive(Debug, Default)]
 struct ByGroup {
-    groups: HashMap<String, Vec<Description>>,
+    groups: HashMap<String, Arc<Vec<Description>>>,
     /// Instances listed, tagged with a group or not.
     total: usize,
     /// How long the plugin took.
@@ -119,7 +120,7 @@ impl Listings {
         group: &str,
         idle: bool,
         not_before: Instant,
-    ) -> Option<Vec<Description>> {
+    ) -> Option<Arc<Vec<Description>>> {
         let now = Instant::now();
         let costs = self
             .groups
@@ -200,17 +201,26 @@ fn whole(plugin: InstanceClient) -> Listing {
                 return None;
             }
         };
-        let mut by_group = ByGroup {
-            total: all.len(),
-            took: started.elapsed(),
-            ..ByGroup::default()
-        };
+        let took = started.elapsed();
+        let total = all.len();
+        let mut groups: HashMap<String, Vec<Description>> = HashMap::new();
         for d in all {
-            if let Some(g) = d.tags.get(tags::GROUP) {
-                by_group.groups.entry(g.clone()).or_default().push(d);
+            let Some(g) = d.tags.get(tags::GROUP) else {
+                continue;
+            };
+            // The group's name is copied once per group, not once per instance.
+            match groups.get_mut(g) {
+                Some(mine) => mine.push(d),
+                None => {
+                    groups.insert(g.clone(), vec![d]);
+                }
             }
         }
-        Some(Arc::new(by_group))
+        Some(Arc::new(ByGroup {
+            groups: groups.into_iter().map(|(g, ds)| (g, Arc::new(ds))).collect(),
+            total,
+            took,
+        }))
     }
     .boxed()
     .shared()

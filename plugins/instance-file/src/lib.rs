@@ -6,13 +6,15 @@
 //! Files are written to a temporary name and renamed, so a reader never sees half an instance.
 //!
 //! A listing reads every file, which at 10,000 instances was most of an idle daemon's CPU (one
-//! whole listing a poll). So a listing is also kept as a snapshot (`.listing/records.json` in
+//! whole listing a poll). So a listing is also kept as a snapshot (`.listing/listing.bin` in
 //! the directory) and reused while the directory has not changed since: every write here goes
 //! through a rename or an unlink, and so does a user creating, deleting or replacing a file,
 //! all of which change the directory's mtime. A snapshot is trusted only when the directory had
 //! been still for [`SETTLED`] before its listing began (so that no change can share its mtime),
 //! and for at most [`SNAPSHOT_MAX_AGE`]: a file edited in place, which leaves the directory's
-//! mtime alone, is seen within that.
+//! mtime alone, is seen within that. The snapshot holds only what a listing answers, in
+//! `postcard`'s binary form: it is read on every poll, and reading the same 10,000 records as
+//! JSON took three times as long (23 ms against 7.5 ms, natively on the bench machine).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,7 +41,9 @@ pub const SNAPSHOT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs
 /// The snapshot's directory, inside the instance directory: writing in it changes its own mtime,
 /// not the instance directory's. No `.json` extension, so listings skip it.
 const SNAPSHOT_DIR: &str = ".listing";
-const SNAPSHOT_FILE: &str = "records.json";
+const SNAPSHOT_FILE: &str = "listing.bin";
+/// The JSON snapshot of earlier versions, removed when a new one is kept.
+const OLD_SNAPSHOT_FILE: &str = "records.json";
 
 /// A whole listing and the directory state it was taken from.
 #[derive(Serialize, Deserialize)]
@@ -48,7 +52,29 @@ struct Snapshot {
     dir_mtime: u128,
     /// When the listing began (the clock), in nanoseconds since the epoch.
     listed_at: u128,
-    records: Vec<Record>,
+    listed: Vec<Listed>,
+}
+
+/// What a listing answers of one instance file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Listed {
+    id: String,
+    logical_id: Option<String>,
+    /// In key order, as in the file.
+    tags: Tags,
+    /// The instance's properties as JSON text.
+    properties: String,
+}
+
+impl From<Record> for Listed {
+    fn from(r: Record) -> Listed {
+        Listed {
+            id: r.id,
+            logical_id: r.logical_id,
+            tags: r.tags.into_iter().collect(),
+            properties: r.properties.to_string(),
+        }
+    }
 }
 
 /// Instance properties this plugin reads. Any others are kept in the instance file as given,
@@ -182,7 +208,8 @@ impl FilePlugin {
         Ok(())
     }
 
-    fn records(&self) -> Result<Vec<Record>> {
+    /// Every instance, from the snapshot while it can be trusted.
+    fn listed(&self) -> Result<Vec<Listed>> {
         let started = now_nanos();
         let dir_mtime = match fs::metadata(&self.dir).and_then(|m| m.modified()) {
             Ok(t) => t
@@ -200,29 +227,29 @@ impl FilePlugin {
                 && snapshot.listed_at >= dir_mtime + SETTLED.as_nanos()
                 && started.saturating_sub(snapshot.listed_at) < SNAPSHOT_MAX_AGE.as_nanos();
             if fresh {
-                return Ok(snapshot.records);
+                return Ok(snapshot.listed);
             }
         }
-        let records = self.scan()?;
+        let listed = self.scan()?.into_iter().map(Listed::from).collect();
         if settled {
             let snapshot = Snapshot {
                 dir_mtime,
                 listed_at: started,
-                records,
+                listed,
             };
             // A cache: failing to keep it costs the next listing a scan, nothing more.
             if let Err(e) = self.keep_snapshot(&snapshot) {
                 infrakit_sdk::debug!("listing snapshot not kept: {e}");
             }
-            return Ok(snapshot.records);
+            return Ok(snapshot.listed);
         }
-        Ok(records)
+        Ok(listed)
     }
 
     /// The last snapshot, unless missing or unreadable.
     fn snapshot(&self) -> Option<Snapshot> {
-        let text = fs::read(self.dir.join(SNAPSHOT_DIR).join(SNAPSHOT_FILE)).ok()?;
-        serde_json::from_slice(&text).ok()
+        let bytes = fs::read(self.dir.join(SNAPSHOT_DIR).join(SNAPSHOT_FILE)).ok()?;
+        postcard::from_bytes(&bytes).ok()
     }
 
     fn keep_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
@@ -230,11 +257,12 @@ impl FilePlugin {
         fs::create_dir_all(&dir)?;
         // Concurrent listings each write their own file; the rename makes the last one whole.
         let tmp = dir.join(format!(".{:x}.tmp", now_nanos()));
-        let text = serde_json::to_vec(snapshot).map_err(|e| Error::other(e.to_string()))?;
-        fs::write(&tmp, text)?;
+        let bytes = postcard::to_allocvec(snapshot).map_err(|e| Error::other(e.to_string()))?;
+        fs::write(&tmp, bytes)?;
         fs::rename(&tmp, dir.join(SNAPSHOT_FILE)).inspect_err(|_| {
             let _ = fs::remove_file(&tmp);
         })?;
+        let _ = fs::remove_file(dir.join(OLD_SNAPSHOT_FILE));
         Ok(())
     }
 
@@ -390,13 +418,13 @@ impl InstancePlugin for FilePlugin {
 
     fn describe(&self, tags: &Tags, include_properties: bool) -> Result<Vec<Description>> {
         let found = self
-            .records()?
+            .listed()?
             .into_iter()
-            .map(|r| Description {
-                id: r.id,
-                logical_id: r.logical_id,
-                tags: r.tags.into_iter().collect(),
-                properties: include_properties.then(|| Properties::new(r.properties.to_string())),
+            .map(|l| Description {
+                id: l.id,
+                logical_id: l.logical_id,
+                tags: l.tags,
+                properties: include_properties.then(|| Properties::new(l.properties)),
             })
             .filter(|d| d.matches(tags))
             .collect();
