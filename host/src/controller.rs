@@ -862,7 +862,7 @@ async fn list(
     if found.iter().all(|d| seen.insert(d.id.as_str())) {
         return Ok(found);
     }
-    let mut seen = std::collections::HashSet::with_capacity(found.len());
+    seen.clear();
     let once: Vec<Description> = found
         .iter()
         .filter(|d| seen.insert(d.id.as_str()))
@@ -969,6 +969,9 @@ async fn observe(
         }
         members.push(member);
     }
+    // Every listed instance now has a verdict and a streak, so either map holds more entries
+    // than the listing only if it still holds some of instances gone since: only then is a
+    // set of the listed ids worth building.
     if cache.verdicts.len() > found.len() || cache.streaks.len() > found.len() {
         let listed: std::collections::HashSet<&str> = found.iter().map(|d| d.id.as_str()).collect();
         cache.verdicts.retain(|id, _| listed.contains(id.as_str()));
@@ -1113,7 +1116,6 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
         memory.last_pass_idle = matches!(&outcome, Ok(pass) if pass.plan.phase == Phase::Converged);
         let pass_ms = pass_started.elapsed().as_millis() as u64;
 
-        let mut requeue = Requeue::After(inner.options.poll_interval);
         if matches!(&outcome, Ok(pass) if pass.unchanged) {
             // What the last pass found: only the counters move, and the status is not copied.
             let mut passes = 0;
@@ -1129,161 +1131,180 @@ async fn run_group(inner: Arc<Inner>, channels: TaskChannels) {
                 o.at = Instant::now();
             }
             tracing::debug!(group = %spec.id, passes, phase = %Phase::Converged, "pass finished");
-        } else {
-            let mut next = status.borrow().clone();
-            next.passes += 1;
-            next.updated_ms = now_ms();
-            next.last_pass_ms = pass_ms;
-            next.pass_ms_total += pass_ms;
-            next.destroying = destroying;
-            next.revision = revision;
-            match outcome {
-                Ok(Pass {
-                    plan,
-                    members,
-                    requeue: wanted,
-                    ..
-                }) => {
-                    attempts = 0;
-                    next.phase = plan.phase;
-                    next.messages = plan.messages.clone();
-                    next.size = plan.size;
-                    next.current = plan.current;
-                    next.config_sha = sha;
-                    next.last_error = None;
-                    memory.expected.remember(members.clone());
-                    next.instances = members
-                        .iter()
-                        .map(|m| InstanceStatus {
-                            id: m.id.clone(),
-                            logical_id: m.logical_id.clone(),
-                            health: m.health,
-                            config_sha: m.config_sha.clone(),
-                            current: m.config_sha == next.config_sha,
-                            created_ms: m.created_ms,
-                            protected: m.protected,
-                            removal_requested: m.removal.is_some(),
-                        })
-                        .collect();
-                    if (plan.phase != last_phase.unwrap_or(Phase::Converging)
-                        || plan.messages != last_messages)
-                        && !destroying
-                    {
-                        match plan.phase {
-                            Phase::Paused => inner.events.record(Event::now(
-                                &spec.id,
-                                EventKind::Paused,
-                                None,
-                                plan.messages.join("; "),
-                            )),
-                            Phase::Converged => inner.events.record(Event::now(
-                                &spec.id,
-                                EventKind::Converged,
-                                None,
-                                format!(
-                                    "{} of {} instances, all current and healthy",
-                                    plan.current, plan.size
-                                ),
-                            )),
-                            _ => {}
-                        }
+            let requeue = Requeue::After(inner.options.poll_interval);
+            if !next_pass(&inner, requeue, &mut intent, &mut stop, &wake).await {
+                return;
+            }
+            continue;
+        }
+
+        let mut requeue = Requeue::After(inner.options.poll_interval);
+        let mut next = status.borrow().clone();
+        next.passes += 1;
+        next.updated_ms = now_ms();
+        next.last_pass_ms = pass_ms;
+        next.pass_ms_total += pass_ms;
+        next.destroying = destroying;
+        next.revision = revision;
+        match outcome {
+            Ok(Pass {
+                plan,
+                members,
+                requeue: wanted,
+                ..
+            }) => {
+                attempts = 0;
+                next.phase = plan.phase;
+                next.messages = plan.messages.clone();
+                next.size = plan.size;
+                next.current = plan.current;
+                next.config_sha = sha;
+                next.last_error = None;
+                memory.expected.remember(members.clone());
+                next.instances = members
+                    .iter()
+                    .map(|m| InstanceStatus {
+                        id: m.id.clone(),
+                        logical_id: m.logical_id.clone(),
+                        health: m.health,
+                        config_sha: m.config_sha.clone(),
+                        current: m.config_sha == next.config_sha,
+                        created_ms: m.created_ms,
+                        protected: m.protected,
+                        removal_requested: m.removal.is_some(),
+                    })
+                    .collect();
+                if (plan.phase != last_phase.unwrap_or(Phase::Converging)
+                    || plan.messages != last_messages)
+                    && !destroying
+                {
+                    match plan.phase {
+                        Phase::Paused => inner.events.record(Event::now(
+                            &spec.id,
+                            EventKind::Paused,
+                            None,
+                            plan.messages.join("; "),
+                        )),
+                        Phase::Converged => inner.events.record(Event::now(
+                            &spec.id,
+                            EventKind::Converged,
+                            None,
+                            format!(
+                                "{} of {} instances, all current and healthy",
+                                plan.current, plan.size
+                            ),
+                        )),
+                        _ => {}
                     }
-                    last_phase = Some(plan.phase);
-                    last_messages = plan.messages.clone();
-                    if plan.has_work() {
-                        // Re-observe promptly to see what the steps did.
-                        requeue = Requeue::After(
-                            inner.options.poll_interval.min(Duration::from_millis(50)),
-                        );
-                    }
-                    requeue = match (wanted, requeue) {
-                        (Some(Requeue::After(a)), Requeue::After(b)) => Requeue::After(a.min(b)),
-                        (Some(w), _) => w,
-                        (None, r) => r,
-                    };
-                    if destroying
-                        && members.is_empty()
-                        && !plan.has_work()
-                        && finalize(&inner, &spec.id).await
-                    {
-                        status.send_replace(next);
-                        return;
-                    }
-                    *observed.lock().expect("observed lock") = Some(LastObserved {
-                        spec: spec.clone(),
-                        members,
-                        at: Instant::now(),
-                    });
                 }
-                Err(e) => {
-                    let message = crate::error_chain(&e);
-                    // Recorded once per distinct failure, not at every retry.
-                    let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_quiet();
+                last_phase = Some(plan.phase);
+                last_messages = plan.messages.clone();
+                if plan.has_work() {
+                    // Re-observe promptly to see what the steps did.
+                    requeue =
+                        Requeue::After(inner.options.poll_interval.min(Duration::from_millis(50)));
+                }
+                requeue = match (wanted, requeue) {
+                    (Some(Requeue::After(a)), Requeue::After(b)) => Requeue::After(a.min(b)),
+                    (Some(w), _) => w,
+                    (None, r) => r,
+                };
+                if destroying
+                    && members.is_empty()
+                    && !plan.has_work()
+                    && finalize(&inner, &spec.id).await
+                {
+                    status.send_replace(next);
+                    return;
+                }
+                *observed.lock().expect("observed lock") = Some(LastObserved {
+                    spec: spec.clone(),
+                    members,
+                    at: Instant::now(),
+                });
+            }
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                // Recorded once per distinct failure, not at every retry.
+                let new = next.last_error.as_deref() != Some(message.as_str()) && !e.is_quiet();
+                if new {
+                    inner.events.record(Event::now(
+                        &spec.id,
+                        e.event_kind(),
+                        e.instance(),
+                        message.clone(),
+                    ));
+                }
+                next.last_error = Some(message.clone());
+                if e.refused_as_invalid() {
+                    // The same spec would be refused again: wait for a new one.
+                    tracing::warn!(group = %spec.id, error = %message, "the plugin refused the spec as invalid; paused until the spec changes");
+                    next.phase = Phase::Paused;
+                    next.messages = vec![format!(
+                        "paused until the spec changes: the plugin refused it as invalid ({message}); \
+                         fix the spec and commit it again"
+                    )];
                     if new {
                         inner.events.record(Event::now(
                             &spec.id,
-                            e.event_kind(),
-                            e.instance(),
-                            message.clone(),
+                            EventKind::Paused,
+                            None,
+                            next.messages[0].clone(),
                         ));
                     }
-                    next.last_error = Some(message.clone());
-                    if e.refused_as_invalid() {
-                        // The same spec would be refused again: wait for a new one.
-                        tracing::warn!(group = %spec.id, error = %message, "the plugin refused the spec as invalid; paused until the spec changes");
-                        next.phase = Phase::Paused;
-                        next.messages = vec![format!(
-                            "paused until the spec changes: the plugin refused it as invalid ({message}); \
-                             fix the spec and commit it again"
-                        )];
-                        if new {
-                            inner.events.record(Event::now(
-                                &spec.id,
-                                EventKind::Paused,
-                                None,
-                                next.messages[0].clone(),
-                            ));
-                        }
-                        last_phase = Some(Phase::Paused);
-                        last_messages = next.messages.clone();
-                        requeue = Requeue::WhenSpecChanges;
-                    } else {
-                        attempts = attempts.saturating_add(1);
-                        next.phase = Phase::Failing;
-                        let delay = backoff(
-                            attempts,
-                            Duration::from_millis(100),
-                            inner.options.max_backoff,
-                            random_unit(),
-                        );
-                        tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
-                        requeue = Requeue::After(delay);
-                    }
+                    last_phase = Some(Phase::Paused);
+                    last_messages = next.messages.clone();
+                    requeue = Requeue::WhenSpecChanges;
+                } else {
+                    attempts = attempts.saturating_add(1);
+                    next.phase = Phase::Failing;
+                    let delay = backoff(
+                        attempts,
+                        Duration::from_millis(100),
+                        inner.options.max_backoff,
+                        random_unit(),
+                    );
+                    tracing::warn!(group = %spec.id, error = %message, attempt = attempts, retry_in_ms = delay.as_millis() as u64, "reconcile failed; retrying after back-off");
+                    requeue = Requeue::After(delay);
                 }
             }
-            // Tests and operators can count passes (e.g. to show that nothing happened over
-            // several of them, rather than over a fixed sleep).
-            tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
-            status.send_replace(next);
         }
+        // Tests and operators can count passes (e.g. to show that nothing happened over
+        // several of them, rather than over a fixed sleep).
+        tracing::debug!(group = %spec.id, passes = next.passes, phase = %next.phase, "pass finished");
+        status.send_replace(next);
 
-        let poll = inner.options.poll_interval;
-        let timer = async {
-            match requeue {
-                Requeue::After(delay) if delay == poll => {
-                    let deadline = tokio::time::Instant::now() + delay;
-                    tokio::time::sleep_until(on_poll_grid(deadline, inner.origin, poll)).await
-                }
-                Requeue::After(delay) => tokio::time::sleep(delay).await,
-                Requeue::WhenSpecChanges => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = timer => {}
-            changed = intent.changed() => { if changed.is_err() { return; } }
-            _ = stop.changed() => {}
-            _ = wake.notified() => {}
+        if !next_pass(&inner, requeue, &mut intent, &mut stop, &wake).await {
+            return;
         }
+    }
+}
+
+/// Waits for a group's next pass: `requeue`, a new intent, a stop or a wake-up, whichever comes
+/// first. False when the intent's sender is gone (the task ends).
+async fn next_pass(
+    inner: &Inner,
+    requeue: Requeue,
+    intent: &mut watch::Receiver<Intent>,
+    stop: &mut watch::Receiver<bool>,
+    wake: &tokio::sync::Notify,
+) -> bool {
+    let poll = inner.options.poll_interval;
+    let timer = async {
+        match requeue {
+            Requeue::After(delay) if delay == poll => {
+                let deadline = tokio::time::Instant::now() + delay;
+                tokio::time::sleep_until(on_poll_grid(deadline, inner.origin, poll)).await
+            }
+            Requeue::After(delay) => tokio::time::sleep(delay).await,
+            Requeue::WhenSpecChanges => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = timer => true,
+        changed = intent.changed() => changed.is_ok(),
+        _ = stop.changed() => true,
+        _ = wake.notified() => true,
     }
 }
 
